@@ -1,0 +1,154 @@
+"""Writing and verifying the audit chain.
+
+Every service that changes state calls `audit_record` inside its own transaction, so the entry commits
+or rolls back with the change it describes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import models, transaction
+from django.utils import timezone
+
+from core.context import current_request_id
+
+from .actors import Actor
+from .models import GENESIS_HASH, AuditChainHead, AuditEntry
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, models.Model):
+        return value.pk
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def snapshot(instance: models.Model, fields: Iterable[str]) -> dict[str, Any]:
+    """The audited fields of a row as JSON values (foreign keys by id)."""
+    out: dict[str, Any] = {}
+    for name in fields:
+        field = instance._meta.get_field(name)
+        attname = getattr(field, "attname", name)
+        out[name] = _jsonable(getattr(instance, attname))
+    return out
+
+
+def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Changed fields only, as {field: {"before": …, "after": …}}."""
+    keys = before.keys() | after.keys()
+    return {
+        key: {"before": before.get(key), "after": after.get(key)}
+        for key in sorted(keys)
+        if before.get(key) != after.get(key)
+    }
+
+
+def audit_record(
+    *,
+    actor: Actor,
+    action: str,
+    object_type: str,
+    object_id: object = "",
+    object_repr: str = "",
+    changes: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """Append one entry to the chain. Must run inside the caller's transaction.
+
+    The chain head row is locked first, so concurrent writers append one after another and every
+    entry's `prev_hash` is the hash of the entry just before it.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("audit_record must run inside the transaction of the change it records")
+    head, _ = AuditChainHead.objects.select_for_update().get_or_create(pk=1)
+    entry = AuditEntry(
+        created_at=timezone.now(),
+        actor=actor.label[:200],
+        actor_user_id=actor.user_id,
+        action=action,
+        object_type=object_type,
+        object_id=str(object_id),
+        object_repr=object_repr[:200],
+        # normalized through JSON so the hash covers exactly what the database gives back
+        changes=json.loads(json.dumps(_jsonable(changes or {}), sort_keys=True)),
+        request_id=current_request_id.get(),
+        prev_hash=head.last_hash,
+    )
+    entry.hash = entry.compute_hash()
+    entry.save(force_insert=True)
+    AuditChainHead.objects.filter(pk=1).update(
+        last_entry_id=entry.pk, last_hash=entry.hash, count=models.F("count") + 1
+    )
+    return entry
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    entry_id: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    checked: int
+    problem: ChainProblem | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def _entries_in_order() -> Iterator[AuditEntry]:
+    return AuditEntry.objects.order_by("id").iterator(chunk_size=2000)
+
+
+def audit_verify_chain() -> ChainReport:
+    """Walk the chain from the start; report the first entry that was edited, deleted around, or moved."""
+    expected_prev = GENESIS_HASH
+    checked = 0
+    last: AuditEntry | None = None
+    for entry in _entries_in_order():
+        if entry.prev_hash != expected_prev:
+            where = f"entry #{last.pk}" if last else "the start of the chain"
+            return ChainReport(
+                checked,
+                ChainProblem(
+                    entry.pk,
+                    f"prev_hash does not match {where}: an entry before it was deleted, inserted or reordered",
+                ),
+            )
+        if entry.compute_hash() != entry.hash:
+            return ChainReport(checked, ChainProblem(entry.pk, "content does not match its hash: it was edited"))
+        expected_prev = entry.hash
+        last = entry
+        checked += 1
+    head = AuditChainHead.objects.filter(pk=1).first()
+    head_id, head_hash, head_count = (head.last_entry_id, head.last_hash, head.count) if head else (0, GENESIS_HASH, 0)
+    last_id = last.pk if last else 0
+    if head_hash != expected_prev or head_id != last_id:
+        return ChainReport(
+            checked,
+            ChainProblem(
+                head_id or None,
+                f"the chain head names entry #{head_id} but the last entry is #{last_id}: "
+                "the newest entries were deleted",
+            ),
+        )
+    if head_count != checked:
+        return ChainReport(
+            checked, ChainProblem(None, f"the chain head counts {head_count} entries but {checked} exist")
+        )
+    return ChainReport(checked, None)

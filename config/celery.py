@@ -1,0 +1,21 @@
+"""The Celery app (`celery -A config worker`, `celery -A config beat`)."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("fogdeck")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+# Periodic work; later issues add gate evaluation and job timeouts here.
+app.conf.beat_schedule = {
+    "fleet-mark-stale-devices-offline": {
+        "task": "fleet.tasks.mark_stale_devices_offline",
+        "schedule": 30.0,
+    },
+}

@@ -1,0 +1,1 @@
+"""Deployments and staged canary rollouts (filled by the rollouts issue)."""

@@ -1,0 +1,1 @@
+"""Fleet inventory: sites, devices with their hardware and runtimes, groups, device credentials."""

@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import datetime as dt
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from protocol.topics import DEVICE_UID_PATTERN
+
+RUNTIME_NAMES = ("onnxruntime", "tflite", "tensorrt", "openvino", "torchscript")
+device_uid_validator = RegexValidator(
+    rf"^{DEVICE_UID_PATTERN}$",
+    "Use 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit (it is part of MQTT topics).",
+)
+
+
+class Site(models.Model):
+    name = models.CharField(max_length=120, unique=True)
+    region = models.CharField(max_length=80, blank=True)
+    latitude = models.FloatField(validators=[MinValueValidator(-90), MaxValueValidator(90)])
+    longitude = models.FloatField(validators=[MinValueValidator(-180), MaxValueValidator(180)])
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Tier(models.TextChoices):
+    CLOUD = "cloud", "Cloud node"
+    FOG = "fog", "Fog gateway"
+    EDGE = "edge", "Edge device"
+
+
+class Arch(models.TextChoices):
+    X86_64 = "x86_64"
+    AARCH64 = "aarch64"
+    ARMV7L = "armv7l"
+    RISCV64 = "riscv64"
+
+
+class Accelerator(models.TextChoices):
+    NONE = "none"
+    GPU = "gpu"
+    NPU = "npu"
+    TPU = "tpu"
+
+
+class ConnectionStatus(models.TextChoices):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class DeviceQuerySet(models.QuerySet["Device"]):
+    def with_inventory(self) -> DeviceQuerySet:
+        """Everything a device list shows, in a fixed number of queries (no N+1)."""
+        return self.select_related("site", "parent").prefetch_related("runtimes", "tag_links")
+
+    def active(self) -> DeviceQuerySet:
+        return self.filter(revoked_at__isnull=True)
+
+    def online(self) -> DeviceQuerySet:
+        return self.filter(status=ConnectionStatus.ONLINE)
+
+    def stale(self, now: dt.datetime | None = None) -> DeviceQuerySet:
+        """Marked online but silent for longer than DEVICE_STALE_AFTER_SECONDS."""
+        cutoff = (now or timezone.now()) - dt.timedelta(seconds=settings.DEVICE_STALE_AFTER_SECONDS)
+        return self.online().filter(models.Q(last_seen__lt=cutoff) | models.Q(last_seen__isnull=True))
+
+
+class Device(models.Model):
+    uid = models.CharField(max_length=64, unique=True, validators=[device_uid_validator])
+    name = models.CharField(max_length=120)
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="devices")
+    tier = models.CharField(max_length=8, choices=Tier.choices)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children",
+        help_text="the fog gateway (or cloud node) this device reaches the control plane through",
+    )
+    arch = models.CharField(max_length=16, choices=Arch.choices)
+    cpu = models.CharField(max_length=120, blank=True, help_text="CPU model and cores, e.g. 'Cortex-A72 x4'")
+    memory_mb = models.PositiveIntegerField(validators=[MinValueValidator(16)])
+    accelerator = models.CharField(max_length=8, choices=Accelerator.choices, default=Accelerator.NONE)
+    agent_version = models.CharField(max_length=40, blank=True)
+    status = models.CharField(max_length=8, choices=ConnectionStatus.choices, default=ConnectionStatus.OFFLINE)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    credential_hash = models.CharField(max_length=200, blank=True, help_text="Mosquitto $7$ PBKDF2-SHA512 hash")
+    credential_issued_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = DeviceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["uid"]
+        indexes = [
+            # the device list's most common filters: tier and online state, ordered by uid
+            models.Index(fields=["tier", "status", "uid"], name="device_tier_status_idx"),
+            models.Index(fields=["site", "tier"], name="device_site_tier_idx"),
+            # the stale-heartbeat sweep
+            models.Index(fields=["status", "last_seen"], name="device_status_seen_idx"),
+            models.Index(fields=["accelerator"], name="device_accelerator_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.uid
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.credential_hash) and not self.is_revoked
+
+    @property
+    def runtime_list(self) -> list[dict[str, str]]:
+        return [{"name": r.name, "version": r.version} for r in self.runtimes.all()]
+
+    @property
+    def tag_list(self) -> list[str]:
+        return sorted(t.tag for t in self.tag_links.all())
+
+
+class DeviceRuntime(models.Model):
+    """A model runtime a device can execute, e.g. onnxruntime 1.18 (rows so filters use an index)."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="runtimes")
+    name = models.CharField(max_length=40)
+    version = models.CharField(max_length=40)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["device", "name"], name="runtime_unique_per_device")]
+        # `?runtime=` filters devices by runtime name
+        indexes = [models.Index(fields=["name", "device"], name="runtime_name_device_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+class DeviceTag(models.Model):
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="tag_links")
+    tag = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["device", "tag"], name="tag_unique_per_device")]
+        # `?tag=` filters devices by tag
+        indexes = [models.Index(fields=["tag", "device"], name="tag_device_idx")]
+
+    def __str__(self) -> str:
+        return self.tag
+
+
+class GroupKind(models.TextChoices):
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+
+
+class DeviceGroup(models.Model):
+    """A static list of devices, or a dynamic one: a stored device filter evaluated on demand."""
+
+    name = models.CharField(max_length=120, unique=True)
+    description = models.TextField(blank=True)
+    kind = models.CharField(max_length=8, choices=GroupKind.choices, default=GroupKind.STATIC)
+    filter = models.JSONField(default=dict, blank=True, help_text="device-list filters, for dynamic groups")
+    devices = models.ManyToManyField(Device, blank=True, related_name="static_groups")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_dynamic(self) -> bool:
+        return self.kind == GroupKind.DYNAMIC
+

@@ -1,0 +1,323 @@
+"""Every audited write to the inventory. Views, the admin, tasks and the bridge call these."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+from django.utils import timezone
+
+from audit.actors import Actor
+from audit.services import audit_record, diff, snapshot
+from broker.passwords import generate_secret, hash_secret
+from protocol.streams import DEVICE_STATUS_EVENT, FLEET_GROUP
+
+from .exceptions import DeviceRevoked
+from .models import ConnectionStatus, Device, DeviceGroup, DeviceRuntime, DeviceTag, GroupKind, Site
+
+SITE_FIELDS = ("name", "region", "latitude", "longitude")
+DEVICE_FIELDS = ("uid", "name", "site", "tier", "parent", "arch", "cpu", "memory_mb", "accelerator", "agent_version")
+GROUP_FIELDS = ("name", "description", "kind", "filter")
+
+
+# --- sites ----------------------------------------------------------------------------------------
+@transaction.atomic
+def site_create(*, actor: Actor, name: str, latitude: float, longitude: float, region: str = "") -> Site:
+    site = Site.objects.create(name=name, region=region, latitude=latitude, longitude=longitude)
+    audit_record(
+        actor=actor, action="site.create", object_type="site", object_id=site.pk, object_repr=site.name,
+        changes=diff({}, snapshot(site, SITE_FIELDS)),
+    )
+    return site
+
+
+@transaction.atomic
+def site_update(*, actor: Actor, site: Site, **fields: Any) -> Site:
+    before = snapshot(site, SITE_FIELDS)
+    for key, value in fields.items():
+        setattr(site, key, value)
+    site.save()
+    changes = diff(before, snapshot(site, SITE_FIELDS))
+    if changes:
+        audit_record(
+            actor=actor, action="site.update", object_type="site", object_id=site.pk, object_repr=site.name,
+            changes=changes,
+        )
+    return site
+
+
+@transaction.atomic
+def site_delete(*, actor: Actor, site: Site) -> None:
+    """Deletes an empty site (devices keep their site: PROTECT raises for a site in use)."""
+    before = snapshot(site, SITE_FIELDS)
+    pk, name = site.pk, site.name
+    site.delete()
+    audit_record(
+        actor=actor, action="site.delete", object_type="site", object_id=pk, object_repr=name,
+        changes=diff(before, {}),
+    )
+
+
+# --- devices --------------------------------------------------------------------------------------
+def _device_state(device: Device) -> dict[str, Any]:
+    state = snapshot(device, DEVICE_FIELDS)
+    state["runtimes"] = sorted(f"{r.name} {r.version}" for r in device.runtimes.all())
+    state["tags"] = sorted(t.tag for t in device.tag_links.all())
+    return state
+
+
+def _replace_runtimes(device: Device, runtimes: Sequence[dict[str, str]]) -> None:
+    DeviceRuntime.objects.filter(device=device).delete()
+    DeviceRuntime.objects.bulk_create(
+        [DeviceRuntime(device=device, name=r["name"], version=r["version"]) for r in runtimes]
+    )
+
+
+def _replace_tags(device: Device, tags: Iterable[str]) -> None:
+    DeviceTag.objects.filter(device=device).delete()
+    DeviceTag.objects.bulk_create([DeviceTag(device=device, tag=tag) for tag in sorted(set(tags))])
+
+
+@transaction.atomic
+def device_create(
+    *,
+    actor: Actor,
+    runtimes: Sequence[dict[str, str]] = (),
+    tags: Iterable[str] = (),
+    **fields: Any,
+) -> Device:
+    """Create a device with its runtimes and tags. It has no credentials until they are issued."""
+    device = Device(**fields)
+    device.full_clean(exclude=["credential_hash"])
+    device.save()
+    _replace_runtimes(device, runtimes)
+    _replace_tags(device, tags)
+    audit_record(
+        actor=actor, action="device.create", object_type="device", object_id=device.pk, object_repr=device.uid,
+        changes=diff({}, _device_state(device)),
+    )
+    return device
+
+
+@transaction.atomic
+def device_update(
+    *,
+    actor: Actor,
+    device: Device,
+    runtimes: Sequence[dict[str, str]] | None = None,
+    tags: Iterable[str] | None = None,
+    **fields: Any,
+) -> Device:
+    before = _device_state(device)
+    for key, value in fields.items():
+        setattr(device, key, value)
+    device.full_clean(exclude=["credential_hash"])
+    device.save()
+    if runtimes is not None:
+        _replace_runtimes(device, runtimes)
+    if tags is not None:
+        _replace_tags(device, tags)
+    # re-read relations so the audit sees what is stored, not a stale prefetch
+    device = Device.objects.with_inventory().get(pk=device.pk)
+    changes = diff(before, _device_state(device))
+    if changes:
+        audit_record(
+            actor=actor, action="device.update", object_type="device", object_id=device.pk,
+            object_repr=device.uid, changes=changes,
+        )
+    return device
+
+
+@transaction.atomic
+def device_delete(*, actor: Actor, device: Device) -> None:
+    before = _device_state(device)
+    pk, uid = device.pk, device.uid
+    device.delete()
+    audit_record(
+        actor=actor, action="device.delete", object_type="device", object_id=pk, object_repr=uid,
+        changes=diff(before, {}),
+    )
+
+
+@dataclass(frozen=True)
+class IssuedCredentials:
+    device: Device
+    username: str
+    secret: str
+    rotated: bool
+
+
+@transaction.atomic
+def device_issue_credentials(*, actor: Actor, device: Device) -> IssuedCredentials:
+    """Issue (or rotate) the device's MQTT secret. Only its hash is stored; the secret is returned once.
+
+    Rotation invalidates the previous secret at once. Issuing lifts a revocation: re-provisioning a
+    revoked device is an admin's explicit decision and is audited as such.
+    """
+    device = Device.objects.select_for_update().get(pk=device.pk)
+    rotated = bool(device.credential_hash)
+    was_revoked = device.is_revoked
+    secret = generate_secret()
+    device.credential_hash = hash_secret(secret)
+    device.credential_issued_at = timezone.now()
+    device.revoked_at = None
+    device.save(update_fields=["credential_hash", "credential_issued_at", "revoked_at", "updated_at"])
+    audit_record(
+        actor=actor,
+        action="device.credentials_rotate" if rotated else "device.credentials_issue",
+        object_type="device", object_id=device.pk, object_repr=device.uid,
+        changes={
+            "credential_issued_at": {"before": None, "after": device.credential_issued_at},
+            **({"revoked": {"before": True, "after": False}} if was_revoked else {}),
+        },
+    )
+    return IssuedCredentials(device=device, username=device.uid, secret=secret, rotated=rotated)
+
+
+@transaction.atomic
+def device_revoke(*, actor: Actor, device: Device, reason: str = "") -> Device:
+    """Revoke the device's credentials: the broker and the bridge refuse it from now on. Idempotent."""
+    device = Device.objects.select_for_update().get(pk=device.pk)
+    if device.is_revoked:
+        return device
+    device.revoked_at = timezone.now()
+    device.credential_hash = ""
+    device.status = ConnectionStatus.OFFLINE
+    device.save(update_fields=["revoked_at", "credential_hash", "status", "updated_at"])
+    audit_record(
+        actor=actor, action="device.revoke", object_type="device", object_id=device.pk, object_repr=device.uid,
+        changes={"revoked": {"before": False, "after": True}, "reason": reason},
+    )
+    return device
+
+
+def device_credential_hash(uid: str) -> str | None:
+    """The stored hash for a device that may connect (None for unknown or revoked devices)."""
+    row = Device.objects.filter(uid=uid, revoked_at__isnull=True).values_list("credential_hash", flat=True).first()
+    return row or None
+
+
+def device_mark_seen(*, actor: Actor, uid: str, online: bool, at: dt.datetime | None = None) -> Device:
+    """Record a device's heartbeat or status message. Only a change of online state is audited."""
+    with transaction.atomic():
+        device = Device.objects.select_for_update().get(uid=uid)
+        if device.is_revoked:
+            raise DeviceRevoked(uid)
+        new_status = ConnectionStatus.ONLINE if online else ConnectionStatus.OFFLINE
+        old_status = device.status
+        changed = old_status != new_status
+        device.status = new_status
+        device.last_seen = at or timezone.now()
+        device.save(update_fields=["status", "last_seen", "updated_at"])
+        if changed:
+            audit_record(
+                actor=actor, action=f"device.{new_status}", object_type="device", object_id=device.pk,
+                object_repr=device.uid, changes={"status": {"before": old_status, "after": new_status}},
+            )
+            payload = {"id": device.pk, "uid": device.uid, "status": new_status, "last_seen": device.last_seen.isoformat()}
+            transaction.on_commit(lambda: _broadcast_device_status(payload))
+    return device
+
+
+def _broadcast_device_status(payload: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is not None:
+        async_to_sync(layer.group_send)(FLEET_GROUP, {"type": DEVICE_STATUS_EVENT, "payload": payload})
+
+
+@transaction.atomic
+def devices_mark_stale_offline(*, actor: Actor, now: dt.datetime | None = None) -> list[str]:
+    """Mark devices offline whose heartbeat is older than DEVICE_STALE_AFTER_SECONDS (a missed Last Will)."""
+    stale = list(Device.objects.stale(now).select_for_update(skip_locked=True).values_list("pk", "uid"))
+    if not stale:
+        return []
+    Device.objects.filter(pk__in=[pk for pk, _ in stale]).update(status=ConnectionStatus.OFFLINE)
+    uids = [uid for _, uid in stale]
+    audit_record(
+        actor=actor, action="device.mark_stale_offline", object_type="device", object_id="",
+        object_repr=f"{len(uids)} devices", changes={"devices": uids},
+    )
+    return uids
+
+
+# --- groups ---------------------------------------------------------------------------------------
+@transaction.atomic
+def group_create(
+    *, actor: Actor, name: str, kind: str = GroupKind.STATIC, description: str = "",
+    filter: dict[str, Any] | None = None, devices: Iterable[Device] = (),  # noqa: A002 - the API's name
+) -> DeviceGroup:
+    group = DeviceGroup.objects.create(name=name, kind=kind, description=description, filter=filter or {})
+    members = list(devices)
+    if members:
+        group.devices.add(*members)
+    audit_record(
+        actor=actor, action="group.create", object_type="group", object_id=group.pk, object_repr=group.name,
+        changes={**diff({}, snapshot(group, GROUP_FIELDS)), **({"added": [d.uid for d in members]} if members else {})},
+    )
+    return group
+
+
+@transaction.atomic
+def group_update(*, actor: Actor, group: DeviceGroup, **fields: Any) -> DeviceGroup:
+    before = snapshot(group, GROUP_FIELDS)
+    for key, value in fields.items():
+        setattr(group, key, value)
+    group.save()
+    if group.is_dynamic:
+        group.devices.clear()
+    changes = diff(before, snapshot(group, GROUP_FIELDS))
+    if changes:
+        audit_record(
+            actor=actor, action="group.update", object_type="group", object_id=group.pk, object_repr=group.name,
+            changes=changes,
+        )
+    return group
+
+
+@transaction.atomic
+def group_delete(*, actor: Actor, group: DeviceGroup) -> None:
+    before = snapshot(group, GROUP_FIELDS)
+    pk, name = group.pk, group.name
+    group.delete()
+    audit_record(
+        actor=actor, action="group.delete", object_type="group", object_id=pk, object_repr=name,
+        changes=diff(before, {}),
+    )
+
+
+class DynamicGroupMembership(Exception):
+    """Members of a dynamic group come from its filter; they cannot be added or removed by hand."""
+
+
+@transaction.atomic
+def group_add_members(*, actor: Actor, group: DeviceGroup, devices: Sequence[Device]) -> list[str]:
+    if group.is_dynamic:
+        raise DynamicGroupMembership(group.name)
+    existing = set(group.devices.filter(pk__in=[d.pk for d in devices]).values_list("pk", flat=True))
+    new = [d for d in devices if d.pk not in existing]
+    if new:
+        group.devices.add(*new)
+        audit_record(
+            actor=actor, action="group.add_members", object_type="group", object_id=group.pk,
+            object_repr=group.name, changes={"added": sorted(d.uid for d in new)},
+        )
+    return [d.uid for d in new]
+
+
+@transaction.atomic
+def group_remove_members(*, actor: Actor, group: DeviceGroup, devices: Sequence[Device]) -> list[str]:
+    if group.is_dynamic:
+        raise DynamicGroupMembership(group.name)
+    present = list(group.devices.filter(pk__in=[d.pk for d in devices]))
+    if present:
+        group.devices.remove(*present)
+        audit_record(
+            actor=actor, action="group.remove_members", object_type="group", object_id=group.pk,
+            object_repr=group.name, changes={"removed": sorted(d.uid for d in present)},
+        )
+    return [d.uid for d in present]

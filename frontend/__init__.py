@@ -1,0 +1,1 @@
+"""The operator UI (server-rendered Django templates)."""

@@ -1,0 +1,1 @@
+"""The model registry: versioned, signed, immutable model artifacts."""

@@ -1,0 +1,1 @@
+"""Telemetry ingest and rollups (filled by the telemetry issue)."""
