@@ -170,6 +170,8 @@ if REDIS_URL:
 else:
     # The filesystem transport lets a real worker and beat run without Redis on a bare machine.
     _celery_dir = DATA_DIR / "celery"
+    (_celery_dir / "queue").mkdir(parents=True, exist_ok=True)
+    (_celery_dir / "processed").mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_celery_dir / "queue"),
