@@ -1,0 +1,75 @@
+"""Settings come from the environment and refuse unsafe production combinations."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CLEAN = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "SYSTEMROOT"}}
+
+
+def load_settings(**env: str) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import json, config.settings as s; "
+        "print(json.dumps({'db': s.DATABASES['default']['ENGINE'], 'layer': s.CHANNEL_LAYERS['default']['BACKEND'],"
+        " 'broker': s.CELERY_BROKER_URL, 'storage': s.STORAGES['default']['BACKEND'], 'mqtt': [s.MQTT_HOST, s.MQTT_PORT],"
+        " 'embedded_mqtt': s.EMBEDDED_MQTT}))"
+    )
+    return subprocess.run(  # noqa: S603
+        [sys.executable, "-c", code], cwd=ROOT, env={**CLEAN, **env}, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_no_variables_give_the_embedded_default(tmp_path):
+    result = load_settings(DEBUG="true", FOGDECK_DATA_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert '"db": "django.db.backends.sqlite3"' in result.stdout
+    assert "InMemoryChannelLayer" in result.stdout and '"broker": "filesystem://"' in result.stdout
+    assert "FileSystemStorage" in result.stdout and '"embedded_mqtt": true' in result.stdout
+
+
+def test_service_urls_switch_on_the_real_backends(tmp_path):
+    result = load_settings(
+        DEBUG="true", FOGDECK_DATA_DIR=str(tmp_path),
+        DATABASE_URL="postgres://postgres@db.internal:5432/fogdeck", REDIS_URL="redis://cache:6379/0",
+        MQTT_URL="mqtt://fogdeck:pw@mosquitto:1883", S3_ENDPOINT_URL="http://minio:9000", S3_BUCKET="artifacts",
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"db": "django.db.backends.postgresql"' in result.stdout
+    assert "RedisChannelLayer" in result.stdout and '"broker": "redis://cache:6379/0"' in result.stdout
+    assert "S3Storage" in result.stdout and '"mqtt": ["mosquitto", 1883]' in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DEBUG": "false", "ALLOWED_HOSTS": "x"}, "SECRET_KEY is the built-in development key"),
+        ({"DEBUG": "false", "SECRET_KEY": "short"}, "at least 32 characters"),
+        ({"DEBUG": "false", "SECRET_KEY": "k" * 40}, "set ALLOWED_HOSTS"),
+        ({"DEBUG": "maybe"}, "DEBUG='maybe' is not a boolean"),
+        ({"DEBUG": "true", "EMBEDDED_MQTT_PORT": "abc"}, "EMBEDDED_MQTT_PORT='abc' is not an integer"),
+        ({"DEBUG": "true", "MQTT_URL": "http://broker"}, "MQTT_URL scheme"),
+        ({"DEBUG": "true", "S3_ENDPOINT_URL": "http://minio:9000"}, "S3_BUCKET is not"),
+    ],
+)
+def test_unsafe_or_malformed_settings_refuse_to_start(tmp_path, env, message):
+    result = load_settings(FOGDECK_DATA_DIR=str(tmp_path), **env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and message in result.stderr
+
+
+def test_secret_can_come_from_a_file(tmp_path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s" * 50 + "\n")
+    code = "import config.settings as s; print(s.SECRET_KEY == 's' * 50)"
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**CLEAN, "DEBUG": "false", "SECRET_KEY_FILE": str(secret_file), "ALLOWED_HOSTS": "x",
+             "FOGDECK_DATA_DIR": str(tmp_path)},
+    )
+    assert result.stdout.strip() == "True", result.stderr
