@@ -10,7 +10,7 @@ from broker.embedded import Authenticator, EmbeddedBroker, static_authenticator
 
 
 def _device_hash(uid: str) -> str | None:
-    from fleet.services import device_credential_hash  # noqa: PLC0415 - app registry must be ready
+    from fleet.services import device_credential_hash
 
     close_old_connections()  # runs on broker worker threads that outlive requests
     return device_credential_hash(uid)
@@ -23,7 +23,9 @@ def broker_authenticator() -> Authenticator:
 
 def embedded_broker(*, host: str = "127.0.0.1", port: int | None = None) -> EmbeddedBroker:
     return EmbeddedBroker(
-        host=host, port=settings.EMBEDDED_MQTT_PORT if port is None else port, authenticator=broker_authenticator()
+        host=host,
+        port=settings.EMBEDDED_MQTT_PORT if port is None else port,
+        authenticator=broker_authenticator(),
     )
 
 

@@ -30,7 +30,14 @@ class DeviceAdmin(AuditedAdminMixin):
     search_fields = ["uid", "name"]
     list_select_related = ["site"]
     raw_id_fields = ["parent"]
-    readonly_fields = ["credential_hash", "credential_issued_at", "revoked_at", "status", "last_seen", "agent_version"]
+    readonly_fields = [
+        "credential_hash",
+        "credential_issued_at",
+        "revoked_at",
+        "status",
+        "last_seen",
+        "agent_version",
+    ]
     inlines = [RuntimeInline, TagInline]
 
 

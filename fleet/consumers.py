@@ -27,6 +27,6 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
 
 
 async def _can_view(user: Any) -> bool:
-    from asgiref.sync import sync_to_async  # noqa: PLC0415
+    from asgiref.sync import sync_to_async
 
     return await sync_to_async(has_role)(user, VIEWER)

@@ -29,8 +29,18 @@ class DeviceFilter(django_filters.FilterSet):
     class Meta:
         model = Device
         fields = [
-            "site", "tier", "status", "accelerator", "arch", "tag", "runtime", "parent", "group",
-            "revoked", "min_memory_mb", "search",
+            "site",
+            "tier",
+            "status",
+            "accelerator",
+            "arch",
+            "tag",
+            "runtime",
+            "parent",
+            "group",
+            "revoked",
+            "min_memory_mb",
+            "search",
         ]
 
     def filter_tag(self, queryset: QuerySet[Device], name: str, value: str) -> QuerySet[Device]:
@@ -46,13 +56,13 @@ class DeviceFilter(django_filters.FilterSet):
         group = DeviceGroup.objects.filter(pk=value).first()
         if group is None:
             return queryset.none()
-        from .selectors import group_members  # noqa: PLC0415 - selectors import this module
+        from .selectors import group_members
 
         return queryset.filter(pk__in=group_members(group).values("pk"))
 
 
 def _sites() -> Any:
-    from .models import Site  # noqa: PLC0415 - evaluated lazily, per request
+    from .models import Site
 
     return Site.objects.all()
 

@@ -29,7 +29,19 @@ from core.errors import flatten_errors
 from .models import Device, Site
 from .services import device_create, device_update
 
-CSV_COLUMNS = ("uid", "name", "site", "tier", "parent", "arch", "cpu", "memory_mb", "accelerator", "runtimes", "tags")
+CSV_COLUMNS = (
+    "uid",
+    "name",
+    "site",
+    "tier",
+    "parent",
+    "arch",
+    "cpu",
+    "memory_mb",
+    "accelerator",
+    "runtimes",
+    "tags",
+)
 
 
 class ImportFileError(ValueError):
@@ -105,7 +117,7 @@ def _json_rows(text: str) -> Iterator[tuple[int, dict[str, Any]]]:
     if isinstance(data, dict) and isinstance(data.get("devices"), list):
         data = data["devices"]
     if not isinstance(data, list):
-        raise ImportFileError("JSON import must be a list of device objects (or {\"devices\": [...]})")
+        raise ImportFileError('JSON import must be a list of device objects (or {"devices": [...]})')
     for index, item in enumerate(data, start=1):
         yield index, item if isinstance(item, dict) else {"__not_an_object__": item}
 
@@ -159,7 +171,7 @@ def _resolve_references(row: dict[str, Any], sites_by_name: dict[str, int], file
 
 def devices_import(*, actor: Actor, upload: BinaryIO, filename: str) -> ImportReport:
     """Create or update each row's device; report every row. Raises ImportFileError for an unreadable file."""
-    from .api.serializers import DeviceSerializer  # noqa: PLC0415 - the API's validation is the row's contract
+    from .api.serializers import DeviceSerializer
 
     kind, rows = read_rows(upload, filename)
     sites_by_name = dict(Site.objects.values_list("name", "pk"))
@@ -190,8 +202,12 @@ def devices_import(*, actor: Actor, upload: BinaryIO, filename: str) -> ImportRe
         if len(deferred) == len(pending):  # no progress: the parents never resolved (a cycle)
             for line, row in deferred:
                 outcomes.append(
-                    RowOutcome(line, str(row.get("uid", "")), "error",
-                               [{"field": "parent", "reason": f"parent {row.get('parent')!r} could not be created"}])
+                    RowOutcome(
+                        line,
+                        str(row.get("uid", "")),
+                        "error",
+                        [{"field": "parent", "reason": f"parent {row.get('parent')!r} could not be created"}],
+                    )
                 )
             break
         pending = deferred
@@ -199,7 +215,10 @@ def devices_import(*, actor: Actor, upload: BinaryIO, filename: str) -> ImportRe
     summary = report.as_dict()
     with transaction.atomic():
         audit_record(
-            actor=actor, action="device.import", object_type="device", object_id="",
+            actor=actor,
+            action="device.import",
+            object_type="device",
+            object_id="",
             object_repr=filename[:200],
             changes={k: summary[k] for k in ("format", "total", "created", "updated", "failed")},
         )

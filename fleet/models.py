@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
@@ -77,7 +78,11 @@ class Device(models.Model):
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="devices")
     tier = models.CharField(max_length=8, choices=Tier.choices)
     parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="children",
         help_text="the fog gateway (or cloud node) this device reaches the control plane through",
     )
     arch = models.CharField(max_length=16, choices=Arch.choices)
@@ -180,4 +185,3 @@ class DeviceGroup(models.Model):
     @property
     def is_dynamic(self) -> bool:
         return self.kind == GroupKind.DYNAMIC
-

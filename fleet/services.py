@@ -21,7 +21,18 @@ from .exceptions import DeviceRevoked
 from .models import ConnectionStatus, Device, DeviceGroup, DeviceRuntime, DeviceTag, GroupKind, Site
 
 SITE_FIELDS = ("name", "region", "latitude", "longitude")
-DEVICE_FIELDS = ("uid", "name", "site", "tier", "parent", "arch", "cpu", "memory_mb", "accelerator", "agent_version")
+DEVICE_FIELDS = (
+    "uid",
+    "name",
+    "site",
+    "tier",
+    "parent",
+    "arch",
+    "cpu",
+    "memory_mb",
+    "accelerator",
+    "agent_version",
+)
 GROUP_FIELDS = ("name", "description", "kind", "filter")
 
 
@@ -30,7 +41,11 @@ GROUP_FIELDS = ("name", "description", "kind", "filter")
 def site_create(*, actor: Actor, name: str, latitude: float, longitude: float, region: str = "") -> Site:
     site = Site.objects.create(name=name, region=region, latitude=latitude, longitude=longitude)
     audit_record(
-        actor=actor, action="site.create", object_type="site", object_id=site.pk, object_repr=site.name,
+        actor=actor,
+        action="site.create",
+        object_type="site",
+        object_id=site.pk,
+        object_repr=site.name,
         changes=diff({}, snapshot(site, SITE_FIELDS)),
     )
     return site
@@ -45,7 +60,11 @@ def site_update(*, actor: Actor, site: Site, **fields: Any) -> Site:
     changes = diff(before, snapshot(site, SITE_FIELDS))
     if changes:
         audit_record(
-            actor=actor, action="site.update", object_type="site", object_id=site.pk, object_repr=site.name,
+            actor=actor,
+            action="site.update",
+            object_type="site",
+            object_id=site.pk,
+            object_repr=site.name,
             changes=changes,
         )
     return site
@@ -58,7 +77,11 @@ def site_delete(*, actor: Actor, site: Site) -> None:
     pk, name = site.pk, site.name
     site.delete()
     audit_record(
-        actor=actor, action="site.delete", object_type="site", object_id=pk, object_repr=name,
+        actor=actor,
+        action="site.delete",
+        object_type="site",
+        object_id=pk,
+        object_repr=name,
         changes=diff(before, {}),
     )
 
@@ -98,7 +121,11 @@ def device_create(
     _replace_runtimes(device, runtimes)
     _replace_tags(device, tags)
     audit_record(
-        actor=actor, action="device.create", object_type="device", object_id=device.pk, object_repr=device.uid,
+        actor=actor,
+        action="device.create",
+        object_type="device",
+        object_id=device.pk,
+        object_repr=device.uid,
         changes=diff({}, _device_state(device)),
     )
     return device
@@ -127,8 +154,12 @@ def device_update(
     changes = diff(before, _device_state(device))
     if changes:
         audit_record(
-            actor=actor, action="device.update", object_type="device", object_id=device.pk,
-            object_repr=device.uid, changes=changes,
+            actor=actor,
+            action="device.update",
+            object_type="device",
+            object_id=device.pk,
+            object_repr=device.uid,
+            changes=changes,
         )
     return device
 
@@ -139,7 +170,11 @@ def device_delete(*, actor: Actor, device: Device) -> None:
     pk, uid = device.pk, device.uid
     device.delete()
     audit_record(
-        actor=actor, action="device.delete", object_type="device", object_id=pk, object_repr=uid,
+        actor=actor,
+        action="device.delete",
+        object_type="device",
+        object_id=pk,
+        object_repr=uid,
         changes=diff(before, {}),
     )
 
@@ -170,7 +205,9 @@ def device_issue_credentials(*, actor: Actor, device: Device) -> IssuedCredentia
     audit_record(
         actor=actor,
         action="device.credentials_rotate" if rotated else "device.credentials_issue",
-        object_type="device", object_id=device.pk, object_repr=device.uid,
+        object_type="device",
+        object_id=device.pk,
+        object_repr=device.uid,
         changes={
             "credential_issued_at": {"before": None, "after": device.credential_issued_at},
             **({"revoked": {"before": True, "after": False}} if was_revoked else {}),
@@ -190,7 +227,11 @@ def device_revoke(*, actor: Actor, device: Device, reason: str = "") -> Device:
     device.status = ConnectionStatus.OFFLINE
     device.save(update_fields=["revoked_at", "credential_hash", "status", "updated_at"])
     audit_record(
-        actor=actor, action="device.revoke", object_type="device", object_id=device.pk, object_repr=device.uid,
+        actor=actor,
+        action="device.revoke",
+        object_type="device",
+        object_id=device.pk,
+        object_repr=device.uid,
         changes={"revoked": {"before": False, "after": True}, "reason": reason},
     )
     return device
@@ -216,10 +257,19 @@ def device_mark_seen(*, actor: Actor, uid: str, online: bool, at: dt.datetime | 
         device.save(update_fields=["status", "last_seen", "updated_at"])
         if changed:
             audit_record(
-                actor=actor, action=f"device.{new_status}", object_type="device", object_id=device.pk,
-                object_repr=device.uid, changes={"status": {"before": old_status, "after": new_status}},
+                actor=actor,
+                action=f"device.{new_status}",
+                object_type="device",
+                object_id=device.pk,
+                object_repr=device.uid,
+                changes={"status": {"before": old_status, "after": new_status}},
             )
-            payload = {"id": device.pk, "uid": device.uid, "status": new_status, "last_seen": device.last_seen.isoformat()}
+            payload = {
+                "id": device.pk,
+                "uid": device.uid,
+                "status": new_status,
+                "last_seen": device.last_seen.isoformat(),
+            }
             transaction.on_commit(lambda: _broadcast_device_status(payload))
     return device
 
@@ -239,8 +289,12 @@ def devices_mark_stale_offline(*, actor: Actor, now: dt.datetime | None = None) 
     Device.objects.filter(pk__in=[pk for pk, _ in stale]).update(status=ConnectionStatus.OFFLINE)
     uids = [uid for _, uid in stale]
     audit_record(
-        actor=actor, action="device.mark_stale_offline", object_type="device", object_id="",
-        object_repr=f"{len(uids)} devices", changes={"devices": uids},
+        actor=actor,
+        action="device.mark_stale_offline",
+        object_type="device",
+        object_id="",
+        object_repr=f"{len(uids)} devices",
+        changes={"devices": uids},
     )
     return uids
 
@@ -248,16 +302,28 @@ def devices_mark_stale_offline(*, actor: Actor, now: dt.datetime | None = None) 
 # --- groups ---------------------------------------------------------------------------------------
 @transaction.atomic
 def group_create(
-    *, actor: Actor, name: str, kind: str = GroupKind.STATIC, description: str = "",
-    filter: dict[str, Any] | None = None, devices: Iterable[Device] = (),  # noqa: A002 - the API's name
+    *,
+    actor: Actor,
+    name: str,
+    kind: str = GroupKind.STATIC,
+    description: str = "",
+    filter: dict[str, Any] | None = None,
+    devices: Iterable[Device] = (),
 ) -> DeviceGroup:
     group = DeviceGroup.objects.create(name=name, kind=kind, description=description, filter=filter or {})
     members = list(devices)
     if members:
         group.devices.add(*members)
     audit_record(
-        actor=actor, action="group.create", object_type="group", object_id=group.pk, object_repr=group.name,
-        changes={**diff({}, snapshot(group, GROUP_FIELDS)), **({"added": [d.uid for d in members]} if members else {})},
+        actor=actor,
+        action="group.create",
+        object_type="group",
+        object_id=group.pk,
+        object_repr=group.name,
+        changes={
+            **diff({}, snapshot(group, GROUP_FIELDS)),
+            **({"added": [d.uid for d in members]} if members else {}),
+        },
     )
     return group
 
@@ -273,7 +339,11 @@ def group_update(*, actor: Actor, group: DeviceGroup, **fields: Any) -> DeviceGr
     changes = diff(before, snapshot(group, GROUP_FIELDS))
     if changes:
         audit_record(
-            actor=actor, action="group.update", object_type="group", object_id=group.pk, object_repr=group.name,
+            actor=actor,
+            action="group.update",
+            object_type="group",
+            object_id=group.pk,
+            object_repr=group.name,
             changes=changes,
         )
     return group
@@ -285,7 +355,11 @@ def group_delete(*, actor: Actor, group: DeviceGroup) -> None:
     pk, name = group.pk, group.name
     group.delete()
     audit_record(
-        actor=actor, action="group.delete", object_type="group", object_id=pk, object_repr=name,
+        actor=actor,
+        action="group.delete",
+        object_type="group",
+        object_id=pk,
+        object_repr=name,
         changes=diff(before, {}),
     )
 
@@ -303,8 +377,12 @@ def group_add_members(*, actor: Actor, group: DeviceGroup, devices: Sequence[Dev
     if new:
         group.devices.add(*new)
         audit_record(
-            actor=actor, action="group.add_members", object_type="group", object_id=group.pk,
-            object_repr=group.name, changes={"added": sorted(d.uid for d in new)},
+            actor=actor,
+            action="group.add_members",
+            object_type="group",
+            object_id=group.pk,
+            object_repr=group.name,
+            changes={"added": sorted(d.uid for d in new)},
         )
     return [d.uid for d in new]
 
@@ -317,7 +395,11 @@ def group_remove_members(*, actor: Actor, group: DeviceGroup, devices: Sequence[
     if present:
         group.devices.remove(*present)
         audit_record(
-            actor=actor, action="group.remove_members", object_type="group", object_id=group.pk,
-            object_repr=group.name, changes={"removed": sorted(d.uid for d in present)},
+            actor=actor,
+            action="group.remove_members",
+            object_type="group",
+            object_id=group.pk,
+            object_repr=group.name,
+            changes={"removed": sorted(d.uid for d in present)},
         )
     return [d.uid for d in present]

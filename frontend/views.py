@@ -16,12 +16,21 @@ def overview(request: HttpRequest) -> HttpResponse:
     if not has_role(request.user, VIEWER):
         raise PermissionDenied
     online = Q(status=ConnectionStatus.ONLINE)
-    by_tier = {row["tier"]: row for row in Device.objects.values("tier").annotate(total=Count("id"), online=Count("id", filter=online))}
+    by_tier = {
+        row["tier"]: row
+        for row in Device.objects.values("tier").annotate(total=Count("id"), online=Count("id", filter=online))
+    }
     tiers = [
-        {"label": label, "total": by_tier.get(value, {}).get("total", 0), "online": by_tier.get(value, {}).get("online", 0)}
+        {
+            "label": label,
+            "total": by_tier.get(value, {}).get("total", 0),
+            "online": by_tier.get(value, {}).get("online", 0),
+        }
         for value, label in Tier.choices
     ]
-    sites = Site.objects.annotate(total=Count("devices"), online=Count("devices", filter=Q(devices__status="online"))).order_by("name")
+    sites = Site.objects.annotate(
+        total=Count("devices"), online=Count("devices", filter=Q(devices__status="online"))
+    ).order_by("name")
     context = {
         "tiers": tiers,
         "sites": sites,

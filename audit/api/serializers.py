@@ -9,7 +9,16 @@ class AuditEntrySerializer(serializers.ModelSerializer):
     class Meta:
         model = AuditEntry
         fields = [
-            "id", "created_at", "actor", "action", "object_type", "object_id", "object_repr",
-            "changes", "request_id", "prev_hash", "hash",
+            "id",
+            "created_at",
+            "actor",
+            "action",
+            "object_type",
+            "object_id",
+            "object_repr",
+            "changes",
+            "request_id",
+            "prev_hash",
+            "hash",
         ]
         read_only_fields = fields

@@ -49,9 +49,25 @@ class DeviceSerializer(serializers.ModelSerializer):
     class Meta:
         model = Device
         fields = [
-            "id", "uid", "name", "site", "tier", "parent", "arch", "cpu", "memory_mb", "accelerator",
-            "runtimes", "tags", "agent_version", "status", "last_seen", "has_credentials", "revoked",
-            "created_at", "updated_at",
+            "id",
+            "uid",
+            "name",
+            "site",
+            "tier",
+            "parent",
+            "arch",
+            "cpu",
+            "memory_mb",
+            "accelerator",
+            "runtimes",
+            "tags",
+            "agent_version",
+            "status",
+            "last_seen",
+            "has_credentials",
+            "revoked",
+            "created_at",
+            "updated_at",
         ]
         read_only_fields = ["id", "agent_version", "status", "last_seen", "created_at", "updated_at"]
 
@@ -112,7 +128,7 @@ class GroupSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at", "member_count"]
 
     def get_member_count(self, group: DeviceGroup) -> int:
-        from fleet.selectors import group_members  # noqa: PLC0415
+        from fleet.selectors import group_members
 
         return group_members(group).count()
 

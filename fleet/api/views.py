@@ -143,15 +143,22 @@ class GroupViewSet(viewsets.ModelViewSet):
         group_delete(actor=actor_of(self.request), group=instance)
 
     def _members_page(self, request: Request, group: DeviceGroup) -> Response:
-        members: QuerySet[Device] = group_members(group).select_related("site", "parent").prefetch_related(
-            "runtimes", "tag_links"
-        ).order_by("uid")
+        members: QuerySet[Device] = (
+            group_members(group)
+            .select_related("site", "parent")
+            .prefetch_related("runtimes", "tag_links")
+            .order_by("uid")
+        )
         members = DeviceFilter(request.query_params, queryset=members, request=request).qs
         page = self.paginate_queryset(members)
         return self.get_paginated_response(DeviceSerializer(page, many=True).data)
 
     @extend_schema(methods=["GET"], responses={200: DeviceSerializer(many=True)})
-    @extend_schema(methods=["POST", "DELETE"], request=MembersInputSerializer, responses={200: DeviceSerializer(many=True)})
+    @extend_schema(
+        methods=["POST", "DELETE"],
+        request=MembersInputSerializer,
+        responses={200: DeviceSerializer(many=True)},
+    )
     @action(detail=True, methods=["get", "post", "delete"])
     def members(self, request: Request, pk: str | None = None) -> Response:
         """GET lists members (a dynamic group's filter is evaluated now); POST adds, DELETE removes."""

@@ -6,108 +6,229 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Site',
+            name="Site",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=120, unique=True)),
-                ('region', models.CharField(blank=True, max_length=80)),
-                ('latitude', models.FloatField(validators=[django.core.validators.MinValueValidator(-90), django.core.validators.MaxValueValidator(90)])),
-                ('longitude', models.FloatField(validators=[django.core.validators.MinValueValidator(-180), django.core.validators.MaxValueValidator(180)])),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID"),
+                ),
+                ("name", models.CharField(max_length=120, unique=True)),
+                ("region", models.CharField(blank=True, max_length=80)),
+                (
+                    "latitude",
+                    models.FloatField(
+                        validators=[
+                            django.core.validators.MinValueValidator(-90),
+                            django.core.validators.MaxValueValidator(90),
+                        ]
+                    ),
+                ),
+                (
+                    "longitude",
+                    models.FloatField(
+                        validators=[
+                            django.core.validators.MinValueValidator(-180),
+                            django.core.validators.MaxValueValidator(180),
+                        ]
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Device',
+            name="Device",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('uid', models.CharField(max_length=64, unique=True, validators=[django.core.validators.RegexValidator('^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$', "Use 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit (it is part of MQTT topics).")])),
-                ('name', models.CharField(max_length=120)),
-                ('tier', models.CharField(choices=[('cloud', 'Cloud node'), ('fog', 'Fog gateway'), ('edge', 'Edge device')], max_length=8)),
-                ('arch', models.CharField(choices=[('x86_64', 'X86 64'), ('aarch64', 'Aarch64'), ('armv7l', 'Armv7L'), ('riscv64', 'Riscv64')], max_length=16)),
-                ('cpu', models.CharField(blank=True, help_text="CPU model and cores, e.g. 'Cortex-A72 x4'", max_length=120)),
-                ('memory_mb', models.PositiveIntegerField(validators=[django.core.validators.MinValueValidator(16)])),
-                ('accelerator', models.CharField(choices=[('none', 'None'), ('gpu', 'Gpu'), ('npu', 'Npu'), ('tpu', 'Tpu')], default='none', max_length=8)),
-                ('agent_version', models.CharField(blank=True, max_length=40)),
-                ('status', models.CharField(choices=[('online', 'Online'), ('offline', 'Offline')], default='offline', max_length=8)),
-                ('last_seen', models.DateTimeField(blank=True, null=True)),
-                ('credential_hash', models.CharField(blank=True, help_text='Mosquitto $7$ PBKDF2-SHA512 hash', max_length=200)),
-                ('credential_issued_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('parent', models.ForeignKey(blank=True, help_text='the fog gateway (or cloud node) this device reaches the control plane through', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='children', to='fleet.device')),
-                ('site', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='devices', to='fleet.site')),
+                (
+                    "id",
+                    models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID"),
+                ),
+                (
+                    "uid",
+                    models.CharField(
+                        max_length=64,
+                        unique=True,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+                                "Use 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit (it is part of MQTT topics).",
+                            )
+                        ],
+                    ),
+                ),
+                ("name", models.CharField(max_length=120)),
+                (
+                    "tier",
+                    models.CharField(
+                        choices=[("cloud", "Cloud node"), ("fog", "Fog gateway"), ("edge", "Edge device")],
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "arch",
+                    models.CharField(
+                        choices=[
+                            ("x86_64", "X86 64"),
+                            ("aarch64", "Aarch64"),
+                            ("armv7l", "Armv7L"),
+                            ("riscv64", "Riscv64"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "cpu",
+                    models.CharField(blank=True, help_text="CPU model and cores, e.g. 'Cortex-A72 x4'", max_length=120),
+                ),
+                (
+                    "memory_mb",
+                    models.PositiveIntegerField(validators=[django.core.validators.MinValueValidator(16)]),
+                ),
+                (
+                    "accelerator",
+                    models.CharField(
+                        choices=[("none", "None"), ("gpu", "Gpu"), ("npu", "Npu"), ("tpu", "Tpu")],
+                        default="none",
+                        max_length=8,
+                    ),
+                ),
+                ("agent_version", models.CharField(blank=True, max_length=40)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("online", "Online"), ("offline", "Offline")],
+                        default="offline",
+                        max_length=8,
+                    ),
+                ),
+                ("last_seen", models.DateTimeField(blank=True, null=True)),
+                (
+                    "credential_hash",
+                    models.CharField(blank=True, help_text="Mosquitto $7$ PBKDF2-SHA512 hash", max_length=200),
+                ),
+                ("credential_issued_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "parent",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="the fog gateway (or cloud node) this device reaches the control plane through",
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="children",
+                        to="fleet.device",
+                    ),
+                ),
+                (
+                    "site",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="devices", to="fleet.site"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['uid'],
+                "ordering": ["uid"],
             },
         ),
         migrations.CreateModel(
-            name='DeviceGroup',
+            name="DeviceGroup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=120, unique=True)),
-                ('description', models.TextField(blank=True)),
-                ('kind', models.CharField(choices=[('static', 'Static'), ('dynamic', 'Dynamic')], default='static', max_length=8)),
-                ('filter', models.JSONField(blank=True, default=dict, help_text='device-list filters, for dynamic groups')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('devices', models.ManyToManyField(blank=True, related_name='static_groups', to='fleet.device')),
+                (
+                    "id",
+                    models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID"),
+                ),
+                ("name", models.CharField(max_length=120, unique=True)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("static", "Static"), ("dynamic", "Dynamic")], default="static", max_length=8
+                    ),
+                ),
+                (
+                    "filter",
+                    models.JSONField(blank=True, default=dict, help_text="device-list filters, for dynamic groups"),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "devices",
+                    models.ManyToManyField(blank=True, related_name="static_groups", to="fleet.device"),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='DeviceRuntime',
+            name="DeviceRuntime",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=40)),
-                ('version', models.CharField(max_length=40)),
-                ('device', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='runtimes', to='fleet.device')),
+                (
+                    "id",
+                    models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID"),
+                ),
+                ("name", models.CharField(max_length=40)),
+                ("version", models.CharField(max_length=40)),
+                (
+                    "device",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="runtimes",
+                        to="fleet.device",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
-                'indexes': [models.Index(fields=['name', 'device'], name='runtime_name_device_idx')],
-                'constraints': [models.UniqueConstraint(fields=('device', 'name'), name='runtime_unique_per_device')],
+                "ordering": ["name"],
+                "indexes": [models.Index(fields=["name", "device"], name="runtime_name_device_idx")],
+                "constraints": [models.UniqueConstraint(fields=("device", "name"), name="runtime_unique_per_device")],
             },
         ),
         migrations.CreateModel(
-            name='DeviceTag',
+            name="DeviceTag",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('tag', models.CharField(max_length=64)),
-                ('device', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tag_links', to='fleet.device')),
+                (
+                    "id",
+                    models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID"),
+                ),
+                ("tag", models.CharField(max_length=64)),
+                (
+                    "device",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="tag_links",
+                        to="fleet.device",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['tag', 'device'], name='tag_device_idx')],
-                'constraints': [models.UniqueConstraint(fields=('device', 'tag'), name='tag_unique_per_device')],
+                "indexes": [models.Index(fields=["tag", "device"], name="tag_device_idx")],
+                "constraints": [models.UniqueConstraint(fields=("device", "tag"), name="tag_unique_per_device")],
             },
         ),
         migrations.AddIndex(
-            model_name='device',
-            index=models.Index(fields=['tier', 'status', 'uid'], name='device_tier_status_idx'),
+            model_name="device",
+            index=models.Index(fields=["tier", "status", "uid"], name="device_tier_status_idx"),
         ),
         migrations.AddIndex(
-            model_name='device',
-            index=models.Index(fields=['site', 'tier'], name='device_site_tier_idx'),
+            model_name="device",
+            index=models.Index(fields=["site", "tier"], name="device_site_tier_idx"),
         ),
         migrations.AddIndex(
-            model_name='device',
-            index=models.Index(fields=['status', 'last_seen'], name='device_status_seen_idx'),
+            model_name="device",
+            index=models.Index(fields=["status", "last_seen"], name="device_status_seen_idx"),
         ),
         migrations.AddIndex(
-            model_name='device',
-            index=models.Index(fields=['accelerator'], name='device_accelerator_idx'),
+            model_name="device",
+            index=models.Index(fields=["accelerator"], name="device_accelerator_idx"),
         ),
     ]

@@ -18,8 +18,13 @@ def record(n: int) -> list[AuditEntry]:
     for i in range(n):
         with transaction.atomic():
             entries.append(
-                audit_record(actor=Actor.system("tests"), action="thing.touch", object_type="thing", object_id=i,
-                             changes={"value": {"before": i, "after": i + 1}, "ratio": 0.1 * i})
+                audit_record(
+                    actor=Actor.system("tests"),
+                    action="thing.touch",
+                    object_type="thing",
+                    object_id=i,
+                    changes={"value": {"before": i, "after": i + 1}, "ratio": 0.1 * i},
+                )
             )
     return entries
 
@@ -66,7 +71,7 @@ def test_verify_audit_catches_reordering():
         cursor.execute(f"SELECT {', '.join(swap)} FROM audit_auditentry WHERE id = %s", [b.pk])  # noqa: S608
         row_b = cursor.fetchone()
         assignments = ", ".join(f"{c} = %s" for c in swap)
-        cursor.execute(f"UPDATE audit_auditentry SET hash = %s WHERE id = %s", ["x" * 64, a.pk])  # noqa: S608,F541
+        cursor.execute(f"UPDATE audit_auditentry SET hash = %s WHERE id = %s", ["x" * 64, a.pk])  # noqa: F541
         cursor.execute(f"UPDATE audit_auditentry SET {assignments} WHERE id = %s", [*row_a, b.pk])  # noqa: S608
         cursor.execute(f"UPDATE audit_auditentry SET {assignments} WHERE id = %s", [*row_b, a.pk])  # noqa: S608
     report = audit_verify_chain()
@@ -97,8 +102,17 @@ def test_audit_api_filters_and_exports_csv(admin_client, viewer_client):
     admin_client.patch(f"/api/v1/devices/{device.pk}/", {"memory_mb": 4096}, format="json")
     listed = viewer_client.get("/api/v1/audit/?actor=alice-admin").json()["results"]
     assert [e["action"] for e in listed] == ["device.update"]
-    assert set(listed[0]) >= {"actor", "action", "object_type", "object_id", "changes", "request_id",
-                              "created_at", "hash", "prev_hash"}
+    assert set(listed[0]) >= {
+        "actor",
+        "action",
+        "object_type",
+        "object_id",
+        "changes",
+        "request_id",
+        "created_at",
+        "hash",
+        "prev_hash",
+    }
     by_object = viewer_client.get(f"/api/v1/audit/?object_type=device&object_id={device.pk}").json()["results"]
     assert [e["action"] for e in by_object] == ["device.update", "device.create"]
     assert viewer_client.get("/api/v1/audit/?since=2999-01-01T00:00:00Z").json()["count"] == 0

@@ -18,7 +18,17 @@ SETTINGS_SOURCE = (ROOT / "config" / "settings.py").read_text()
 
 
 def test_every_backend_and_process_is_there():
-    assert {"postgres", "redis", "mosquitto", "minio", "web", "worker", "beat", "migrate", "mqtt-auth"} <= set(SERVICES)
+    assert {
+        "postgres",
+        "redis",
+        "mosquitto",
+        "minio",
+        "web",
+        "worker",
+        "beat",
+        "migrate",
+        "mqtt-auth",
+    } <= set(SERVICES)
 
 
 @pytest.mark.parametrize("name", sorted(OURS))

@@ -64,19 +64,27 @@ def test_embedded_default_serves_health_api_and_broker(tmp_path):
     manage = [sys.executable, str(ROOT / "manage.py")]
 
     def run(*args: str) -> str:
-        result = subprocess.run([*manage, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)  # noqa: S603
+        result = subprocess.run([*manage, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         return result.stdout
 
     run("migrate", "--noinput", "-v", "0")
     assert "demo fleet" in run("seed_demo", "--devices", "40")
     assert "(0 new)" in run("seed_demo", "--devices", "40")  # idempotent
-    run("shell", "-c",
+    run(
+        "shell",
+        "-c",
         "from django.contrib.auth.models import User, Group; u = User.objects.create_user('ops');"
-        " u.groups.add(Group.objects.get(name='admin'))")
+        " u.groups.add(Group.objects.get(name='admin'))",
+    )
     token = run("drf_create_token", "ops").split()[2]
-    server = subprocess.Popen([*manage, "serve", "--port", str(http_port)], env=env, cwd=ROOT,  # noqa: S603
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [*manage, "serve", "--port", str(http_port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -88,7 +96,11 @@ def test_embedded_default_serves_health_api_and_broker(tmp_path):
                 time.sleep(0.3)
         assert status == 200, health
         assert health["checks"]["database"]["backend"] == "sqlite (embedded)"
-        assert health["checks"]["mqtt"] == {**health["checks"]["mqtt"], "ok": True, "backend": "embedded broker"}
+        assert health["checks"]["mqtt"] == {
+            **health["checks"]["mqtt"],
+            "ok": True,
+            "backend": "embedded broker",
+        }
         assert health["checks"]["channel_layer"]["backend"] == "in-memory (embedded)"
 
         assert request(f"http://127.0.0.1:{http_port}/api/v1/devices/")[0] == 401
@@ -96,8 +108,11 @@ def test_embedded_default_serves_health_api_and_broker(tmp_path):
         assert status == 200 and devices["count"] > 20
         device_id = devices["results"][0]["id"]
         uid = devices["results"][0]["uid"]
-        status, creds = request(f"http://127.0.0.1:{http_port}/api/v1/devices/{device_id}/credentials/",
-                                token=token, method="POST")
+        status, creds = request(
+            f"http://127.0.0.1:{http_port}/api/v1/devices/{device_id}/credentials/",
+            token=token,
+            method="POST",
+        )
         assert status == 201
         assert mqtt_connect(mqtt_port, uid, creds["secret"]) is True
         assert mqtt_connect(mqtt_port, uid, "not-the-secret") is False

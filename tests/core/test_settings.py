@@ -17,11 +17,17 @@ def load_settings(**env: str) -> subprocess.CompletedProcess[str]:
     code = (
         "import json, config.settings as s; "
         "print(json.dumps({'db': s.DATABASES['default']['ENGINE'], 'layer': s.CHANNEL_LAYERS['default']['BACKEND'],"
-        " 'broker': s.CELERY_BROKER_URL, 'storage': s.STORAGES['default']['BACKEND'], 'mqtt': [s.MQTT_HOST, s.MQTT_PORT],"
+        " 'broker': s.CELERY_BROKER_URL, 'storage': s.STORAGES['default']['BACKEND'],"
+        " 'mqtt': [s.MQTT_HOST, s.MQTT_PORT],"
         " 'embedded_mqtt': s.EMBEDDED_MQTT}))"
     )
-    return subprocess.run(  # noqa: S603
-        [sys.executable, "-c", code], cwd=ROOT, env={**CLEAN, **env}, capture_output=True, text=True, timeout=60
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**CLEAN, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -35,9 +41,13 @@ def test_no_variables_give_the_embedded_default(tmp_path):
 
 def test_service_urls_switch_on_the_real_backends(tmp_path):
     result = load_settings(
-        DEBUG="true", FOGDECK_DATA_DIR=str(tmp_path),
-        DATABASE_URL="postgres://postgres@db.internal:5432/fogdeck", REDIS_URL="redis://cache:6379/0",
-        MQTT_URL="mqtt://fogdeck:pw@mosquitto:1883", S3_ENDPOINT_URL="http://minio:9000", S3_BUCKET="artifacts",
+        DEBUG="true",
+        FOGDECK_DATA_DIR=str(tmp_path),
+        DATABASE_URL="postgres://postgres@db.internal:5432/fogdeck",
+        REDIS_URL="redis://cache:6379/0",
+        MQTT_URL="mqtt://fogdeck:pw@mosquitto:1883",
+        S3_ENDPOINT_URL="http://minio:9000",
+        S3_BUCKET="artifacts",
     )
     assert result.returncode == 0, result.stderr
     assert '"db": "django.db.backends.postgresql"' in result.stdout
@@ -67,9 +77,18 @@ def test_secret_can_come_from_a_file(tmp_path):
     secret_file = tmp_path / "secret"
     secret_file.write_text("s" * 50 + "\n")
     code = "import config.settings as s; print(s.SECRET_KEY == 's' * 50)"
-    result = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={**CLEAN, "DEBUG": "false", "SECRET_KEY_FILE": str(secret_file), "ALLOWED_HOSTS": "x",
-             "FOGDECK_DATA_DIR": str(tmp_path)},
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **CLEAN,
+            "DEBUG": "false",
+            "SECRET_KEY_FILE": str(secret_file),
+            "ALLOWED_HOSTS": "x",
+            "FOGDECK_DATA_DIR": str(tmp_path),
+        },
     )
     assert result.stdout.strip() == "True", result.stderr

@@ -14,9 +14,17 @@ DEVICES = "/api/v1/devices/"
 
 def device_payload(site_id: int, **overrides: object) -> dict[str, object]:
     return {
-        "uid": "lyon-rpi4-0001", "name": "rpi 1", "site": site_id, "tier": "edge", "arch": "aarch64",
-        "cpu": "Cortex-A72 x4", "memory_mb": 2048, "accelerator": "none",
-        "runtimes": [{"name": "onnxruntime", "version": "1.18"}], "tags": ["camera"], **overrides,
+        "uid": "lyon-rpi4-0001",
+        "name": "rpi 1",
+        "site": site_id,
+        "tier": "edge",
+        "arch": "aarch64",
+        "cpu": "Cortex-A72 x4",
+        "memory_mb": 2048,
+        "accelerator": "none",
+        "runtimes": [{"name": "onnxruntime", "version": "1.18"}],
+        "tags": ["camera"],
+        **overrides,
     }
 
 
@@ -78,7 +86,10 @@ def test_update_records_before_and_after(admin_client, assert_audited):
         ({"memory_mb": -5}, "memory_mb"),
         ({"uid": "bad/uid#"}, "uid"),
         ({"runtimes": [{"name": "onnxruntime"}]}, "runtimes.0.version"),
-        ({"runtimes": [{"name": "onnxruntime", "version": "1"}, {"name": "onnxruntime", "version": "2"}]}, "runtimes"),
+        (
+            {"runtimes": [{"name": "onnxruntime", "version": "1"}, {"name": "onnxruntime", "version": "2"}]},
+            "runtimes",
+        ),
         ({"accelerator": "fpga"}, "accelerator"),
         ({"site": 99999}, "site"),
     ],
@@ -109,10 +120,20 @@ def test_parent_must_be_gateway_and_not_a_cycle(admin_client):
 def test_device_filters(viewer_client):
     site_a, site_b = SiteFactory(), SiteFactory()
     DeviceFactory(uid="edge-onnx", site=site_a, tier="edge", tags=["camera"])
-    DeviceFactory(uid="edge-tfl", site=site_b, tier="edge",
-                  runtimes=[{"name": "tflite", "version": "2.14"}], accelerator="tpu")
-    fog = DeviceFactory(uid="fog-gw", site=site_a, tier="fog", accelerator="gpu",
-                        runtimes=[{"name": "tensorrt", "version": "8.6"}, {"name": "onnxruntime", "version": "1.18"}])
+    DeviceFactory(
+        uid="edge-tfl",
+        site=site_b,
+        tier="edge",
+        runtimes=[{"name": "tflite", "version": "2.14"}],
+        accelerator="tpu",
+    )
+    fog = DeviceFactory(
+        uid="fog-gw",
+        site=site_a,
+        tier="fog",
+        accelerator="gpu",
+        runtimes=[{"name": "tensorrt", "version": "8.6"}, {"name": "onnxruntime", "version": "1.18"}],
+    )
     Device.objects.filter(pk=fog.pk).update(status="online")
 
     def uids(query: str) -> list[str]:
@@ -166,8 +187,9 @@ def test_device_list_has_bounded_queries(viewer_client):
 
 
 def test_sites_crud_and_delete_with_devices_is_409(admin_client, assert_audited):
-    response = admin_client.post("/api/v1/sites/", {"name": "Lyon", "region": "eu", "latitude": 45.7, "longitude": 4.8},
-                                 format="json")
+    response = admin_client.post(
+        "/api/v1/sites/", {"name": "Lyon", "region": "eu", "latitude": 45.7, "longitude": 4.8}, format="json"
+    )
     assert response.status_code == 201
     site_id = response.json()["id"]
     assert_audited("site", site_id, "site.create")

@@ -15,7 +15,7 @@ def test_static_group_members_add_list_remove(admin_client, assert_audited):
     response = admin_client.post(url, {"devices": [a.pk, b.pk]}, format="json")
     assert response.status_code == 200
     assert sorted(d["uid"] for d in response.json()["results"]) == sorted([a.uid, b.uid])
-    assert_audited("group", group["id"], "group.add_members").changes["added"] == sorted([a.uid, b.uid])
+    assert assert_audited("group", group["id"], "group.add_members").changes["added"] == sorted([a.uid, b.uid])
     response = admin_client.delete(url, {"devices": [a.pk, c.pk]}, format="json")
     assert [d["uid"] for d in response.json()["results"]] == [b.uid]
     assert admin_client.get(f"{GROUPS}{group['id']}/").json()["member_count"] == 1
@@ -24,7 +24,8 @@ def test_static_group_members_add_list_remove(admin_client, assert_audited):
 def test_dynamic_group_is_evaluated_on_demand(admin_client, viewer_client):
     DeviceFactory(uid="jet-1", accelerator="gpu", runtimes=[{"name": "tensorrt", "version": "8.6"}])
     response = admin_client.post(
-        GROUPS, {"name": "gpu-boxes", "kind": "dynamic", "filter": {"accelerator": "gpu", "runtime": "tensorrt"}},
+        GROUPS,
+        {"name": "gpu-boxes", "kind": "dynamic", "filter": {"accelerator": "gpu", "runtime": "tensorrt"}},
         format="json",
     )
     assert response.status_code == 201, response.json()

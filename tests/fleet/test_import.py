@@ -48,8 +48,15 @@ def test_json_import_upserts_and_resolves_parents_defined_later(admin_client):
     site = SiteFactory(name="Osaka")
     DeviceFactory(uid="osa-pi-1", site=site, memory_mb=1024)
     rows = [
-        {"uid": "osa-pi-2", "site": "Osaka", "tier": "edge", "parent": "osa-gw-1", "arch": "aarch64",
-         "memory_mb": 4096, "runtimes": [{"name": "tflite", "version": "2.14"}]},
+        {
+            "uid": "osa-pi-2",
+            "site": "Osaka",
+            "tier": "edge",
+            "parent": "osa-gw-1",
+            "arch": "aarch64",
+            "memory_mb": 4096,
+            "runtimes": [{"name": "tflite", "version": "2.14"}],
+        },
         {"uid": "osa-gw-1", "site": site.pk, "tier": "fog", "arch": "x86_64", "memory_mb": 8192},
         {"uid": "osa-pi-1", "memory_mb": 8192},
         "not an object",

@@ -30,7 +30,7 @@ def free_port() -> int:
 
 
 def start_broker(conf: Path, port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stderr=subprocess.PIPE)  # noqa: S603
+    process = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:

@@ -40,8 +40,21 @@ class Command(BaseCommand):
         if not no_worker:
             children.append(
                 subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                    [sys.executable, "-m", "celery", "-A", "config", "worker", "--beat", "--loglevel", "WARNING",
-                     "--concurrency", "2", "--schedule", str(settings.DATA_DIR / "celerybeat-schedule")],
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "config",
+                        "worker",
+                        "--beat",
+                        "--loglevel",
+                        "WARNING",
+                        "--concurrency",
+                        "2",
+                        "--schedule",
+                        str(settings.DATA_DIR / "celerybeat-schedule"),
+                    ],
                 )
             )
         url = f"http://{host}:{port}/"
@@ -82,6 +95,10 @@ class Command(BaseCommand):
             user.save()
             user.groups.add(Group.objects.get(name=role))
             audit_record(
-                actor=actor, action="user.create" if created else "user.set_password", object_type="user",
-                object_id=user.pk, object_repr=username, changes={"role": role},
+                actor=actor,
+                action="user.create" if created else "user.set_password",
+                object_type="user",
+                object_id=user.pk,
+                object_repr=username,
+                changes={"role": role},
             )

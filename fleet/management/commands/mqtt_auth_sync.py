@@ -27,7 +27,9 @@ class Command(BaseCommand):
             changed = write_atomically(directory / "passwd", files.passwd)
             changed |= write_atomically(directory / "acl", files.acl)
             if changed or not watch:
-                self.stdout.write(f"mosquitto auth: {files.devices} devices -> {directory} ({'updated' if changed else 'unchanged'})")
+                self.stdout.write(
+                    f"mosquitto auth: {files.devices} devices -> {directory} ({'updated' if changed else 'unchanged'})"
+                )
             if not watch:
                 return
             time.sleep(watch)

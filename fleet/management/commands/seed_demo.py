@@ -29,7 +29,11 @@ class Command(BaseCommand):
         for demo in SITES:
             if demo.name not in sites:
                 sites[demo.name] = site_create(
-                    actor=ACTOR, name=demo.name, region=demo.region, latitude=demo.latitude, longitude=demo.longitude
+                    actor=ACTOR,
+                    name=demo.name,
+                    region=demo.region,
+                    latitude=demo.latitude,
+                    longitude=demo.longitude,
                 )
         plan = demo_devices(devices, seed)
         existing = set(Device.objects.filter(uid__in=[d.uid for d in plan]).values_list("uid", flat=True))
@@ -57,9 +61,7 @@ class Command(BaseCommand):
             self.stdout.write("")
             self._seed_presence([d.uid for d in missing], seed)
         self.stdout.write(
-            self.style.SUCCESS(
-                f"demo fleet: {len(SITES)} sites, {Device.objects.count()} devices ({len(missing)} new)"
-            )
+            self.style.SUCCESS(f"demo fleet: {len(SITES)} sites, {Device.objects.count()} devices ({len(missing)} new)")
         )
 
     @transaction.atomic
@@ -75,7 +77,9 @@ class Command(BaseCommand):
             status=ConnectionStatus.OFFLINE, last_seen=now - dt.timedelta(hours=rng.randint(2, 48))
         )
         audit_record(
-            actor=ACTOR, action="device.seed_presence", object_type="device",
+            actor=ACTOR,
+            action="device.seed_presence",
+            object_type="device",
             object_repr=f"{len(online)} online, {len(offline)} offline",
             changes={"online": len(online), "offline": len(offline)},
         )
