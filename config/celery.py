@@ -18,4 +18,8 @@ app.conf.beat_schedule = {
         "task": "fleet.tasks.mark_stale_devices_offline",
         "schedule": 30.0,
     },
+    "deployments-sweep-job-timeouts": {
+        "task": "deployments.tasks.sweep_job_timeouts",
+        "schedule": 10.0,
+    },
 }

@@ -104,6 +104,7 @@ INSTALLED_APPS = [
     "deployments",
     "telemetry",
     "frontend",
+    "mqttbridge",
 ]
 
 MIDDLEWARE = [
@@ -152,6 +153,8 @@ else:
             # IMMEDIATE takes the write lock at BEGIN, so read-then-write sequences (the audit chain)
             # are serialized instead of failing with "database is locked" at the first write.
             "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
+            # a file, not memory: end-to-end tests run the bridge as a separate process on it
+            "TEST": {"NAME": str(DATA_DIR / "test.sqlite3")},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -210,6 +213,8 @@ if EMBEDDED_MQTT:
     import hashlib
 
     MQTT_PASSWORD = hashlib.sha256(f"fogdeck-mqtt:{SECRET_KEY}".encode()).hexdigest()
+# Several bridge processes share the device topics through `$share/<group>/…` when this is set.
+MQTT_BRIDGE_SHARED_GROUP = env_str("MQTT_BRIDGE_SHARED_GROUP")
 # Devices are told this address (it may differ from the one the control plane uses inside a cluster).
 MQTT_PUBLIC_URL = env_str("MQTT_PUBLIC_URL", MQTT_URL or f"mqtt://127.0.0.1:{EMBEDDED_MQTT_PORT}")
 
@@ -310,12 +315,25 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
+    # choice sets that share a field name across apps get distinct component names
+    "ENUM_NAME_OVERRIDES": {
+        "ModelVersionStatusEnum": "models_registry.models.Status",
+        "ArchEnum": "fleet.models.Arch",
+        "JobKindEnum": "deployments.models.JobKind",
+        "JobStatusEnum": "deployments.models.JobStatus",
+        "GroupKindEnum": "fleet.models.GroupKind",
+    },
 }
 
 # --- fleet ----------------------------------------------------------------------------------------
 DEVICE_STALE_AFTER_SECONDS = env_int("DEVICE_STALE_AFTER_SECONDS", 120, minimum=1)
 MAX_IMPORT_ROWS = env_int("MAX_IMPORT_ROWS", 20000, minimum=1)
 MAX_IMPORT_FILE_MB = env_int("MAX_IMPORT_FILE_MB", 10, minimum=1)
+
+# --- deployments ----------------------------------------------------------------------------------
+JOB_TIMEOUT_SECONDS = env_int("JOB_TIMEOUT_SECONDS", 3600, minimum=1)
+# How devices reach this control plane over HTTP (artifact downloads on local storage, signing keys).
+PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 
 LOGGING = {
     "version": 1,
@@ -325,3 +343,12 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+
+# --- model registry -------------------------------------------------------------------------------
+MAX_ARTIFACT_SIZE_MB = env_int("MAX_ARTIFACT_SIZE_MB", 200, minimum=1)
+# Lifetime of artifact download URLs (S3 presigned, or our own signed URL on local storage).
+ARTIFACT_URL_TTL_SECONDS = env_int("ARTIFACT_URL_TTL_SECONDS", 900, minimum=1)
+# Ed25519 key that signs published manifests: base64 of the raw 32-byte private key (or SIGNING_KEY_FILE).
+SIGNING_KEY = env_secret("SIGNING_KEY").strip()
+# Otherwise (and for rotated-out keys) PEM keys in this directory; the first publish creates one if empty.
+SIGNING_KEY_DIR = Path(env_str("SIGNING_KEY_DIR", str(DATA_DIR / "signing-keys"))).resolve()

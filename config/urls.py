@@ -9,6 +9,8 @@ from core.views import healthz
 api_v1 = [
     path("", include("fleet.api.urls")),
     path("", include("audit.api.urls")),
+    path("", include("deployments.api.urls")),
+    path("", include("models_registry.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]

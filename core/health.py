@@ -118,3 +118,14 @@ def run_checks() -> dict[str, dict[str, object]]:
             **({"error": error} if error else {}),
         }
     return results
+
+
+def bridge_counters() -> dict[str, object]:
+    """Device messages the MQTT bridge rejected, by reason (informational: not a health failure)."""
+    from mqttbridge.models import RejectedMessageCount
+
+    try:
+        rows = list(RejectedMessageCount.objects.values_list("reason", "count"))
+    except Exception as exc:  # the database probe reports the outage itself
+        return {"error": type(exc).__name__}
+    return {"rejected": dict(rows), "rejected_total": sum(count for _, count in rows)}

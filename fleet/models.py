@@ -92,6 +92,8 @@ class Device(models.Model):
     agent_version = models.CharField(max_length=40, blank=True)
     status = models.CharField(max_length=8, choices=ConnectionStatus.choices, default=ConnectionStatus.OFFLINE)
     last_seen = models.DateTimeField(null=True, blank=True)
+    reported_state = models.JSONField(default=dict, blank=True, help_text="the agent's last reported state")
+    reported_at = models.DateTimeField(null=True, blank=True)
     credential_hash = models.CharField(max_length=200, blank=True, help_text="Mosquitto $7$ PBKDF2-SHA512 hash")
     credential_issued_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)

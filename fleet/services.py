@@ -280,6 +280,40 @@ def _broadcast_device_status(payload: dict[str, Any]) -> None:
         async_to_sync(layer.group_send)(FLEET_GROUP, {"type": DEVICE_STATUS_EVENT, "payload": payload})
 
 
+def device_report_state(*, actor: Actor, uid: str, state: dict[str, Any], agent_version: str) -> Device:
+    """Store what the agent reports (hardware, runtimes, slots, active models).
+
+    Reported state arrives on every reconnect; only a change of the active models is audited, since
+    that is what answers "which version ran on which device, from when".
+    """
+    with transaction.atomic():
+        device = Device.objects.select_for_update().get(uid=uid)
+        if device.is_revoked:
+            raise DeviceRevoked(uid)
+        before_active = device.reported_state.get("active", {})
+        device.reported_state = state
+        device.reported_at = timezone.now()
+        device.last_seen = device.reported_at
+        device.agent_version = agent_version[:40]
+        device.save(update_fields=["reported_state", "reported_at", "last_seen", "agent_version", "updated_at"])
+        after_active = state.get("active", {})
+        if before_active != after_active:
+            audit_record(
+                actor=actor,
+                action="device.active_models_changed",
+                object_type="device",
+                object_id=device.pk,
+                object_repr=device.uid,
+                changes={"active": {"before": before_active, "after": after_active}},
+            )
+    return device
+
+
+def devices_touch(uids: Iterable[str], *, at: dt.datetime | None = None) -> int:
+    """Refresh last_seen for devices that just sent something (batched; a heartbeat is not audited)."""
+    return Device.objects.filter(uid__in=list(uids), revoked_at__isnull=True).update(last_seen=at or timezone.now())
+
+
 @transaction.atomic
 def devices_mark_stale_offline(*, actor: Actor, now: dt.datetime | None = None) -> list[str]:
     """Mark devices offline whose heartbeat is older than DEVICE_STALE_AFTER_SECONDS (a missed Last Will)."""

@@ -1,0 +1,237 @@
+"""The device agent: one MQTT session, the job worker, the local inference API and telemetry.
+
+Threads: paho's network loop (callbacks), the job worker, the HTTP server, and a telemetry timer;
+they share the `StateStore` (locked) and the current `LoadedModel` (swapped by one assignment).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent import AGENT_VERSION
+from agent.http_api import InferenceServer
+from agent.inference import LoadedModel
+from agent.jobs import JobRunner, slot_path
+from agent.mqtt_url import parse_mqtt_url
+from agent.policy import SigningKeys
+from agent.state import StateStore
+from agent.telemetry import TelemetryRecorder
+from protocol import device_topics as topics
+from protocol.messages import (
+    Hardware,
+    JobUpdate,
+    ProtocolError,
+    Runtime,
+    StateMessage,
+    StatusMessage,
+    TelemetryMessage,
+    encode,
+    parse_jobs_get_accepted,
+    parse_jobs_notify,
+    utc_now,
+)
+from protocol.messages import JobsGet as JobsGetMessage
+
+logger = logging.getLogger("fogdeck.agent")
+
+QOS = 1
+KEEPALIVE_S = 30
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 30
+MAX_QUEUED_MESSAGES = 1000  # QoS 1 publishes kept while the broker is away
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    api_url: str
+    mqtt_url: str
+    device_id: str
+    secret: str
+    state_dir: Path
+    http_host: str
+    http_port: int
+    hardware: Hardware
+    runtimes: tuple[Runtime, ...]
+    telemetry_interval_s: float = 60.0
+
+
+class DeviceAgent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.uid = config.device_id
+        self.store = StateStore(config.state_dir)
+        self.telemetry = TelemetryRecorder()
+        self.model: LoadedModel | None = None
+        self.connected = threading.Event()
+        self._stopping = threading.Event()
+        self._publish_lock = threading.Lock()  # one state/status snapshot at a time, in order
+        self.runner = JobRunner(
+            store=self.store,
+            keys=SigningKeys(config.api_url),
+            publish_update=self._publish_update,
+            on_activated=self._serve,
+            on_state_changed=self.publish_state,
+        )
+        self.http = InferenceServer(
+            host=config.http_host,
+            port=config.http_port,
+            current_model=lambda: self.model,
+            telemetry=self.telemetry,
+            health=lambda: {"mqtt_connected": self.connected.is_set(), "device_id": self.uid},
+        )
+        self._client = self._make_client()
+        self._telemetry_thread: threading.Thread | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._load_active_model()
+        self.http.start()
+        logger.info("serving inference on http://%s:%s", self.config.http_host, self.http.port)
+        self.runner.start()
+        address = parse_mqtt_url(self.config.mqtt_url)
+        if address.tls:
+            self._client.tls_set()
+        # connect_async + loop_start: the loop retries with backoff until the broker is there.
+        self._client.connect_async(address.host, address.port, keepalive=KEEPALIVE_S)
+        self._client.loop_start()
+        self._telemetry_thread = threading.Thread(
+            target=self._telemetry_loop, name="fogdeck-agent-telemetry", daemon=True
+        )
+        self._telemetry_thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Say offline (retained), disconnect cleanly, stop serving."""
+        self._stopping.set()
+        self.runner.stop(timeout)
+        if self.connected.is_set():
+            info = self._client.publish(topics.status_topic(self.uid), self._status("offline"), qos=QOS, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                logger.warning("offline status not confirmed before shutdown")
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.http.stop()
+
+    def _load_active_model(self) -> None:
+        slots = self.store.slots()
+        for name, entry in self.store.active().items():
+            content = getattr(slots, entry.slot)
+            try:
+                self.model = LoadedModel(
+                    slot_path(self.store.dir, entry.slot), model=name, version=entry.version, sha256=content.sha256
+                )
+                logger.info("serving %s v%s from slot %s", name, entry.version, entry.slot)
+            except Exception:
+                logger.exception("active model %s v%s in slot %s does not load", name, entry.version, entry.slot)
+
+    def _serve(self, loaded: LoadedModel) -> None:
+        self.model = loaded
+        logger.info("now serving %s v%s", loaded.model, loaded.version)
+
+    # --- MQTT -----------------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.uid,
+            clean_session=False,  # the broker queues job notifications while we are away
+            protocol=mqtt.MQTTv311,
+        )
+        client.username_pw_set(self.uid, self.config.secret)
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
+        client.on_pre_connect = self._on_pre_connect
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_pre_connect(self, client: mqtt.Client, _userdata: object) -> None:
+        # The will's timestamp is the moment this session started.
+        client.will_set(topics.status_topic(self.uid), self._status("offline"), qos=QOS, retain=True)
+
+    def _on_connect(self, client: mqtt.Client, _userdata, _flags, reason_code, _properties) -> None:
+        if reason_code.is_failure:
+            logger.error("MQTT connection refused: %s", reason_code)
+            return
+        logger.info("connected to MQTT as %s", self.uid)
+        self.connected.set()
+        client.publish(topics.status_topic(self.uid), self._status("online"), qos=QOS, retain=True)
+        self.publish_state()
+        client.subscribe([(topics.jobs_notify_topic(self.uid), QOS), (topics.jobs_get_accepted_topic(self.uid), QOS)])
+        # After SUBSCRIBE on the same connection, so the reply cannot overtake the subscription.
+        request = JobsGetMessage(schema_version=1, request_id=secrets.token_hex(8))
+        client.publish(topics.jobs_get_topic(self.uid), encode(request), qos=QOS)
+
+    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
+        self.connected.clear()
+        if not self._stopping.is_set():
+            logger.warning("MQTT connection lost (%s); reconnecting", reason_code)
+
+    def _on_message(self, _client, _userdata, message: mqtt.MQTTMessage) -> None:
+        try:
+            if message.topic == topics.jobs_notify_topic(self.uid):
+                notify = parse_jobs_notify(message.payload)
+                for job in notify.jobs:
+                    self.runner.submit(job)
+                for job_id in notify.cancel:
+                    self.runner.cancel(job_id)
+            elif message.topic == topics.jobs_get_accepted_topic(self.uid):
+                for job in parse_jobs_get_accepted(message.payload).jobs:
+                    self.runner.submit(job, resend_finished=True)
+            else:
+                logger.warning("ignoring message on unexpected topic %s", message.topic)
+        except ProtocolError as exc:
+            logger.warning("dropping message on %s: %s", message.topic, exc)
+        except Exception:  # a bad message must never kill paho's network thread
+            logger.exception("error handling message on %s", message.topic)
+
+    # --- publishing -----------------------------------------------------------------------------
+
+    def _status(self, state: str) -> bytes:
+        return encode(
+            StatusMessage(
+                schema_version=1,
+                state=state,
+                agent_version=AGENT_VERSION,  # type: ignore[arg-type]
+                ts=utc_now(),
+            )
+        )
+
+    def state_message(self) -> StateMessage:
+        return StateMessage(
+            schema_version=1,
+            ts=utc_now(),
+            agent_version=AGENT_VERSION,
+            hardware=self.config.hardware,
+            runtimes=list(self.config.runtimes),
+            slots=self.store.slots(),
+            active=self.store.active(),
+        )
+
+    def publish_state(self) -> None:
+        with self._publish_lock:
+            payload = encode(self.state_message())
+            self._client.publish(topics.state_topic(self.uid), payload, qos=QOS, retain=True)
+
+    def _publish_update(self, update: JobUpdate) -> None:
+        logger.info(
+            "job %s seq %s: %s %s %s", update.job_id, update.seq, update.status, update.step or "", update.reason or ""
+        )
+        self._client.publish(topics.job_update_topic(self.uid, update.job_id), encode(update), qos=QOS)
+
+    def _telemetry_loop(self) -> None:
+        interval = self.config.telemetry_interval_s
+        while not self._stopping.wait(interval):
+            message = TelemetryMessage(
+                schema_version=1, ts=utc_now(), interval_s=interval, samples=self.telemetry.drain()[:256]
+            )
+            self._client.publish(topics.telemetry_topic(self.uid), encode(message), qos=QOS)

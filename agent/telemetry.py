@@ -1,0 +1,156 @@
+"""Inference metrics per (model, version) between two telemetry publishes.
+
+Latency percentiles and per-feature summary statistics (count, mean, variance, min, max) merged
+batch by batch with Chan's parallel algorithm, so memory does not grow with traffic.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocol.messages import FeatureStats, LatencySummary, TelemetrySample
+
+MAX_FEATURES = 256  # the protocol's bound per sample
+_LATENCY_RESERVOIR = 20_000
+
+
+@dataclass
+class _Moments:
+    """Column-wise running statistics of one input tensor (its last axis are the columns)."""
+
+    count: int
+    mean: np.ndarray
+    m2: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    @classmethod
+    def of(cls, rows: np.ndarray) -> _Moments:
+        return cls(len(rows), rows.mean(axis=0), rows.var(axis=0) * len(rows), rows.min(axis=0), rows.max(axis=0))
+
+    def merge(self, other: _Moments) -> None:
+        total = self.count + other.count
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (other.count / total)
+        self.m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / total)
+        self.low = np.minimum(self.low, other.low)
+        self.high = np.maximum(self.high, other.high)
+        self.count = total
+
+
+def _rows(array: np.ndarray) -> np.ndarray | None:
+    """The tensor as (rows, columns) of finite float64; None when nothing finite is left."""
+    values = np.asarray(array, dtype=np.float64)
+    values = values.reshape(1, 1) if values.ndim == 0 else values.reshape(-1, values.shape[-1])
+    if values.size == 0:
+        return None
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        values = values[finite]
+    return values if len(values) else None
+
+
+@dataclass
+class _Series:
+    requests: int = 0
+    errors: int = 0
+    seen: int = 0  # successful requests, for reservoir sampling of latencies
+    latencies: list[float] = field(default_factory=list)
+    inputs: dict[str, _Moments] = field(default_factory=dict)
+
+
+class TelemetryRecorder:
+    """Thread-safe: the HTTP handlers record, the telemetry loop drains."""
+
+    def __init__(self, *, rng: random.Random | None = None) -> None:
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, int], _Series] = {}
+        self._rng = rng or random.Random()  # noqa: S311 (sampling, not security)
+
+    def _get(self, model: str, version: int) -> _Series:
+        return self._series.setdefault((model, version), _Series())
+
+    def record_success(
+        self, model: str, version: int, latency_ms: float, inputs: dict[str, np.ndarray] | None = None
+    ) -> None:
+        with self._lock:
+            series = self._get(model, version)
+            series.requests += 1
+            self._add_latency(series, latency_ms)
+        if inputs:
+            self.record_inputs(model, version, inputs)
+
+    def record_inputs(self, model: str, version: int, inputs: dict[str, np.ndarray]) -> None:
+        """Merge input tensors into the feature statistics (counted as rows, not as requests)."""
+        batches = {name: rows for name, array in inputs.items() if (rows := _rows(array)) is not None}
+        with self._lock:
+            series = self._get(model, version)
+            for name, rows in batches.items():
+                moments = _Moments.of(rows)
+                known = series.inputs.get(name)
+                if known is None:
+                    series.inputs[name] = moments
+                elif known.mean.shape == moments.mean.shape:  # a dynamic last axis that changed is skipped
+                    known.merge(moments)
+
+    def record_latencies(self, model: str, version: int, latencies_ms: np.ndarray, errors: int = 0) -> None:
+        """A batch of requests at once (the simulator)."""
+        with self._lock:
+            series = self._get(model, version)
+            series.requests += len(latencies_ms) + errors
+            series.errors += errors
+            for value in latencies_ms:
+                self._add_latency(series, float(value))
+
+    def record_error(self, model: str, version: int) -> None:
+        with self._lock:
+            series = self._get(model, version)
+            series.requests += 1
+            series.errors += 1
+
+    def _add_latency(self, series: _Series, latency_ms: float) -> None:
+        series.seen += 1
+        if len(series.latencies) < _LATENCY_RESERVOIR:
+            series.latencies.append(latency_ms)
+        else:
+            slot = self._rng.randrange(series.seen)
+            if slot < _LATENCY_RESERVOIR:
+                series.latencies[slot] = latency_ms
+
+    def drain(self) -> list[TelemetrySample]:
+        """The samples since the last drain; the recorder starts empty again."""
+        with self._lock:
+            series, self._series = self._series, {}
+        return [_sample(model, version, s) for (model, version), s in series.items()]
+
+
+def _sample(model: str, version: int, series: _Series) -> TelemetrySample:
+    if series.latencies:
+        p50, p95, p99 = (float(v) for v in np.percentile(series.latencies, [50, 95, 99]))
+        latency = LatencySummary(p50=p50, p95=p95, p99=p99, max=float(max(series.latencies)))
+    else:
+        latency = LatencySummary(p50=0.0, p95=0.0, p99=0.0, max=0.0)
+    features: dict[str, FeatureStats] = {}
+    for name, moments in series.inputs.items():
+        columns = len(moments.mean)
+        for column in range(columns):
+            if len(features) >= MAX_FEATURES:
+                break
+            key = name if columns == 1 else f"{name}[{column}]"
+            mean, low, high = float(moments.mean[column]), float(moments.low[column]), float(moments.high[column])
+            var = max(0.0, float(moments.m2[column] / moments.count))
+            if not np.isfinite([mean, var, low, high]).all():  # overflowed: better absent than rejected
+                continue
+            features[key[:128]] = FeatureStats(count=moments.count, mean=mean, var=var, min=low, max=high)
+    return TelemetrySample(
+        model=model,
+        version=version,
+        requests=series.requests,
+        errors=series.errors,
+        latency_ms=latency,
+        inputs=features,
+    )

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+
+class InvalidTransition(Exception):
+    """The job's current state does not allow the requested change."""
+
+
+class DeploymentRefused(Exception):
+    """A deployment cannot be created; the message says why (version state, compatibility, conflict)."""
+
+    def __init__(self, reason: str, *, field: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field

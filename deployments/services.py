@@ -1,0 +1,269 @@
+"""Single-device deployments: creating jobs, applying device updates, timeouts and cancellation.
+
+Every status change goes through `_transition`, a guarded update that can only move a job forward
+(TRANSITIONS in models.py); the job's event row and audit entry are written in the same transaction,
+and MQTT messages to the device go through the outbox in that transaction too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.actors import Actor
+from audit.services import audit_record
+from fleet.models import Device
+from models_registry.compatibility import incompatibility_reasons, profile_of, requirements_of
+from models_registry.models import ModelVersion
+from models_registry.services import model_version_download_url
+from mqttbridge.outbox import outbox_enqueue
+from protocol.device_topics import jobs_get_accepted_topic, jobs_notify_topic
+from protocol.messages import JobDocument, JobsGetAccepted, JobsNotify, JobUpdate, encode
+
+from .exceptions import DeploymentRefused, InvalidTransition
+from .models import ACTIVE, TERMINAL, TRANSITIONS, Installation, Job, JobEvent, JobKind, JobStatus
+
+
+def _device_artifact_url(version: ModelVersion, ttl: int) -> str:
+    """An absolute time-limited URL: S3 presigned, or our signed local URL under PUBLIC_BASE_URL."""
+    url = model_version_download_url(actor=Actor.system("deployments:job-document"), version=version, ttl=ttl)
+    return url if url.startswith(("http://", "https://")) else settings.PUBLIC_BASE_URL.rstrip("/") + url
+
+
+def job_document(job: Job) -> JobDocument:
+    """What the device receives: the signed manifest and a fresh time-limited artifact URL."""
+    version = job.version
+    ttl = max(settings.ARTIFACT_URL_TTL_SECONDS, job.timeout_seconds)
+    return JobDocument(
+        job_id=str(job.id),
+        kind=job.kind,
+        model=version.model.name,
+        model_id=version.model_id,
+        version=version.number,
+        version_id=version.pk,
+        format=version.format,
+        artifact_url=_device_artifact_url(version, ttl),
+        sha256=version.sha256,
+        size=version.size,
+        manifest=version.manifest,
+        signature=version.signature,
+        key_id=version.key_id,
+        timeout_seconds=job.timeout_seconds,
+        created_at=job.created_at,
+    )
+
+
+def _notify(job: Job) -> None:
+    payload = encode(JobsNotify(schema_version=1, jobs=[job_document(job)], cancel=[]))
+    outbox_enqueue(topic=jobs_notify_topic(job.device.uid), payload=payload)
+
+
+@transaction.atomic
+def deployment_create(
+    *,
+    actor: Actor,
+    device: Device,
+    version: ModelVersion,
+    kind: str = JobKind.INSTALL,
+    timeout_seconds: int | None = None,
+) -> Job:
+    """Create a job installing `version` on `device` and queue its notification.
+
+    Refuses (DeploymentRefused) a version that is not deployable, a device that cannot run it (with
+    every reason), a revoked or unprovisioned device, and a second active job for the same model.
+    """
+    if not version.is_deployable:
+        raise DeploymentRefused(
+            f"version {version} is {version.status}: only published versions are deployed", field="version"
+        )
+    if device.is_revoked:
+        raise DeploymentRefused(f"device {device.uid} is revoked", field="device")
+    device = Device.objects.with_inventory().get(pk=device.pk)
+    reasons = incompatibility_reasons(requirements_of(version), profile_of(device, device.runtimes.all()))
+    if reasons:
+        raise DeploymentRefused(f"device {device.uid} cannot run {version}: {'; '.join(reasons)}", field="device")
+    timeout = timeout_seconds or settings.JOB_TIMEOUT_SECONDS
+    now = timezone.now()
+    job = Job(
+        id=uuid.uuid4(),
+        device=device,
+        model_id=version.model_id,
+        version=version,
+        kind=kind,
+        timeout_seconds=timeout,
+        deadline_at=now + dt.timedelta(seconds=timeout),
+        created_by=actor.label,
+    )
+    try:
+        with transaction.atomic():
+            job.save(force_insert=True)
+    except IntegrityError:
+        active = Job.objects.active().filter(device=device, model_id=version.model_id).first()
+        raise DeploymentRefused(
+            f"device {device.uid} already has an active job for model {version.model.name}"
+            + (f": {active.id} ({active.status})" if active else ""),
+            field="device",
+        ) from None
+    JobEvent.objects.create(job=job, to_status=JobStatus.QUEUED, actor=actor.label)
+    audit_record(
+        actor=actor,
+        action="job.create",
+        object_type="job",
+        object_id=job.pk,
+        object_repr=f"{version} on {device.uid}",
+        changes={"device": device.uid, "version": str(version), "kind": kind, "timeout_seconds": timeout},
+    )
+    _notify(job)
+    return job
+
+
+def _transition(
+    job: Job,
+    *,
+    to: str,
+    actor: Actor,
+    reason: str = "",
+    step: str = "",
+    progress: float | None = None,
+    seq: int | None = None,
+) -> bool:
+    """Move a job forward with a guarded update. False when another writer got there first."""
+    allowed = [status for status, targets in TRANSITIONS.items() if to in targets]
+    if job.status not in allowed:
+        raise InvalidTransition(f"job {job.id} is {job.status}; it cannot become {to}")
+    now = timezone.now()
+    fields: dict[str, object] = {"status": to, "step": step, "progress": progress, "updated_at": now}
+    if reason:
+        fields["reason"] = reason
+    if seq is not None:
+        fields["last_seq"] = seq
+    if to == JobStatus.IN_PROGRESS and job.started_at is None:
+        fields["started_at"] = now
+    if to in TERMINAL:
+        fields["finished_at"] = now
+    query = Job.objects.filter(pk=job.pk, status=job.status)
+    if seq is not None:
+        query = query.filter(last_seq__lt=seq)
+    if not query.update(**fields):
+        return False
+    JobEvent.objects.create(
+        job=job, from_status=job.status, to_status=to, step=step, reason=reason, actor=actor.label, seq=seq
+    )
+    audit_record(
+        actor=actor,
+        action=f"job.{to.lower()}",
+        object_type="job",
+        object_id=job.pk,
+        object_repr=f"{job.version} on {job.device.uid}",
+        changes={"status": {"before": job.status, "after": to}, **({"reason": reason} if reason else {})},
+    )
+    if to == JobStatus.SUCCEEDED:
+        _record_installation(job, now)
+    for key, value in fields.items():
+        setattr(job, key, value)
+    return True
+
+
+def _record_installation(job: Job, at: dt.datetime) -> None:
+    Installation.objects.filter(device=job.device, model=job.model, until__isnull=True).update(until=at)
+    Installation.objects.create(device=job.device, model=job.model, version=job.version, job=job, since=at)
+
+
+class ForeignJob(Exception):
+    """A job update arrived on one device's topic for another device's job."""
+
+
+@dataclass(frozen=True)
+class UpdateOutcome:
+    applied: bool
+    why: str = ""
+
+
+@transaction.atomic
+def job_apply_device_update(*, uid: str, update: JobUpdate) -> UpdateOutcome:
+    """Apply a device's job update monotonically: duplicates, stale `seq` and backward moves change nothing."""
+    job = Job.objects.select_for_update().select_related("device", "version__model").filter(pk=update.job_id).first()
+    if job is None:
+        return UpdateOutcome(False, "unknown_job")
+    if job.device.uid != uid:
+        raise ForeignJob(f"job {job.id} belongs to {job.device.uid}, not {uid}")
+    if job.is_terminal:
+        return UpdateOutcome(False, "job_already_terminal")
+    if update.seq <= job.last_seq:
+        return UpdateOutcome(False, "stale_seq")
+    actor = Actor.device(uid)
+    if update.status == job.status:
+        # progress within the same state (a new step or percentage): no event, no audit
+        Job.objects.filter(pk=job.pk, last_seq__lt=update.seq).update(
+            step=update.step or "", progress=update.progress, last_seq=update.seq, updated_at=timezone.now()
+        )
+        return UpdateOutcome(True)
+    if update.status not in TRANSITIONS[job.status]:
+        return UpdateOutcome(False, "backward_transition")
+    applied = _transition(
+        job,
+        to=update.status,
+        actor=actor,
+        reason=update.reason or "",
+        step=update.step or "",
+        progress=update.progress,
+        seq=update.seq,
+    )
+    return UpdateOutcome(applied, "" if applied else "concurrent_update")
+
+
+@transaction.atomic
+def jobs_answer_pending(*, uid: str, request_id: str) -> int:
+    """Reply to a device's jobs/get with every job of it that is not terminal (fresh URLs)."""
+    jobs = list(
+        Job.objects.active().for_device_uid(uid).select_related("device", "version__model").order_by("created_at")
+    )
+    reply = JobsGetAccepted(schema_version=1, request_id=request_id, jobs=[job_document(j) for j in jobs])
+    outbox_enqueue(topic=jobs_get_accepted_topic(uid), payload=encode(reply))
+    return len(jobs)
+
+
+@transaction.atomic
+def job_cancel(*, actor: Actor, job: Job, reason: str) -> Job:
+    """Cancel an active job and tell the device; a terminal job cannot be canceled (InvalidTransition)."""
+    job = Job.objects.select_for_update().select_related("device", "version__model").get(pk=job.pk)
+    if job.status == JobStatus.CANCELED:
+        return job
+    _transition(job, to=JobStatus.CANCELED, actor=actor, reason=reason or "canceled")
+    outbox_enqueue(
+        topic=jobs_notify_topic(job.device.uid),
+        payload=encode(JobsNotify(schema_version=1, jobs=[], cancel=[str(job.id)])),
+    )
+    return job
+
+
+def jobs_sweep_timeouts(*, actor: Actor, now: dt.datetime | None = None, limit: int = 1000) -> list[str]:
+    """Active jobs past their deadline become TIMED_OUT with the reason; the device is told to drop them."""
+    now = now or timezone.now()
+    swept: list[str] = []
+    due = list(Job.objects.filter(status__in=ACTIVE, deadline_at__lt=now).values_list("pk", flat=True)[:limit])
+    for job_id in due:
+        with transaction.atomic():
+            job = (
+                Job.objects.select_for_update(skip_locked=True)
+                .select_related("device", "version__model")
+                .filter(pk=job_id, status__in=ACTIVE)
+                .first()
+            )
+            if job is None:
+                continue
+            reason = f"no terminal update within {job.timeout_seconds}s (last state {job.status}" + (
+                f", step {job.step})" if job.step else ")"
+            )
+            if _transition(job, to=JobStatus.TIMED_OUT, actor=actor, reason=reason):
+                outbox_enqueue(
+                    topic=jobs_notify_topic(job.device.uid),
+                    payload=encode(JobsNotify(schema_version=1, jobs=[], cancel=[str(job.id)])),
+                )
+                swept.append(str(job.id))
+    return swept

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from django.urls import path
+from rest_framework.routers import DefaultRouter
+
+from .views import ArtifactDownloadView, ModelVersionViewSet, RegisteredModelViewSet, SigningKeysView
+
+router = DefaultRouter(trailing_slash=True)
+router.include_root_view = False  # fleet's router already serves the API root
+router.register("models", RegisteredModelViewSet, basename="model")
+router.register(r"models/(?P<model_id>[0-9]+)/versions", ModelVersionViewSet, basename="model-version")
+
+urlpatterns = [
+    *router.urls,
+    path("signing-keys/", SigningKeysView.as_view(), name="signing-keys"),
+    path("artifacts/<str:token>/", ArtifactDownloadView.as_view(), name="artifact-download"),
+]

@@ -1,0 +1,248 @@
+"""Registered models, their immutable versions, lifecycle events and aliases.
+
+A version's status only changes through `models_registry.services` (a guarded update per transition);
+every transition writes a `VersionEvent`. Only drafts may be edited; a published version's artifact,
+metadata and signed manifest never change.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+
+from fleet.models import Accelerator
+
+from .validators import (
+    validate_archs,
+    validate_code_commit,
+    validate_io_signature,
+    validate_metrics,
+    validate_runtime_name,
+    validate_runtime_version,
+)
+
+
+class Status(models.TextChoices):
+    DRAFT = "draft"
+    PUBLISHED = "published"
+    DEPRECATED = "deprecated"
+    REVOKED = "revoked"
+
+
+# from-state -> the states it may move to; `allowed_from` reads it the other way for guarded updates.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    Status.DRAFT: frozenset({Status.PUBLISHED, Status.REVOKED}),
+    Status.PUBLISHED: frozenset({Status.DEPRECATED, Status.REVOKED}),
+    Status.DEPRECATED: frozenset({Status.REVOKED}),
+    Status.REVOKED: frozenset(),
+}
+TERMINAL: frozenset[str] = frozenset(state for state, targets in TRANSITIONS.items() if not targets)
+
+
+def allowed_from(target: str) -> frozenset[str]:
+    """The states a version may move to `target` from."""
+    return frozenset(state for state, targets in TRANSITIONS.items() if target in targets)
+
+
+class ArtifactFormat(models.TextChoices):
+    ONNX = "onnx"
+    TFLITE = "tflite"
+    TORCHSCRIPT = "torchscript"
+    TENSORRT = "tensorrt"
+    OPENVINO = "openvino"
+
+
+# The file extension of each format's content-addressed storage key.
+FORMAT_EXTENSIONS = {
+    ArtifactFormat.ONNX: "onnx",
+    ArtifactFormat.TFLITE: "tflite",
+    ArtifactFormat.TORCHSCRIPT: "pt",
+    ArtifactFormat.TENSORRT: "engine",
+    ArtifactFormat.OPENVINO: "xml",
+}
+
+
+class Framework(models.TextChoices):
+    PYTORCH = "pytorch"
+    TENSORFLOW = "tensorflow"
+    KERAS = "keras"
+    SKLEARN = "sklearn"
+    XGBOOST = "xgboost"
+    LIGHTGBM = "lightgbm"
+    JAX = "jax"
+    PADDLE = "paddle"
+    OTHER = "other"
+
+
+slug_validator = RegexValidator(
+    r"^[a-z0-9][a-z0-9_-]{0,63}$", "Use 1-64 lower-case letters, digits, '_' or '-', starting with a letter or digit."
+)
+
+
+class RegisteredModel(models.Model):
+    name = models.CharField(max_length=120, unique=True)
+    task = models.CharField(max_length=80, blank=True, help_text="e.g. classification, detection, anomaly")
+    description = models.TextField(blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="owned_models"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "model"
+        # `?task=` on the model list
+        indexes = [models.Index(fields=["task", "name"], name="regmodel_task_idx")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelVersionQuerySet(models.QuerySet["ModelVersion"]):
+    def deployable(self) -> ModelVersionQuerySet:
+        return self.filter(status=Status.PUBLISHED)
+
+    def with_related(self) -> ModelVersionQuerySet:
+        return self.select_related("model", "parent", "created_by")
+
+
+class ModelVersion(models.Model):
+    model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField(help_text="1, 2, 3 … per model, never reused")
+    label = models.CharField(max_length=64, blank=True, help_text="optional semantic label, e.g. 1.2.0")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.DRAFT)
+    framework = models.CharField(max_length=16, choices=Framework.choices)
+    format = models.CharField(max_length=16, choices=ArtifactFormat.choices)
+
+    # the artifact: content-addressed key in default_storage; size and sha256 computed by the server
+    artifact_key = models.CharField(max_length=255)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+
+    io_signature = models.JSONField(
+        default=dict, blank=True, validators=[validate_io_signature], help_text="input/output tensors"
+    )
+    metrics = models.JSONField(
+        default=dict, blank=True, validators=[validate_metrics], help_text="name -> finite number"
+    )
+
+    # lineage
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children",
+        help_text="the version this one was derived from (same model)",
+    )
+    training_data = models.CharField(max_length=500, blank=True, help_text="dataset reference (URI, DVC tag …)")
+    code_commit = models.CharField(max_length=64, blank=True, validators=[validate_code_commit])
+
+    # what a device needs (see compatibility.py)
+    runtime = models.CharField(
+        max_length=40, blank=True, validators=[validate_runtime_name],
+        help_text="narrows the runtimes the format allows",
+    )
+    min_runtime_version = models.CharField(max_length=40, blank=True, validators=[validate_runtime_version])
+    archs = models.JSONField(
+        default=list, blank=True, validators=[validate_archs], help_text="allowed CPU architectures; empty = any"
+    )
+    min_memory_mb = models.PositiveIntegerField(null=True, blank=True)
+    accelerator = models.CharField(max_length=8, choices=Accelerator.choices, blank=True)
+
+    # filled once, at publish
+    manifest = models.TextField(blank=True, help_text="the exact canonical JSON text that was signed")
+    signature = models.TextField(blank=True, help_text="base64 Ed25519 signature of `manifest`")
+    key_id = models.CharField(max_length=16, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    deprecated_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_reason = models.TextField(blank=True)
+
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ModelVersionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["model", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "number"], name="version_number_unique_per_model"),
+            models.UniqueConstraint(
+                fields=["model", "label"], condition=~models.Q(label=""), name="version_label_unique_per_model"
+            ),
+        ]
+        indexes = [
+            # the version list filtered by status, newest first; rollouts pick published versions
+            models.Index(fields=["model", "status", "number"], name="version_model_status_idx"),
+            # "is this artifact already stored?" (re-upload, sample registration, orphan cleanup)
+            models.Index(fields=["sha256"], name="version_sha256_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model.name} v{self.number}"
+
+    @property
+    def is_deployable(self) -> bool:
+        """Only published versions go to devices; deprecated and revoked ones never again."""
+        return self.status == Status.PUBLISHED
+
+    @property
+    def is_editable(self) -> bool:
+        return self.status == Status.DRAFT
+
+    @property
+    def requirements(self) -> dict[str, object]:
+        return {
+            "runtime": self.runtime,
+            "min_runtime_version": self.min_runtime_version,
+            "archs": list(self.archs),
+            "min_memory_mb": self.min_memory_mb,
+            "accelerator": self.accelerator,
+        }
+
+    @property
+    def lineage(self) -> dict[str, object]:
+        return {
+            "parent": self.parent.number if self.parent_id and self.parent else None,
+            "training_data": self.training_data,
+            "code_commit": self.code_commit,
+        }
+
+
+class VersionEvent(models.Model):
+    """One status change of a version (and its creation, from ""): the version's timeline."""
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=12, choices=Status.choices, blank=True)
+    to_status = models.CharField(max_length=12, choices=Status.choices)
+    actor = models.CharField(max_length=200)
+    reason = models.TextField(blank=True)
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["at", "id"]
+        # the version detail's history
+        indexes = [models.Index(fields=["version", "at"], name="version_event_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.version_id}: {self.from_status or '-'} -> {self.to_status}"
+
+
+class Alias(models.Model):
+    """A named pointer (`production`, `canary`, …) from a model to one of its published versions."""
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="aliases")
+    name = models.CharField(max_length=64, validators=[slug_validator])
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="aliases")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model", "name"]
+        verbose_name_plural = "aliases"
+        constraints = [models.UniqueConstraint(fields=["model", "name"], name="alias_unique_per_model")]
+
+    def __str__(self) -> str:
+        return f"{self.model.name}@{self.name}"
+

@@ -1,0 +1,328 @@
+"""Device protocol v1: one pydantic model per MQTT message and strict parsers for each (see docs/protocol.md).
+
+Shared by the control plane's MQTT bridge, the device agent and the fleet simulator, so no Django
+import here. Parsers never raise anything but `ProtocolError`, whose `reason_code` is a small fixed
+set the bridge can count rejections by.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from protocol.topics import DEVICE_UID_PATTERN
+
+SCHEMA_VERSION = 1
+MAX_PAYLOAD_BYTES = 256 * 1024
+
+ReasonCode = Literal[
+    "oversize",  # payload larger than MAX_PAYLOAD_BYTES
+    "bad_json",  # not UTF-8, not JSON, or nested too deeply to parse
+    "unsupported_version",  # a JSON object whose integer schema_version is not 1
+    "invalid_message",  # JSON, but not this message type (missing/extra/mistyped/out-of-bounds fields)
+    "unknown_topic",  # a topic that is not one of the device protocol's (see protocol.device_topics)
+    "topic_mismatch",  # the payload names another job than its topic
+]
+
+
+class ProtocolError(ValueError):
+    """A message or topic the protocol refuses; `reason_code` is stable, `detail` is for logs."""
+
+    def __init__(self, reason_code: ReasonCode, detail: str = "") -> None:
+        super().__init__(f"{reason_code}: {detail}" if detail else reason_code)
+        self.reason_code: ReasonCode = reason_code
+        self.detail = detail
+
+
+# --- field types -------------------------------------------------------------------------------
+
+_NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]+$"
+
+DeviceUid = Annotated[str, StringConstraints(pattern=rf"^{DEVICE_UID_PATTERN}$")]
+JobId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_NO_CONTROL_CHARS)]
+FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_NO_CONTROL_CHARS)]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NO_CONTROL_CHARS)]
+Description = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_NO_CONTROL_CHARS)]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+KeyId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+Base64 = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9+/=_-]+$")]
+HttpUrl = Annotated[str, StringConstraints(max_length=4096, pattern=r"^https?://[^\s]+$")]
+ModelVersion = Annotated[int, Field(ge=1, le=2**31 - 1)]
+DbId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+Count = Annotated[int, Field(ge=0, le=2**53)]
+NonNegative = Annotated[float, Field(ge=0)]
+Finite = float  # finiteness comes from allow_inf_nan=False in every model's config
+
+SlotName = Literal["a", "b"]
+DeviceState = Literal["online", "offline"]
+JobKind = Literal["install", "rollback"]
+JobStatus = Literal["QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED"]
+JobStep = Literal["downloading", "verifying", "activating"]
+
+TERMINAL_JOB_STATUSES: frozenset[str] = frozenset({"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED"})
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Strict(BaseModel):
+    # strict: no "1" for 1 and no 1.0 for an int; JSON strings still parse as datetimes.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class _Message(_Strict):
+    schema_version: Literal[1]
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _exactly_the_integer(cls, value: object) -> object:
+        # Literal[1] alone would take `true` and `1.0` (both == 1 in Python).
+        if type(value) is not int:
+            raise ValueError("schema_version must be the integer 1")
+        return value
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+
+class StatusMessage(_Message):
+    """`P/status`, retained; also the agent's Last Will with state "offline"."""
+
+    state: DeviceState
+    agent_version: ShortText
+    ts: AwareDatetime
+
+
+class Hardware(_Strict):
+    arch: ShortText
+    cpu: Description
+    memory_mb: Annotated[int, Field(ge=0, le=2**31 - 1)]
+    accelerator: ShortText
+
+
+class Runtime(_Strict):
+    name: ShortText
+    version: ShortText
+
+
+class SlotContent(_Strict):
+    model: ModelName
+    version: ModelVersion
+    sha256: Sha256Hex
+
+
+class Slots(_Strict):
+    a: SlotContent | None
+    b: SlotContent | None
+
+
+class ActiveModel(_Strict):
+    version: ModelVersion
+    slot: SlotName
+
+
+class StateMessage(_Message):
+    """`P/state`, retained: what the device reports it has installed and is serving."""
+
+    ts: AwareDatetime
+    agent_version: ShortText
+    hardware: Hardware
+    runtimes: Annotated[list[Runtime], Field(max_length=32)]
+    slots: Slots
+    active: Annotated[dict[ModelName, ActiveModel], Field(max_length=64)]
+
+    @model_validator(mode="after")
+    def _active_slots_hold_the_active_versions(self) -> StateMessage:
+        for name, active in self.active.items():
+            content = getattr(self.slots, active.slot)
+            if content is None or content.model != name or content.version != active.version:
+                raise ValueError(f"active model {name!r} v{active.version} is not in slot {active.slot}")
+        return self
+
+
+class JobDocument(_Strict):
+    """One command for a device. `manifest` is the exact signed text; the agent checks it against the job."""
+
+    job_id: JobId
+    kind: JobKind
+    model: ModelName
+    model_id: DbId
+    version: ModelVersion
+    version_id: DbId
+    format: ShortText
+    artifact_url: HttpUrl
+    sha256: Sha256Hex
+    size: Annotated[int, Field(ge=1, le=2**40)]
+    manifest: Annotated[str, StringConstraints(min_length=2, max_length=16 * 1024)]
+    signature: Base64
+    key_id: KeyId
+    timeout_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)]
+    created_at: AwareDatetime
+
+
+class JobsNotify(_Message):
+    """`P/jobs/notify`, control plane → device: new jobs and job ids to cancel."""
+
+    jobs: Annotated[list[JobDocument], Field(max_length=64)] = []
+    cancel: Annotated[list[JobId], Field(max_length=1024)] = []
+
+
+class JobsGet(_Message):
+    """`P/jobs/get`, device → control plane on every (re)connect."""
+
+    request_id: RequestId
+
+
+class JobsGetAccepted(_Message):
+    """`P/jobs/get/accepted`: every job of the device that is not terminal yet."""
+
+    request_id: RequestId
+    jobs: Annotated[list[JobDocument], Field(max_length=64)]
+
+
+class JobUpdate(_Message):
+    """`P/jobs/{job_id}/update`: `seq` grows per job at the device, so stale updates can be dropped."""
+
+    job_id: JobId
+    seq: Count
+    status: JobStatus
+    step: JobStep | None = None
+    progress: Annotated[float, Field(ge=0, le=1)] | None = None
+    reason: Reason | None = None
+    ts: AwareDatetime
+
+    @model_validator(mode="after")
+    def _step_only_while_in_progress(self) -> JobUpdate:
+        if self.step is not None and self.status != "IN_PROGRESS":
+            raise ValueError(f"step {self.step!r} is only valid with status IN_PROGRESS")
+        return self
+
+
+class LatencySummary(_Strict):
+    p50: NonNegative
+    p95: NonNegative
+    p99: NonNegative
+    max: NonNegative
+
+
+class FeatureStats(_Strict):
+    count: Count
+    mean: Finite
+    var: NonNegative
+    min: Finite
+    max: Finite
+
+
+class TelemetrySample(_Strict):
+    model: ModelName
+    version: ModelVersion
+    requests: Count
+    errors: Count
+    latency_ms: LatencySummary
+    inputs: Annotated[dict[FeatureName, FeatureStats], Field(max_length=256)] = {}
+
+    @model_validator(mode="after")
+    def _errors_are_requests(self) -> TelemetrySample:
+        if self.errors > self.requests:
+            raise ValueError("errors cannot exceed requests")
+        return self
+
+
+class TelemetryMessage(_Message):
+    """`P/telemetry`: inference metrics per (model, version) over the last `interval_s` seconds."""
+
+    ts: AwareDatetime
+    interval_s: Annotated[float, Field(gt=0, le=86400)]
+    samples: Annotated[list[TelemetrySample], Field(max_length=256)]
+
+
+Message = StatusMessage | StateMessage | JobsNotify | JobsGet | JobsGetAccepted | JobUpdate | TelemetryMessage
+
+# --- parsing and encoding ----------------------------------------------------------------------
+
+_M = TypeVar("_M", bound=_Message)
+_DETAIL_MAX = 500
+_LOC_UNSAFE = re.compile(r"[^\w.\[\]-]")
+
+
+def _describe(exc: ValidationError) -> str:
+    """Where and what, never the offending input (it may be large or hostile)."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False)[:5]:
+        loc = ".".join(_LOC_UNSAFE.sub("?", str(p))[:40] for p in error["loc"]) or "<root>"
+        parts.append(f"{loc}: {error['msg']}")
+    return "; ".join(parts)[:_DETAIL_MAX]
+
+
+def parse_message(model: type[_M], payload: bytes) -> _M:
+    """Validate `payload` as `model`; raises `ProtocolError` and nothing else."""
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise ProtocolError("bad_json", f"payload is {type(payload).__name__}, not bytes")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError("oversize", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        text = bytes(payload).decode("utf-8")
+        data: Any = json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError("bad_json", str(exc)[:_DETAIL_MAX]) from None
+    if not isinstance(data, dict):
+        raise ProtocolError("invalid_message", f"expected a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if type(version) is int and version != SCHEMA_VERSION:
+        raise ProtocolError("unsupported_version", f"schema_version {version} is not {SCHEMA_VERSION}")
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        raise ProtocolError("invalid_message", f"{model.__name__}: {_describe(exc)}") from None
+    except (ValueError, RecursionError) as exc:  # pydantic's own JSON parser has a depth limit too
+        raise ProtocolError("bad_json", str(exc)[:_DETAIL_MAX]) from None
+
+
+def parse_status(payload: bytes) -> StatusMessage:
+    return parse_message(StatusMessage, payload)
+
+
+def parse_state(payload: bytes) -> StateMessage:
+    return parse_message(StateMessage, payload)
+
+
+def parse_jobs_notify(payload: bytes) -> JobsNotify:
+    return parse_message(JobsNotify, payload)
+
+
+def parse_jobs_get(payload: bytes) -> JobsGet:
+    return parse_message(JobsGet, payload)
+
+
+def parse_jobs_get_accepted(payload: bytes) -> JobsGetAccepted:
+    return parse_message(JobsGetAccepted, payload)
+
+
+def parse_job_update(payload: bytes) -> JobUpdate:
+    return parse_message(JobUpdate, payload)
+
+
+def parse_telemetry(payload: bytes) -> TelemetryMessage:
+    return parse_message(TelemetryMessage, payload)
+
+
+def encode(message: _Message) -> bytes:
+    """The wire form of a message (compact JSON, nulls kept, datetimes ISO 8601)."""
+    return message.model_dump_json().encode("utf-8")
