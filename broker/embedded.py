@@ -173,13 +173,33 @@ class TopicAclPlugin(BaseTopicPlugin):
         return allowed
 
 
+class SnapshotSubscriptions(dict[str, list[tuple[Session, int]]]):
+    """amqtt's subscription table, iterated over a snapshot.
+
+    amqtt 0.12.1's broadcast loop iterates `_subscriptions.items()` across `await`s while other
+    clients (un)subscribe, which raises "dictionary changed size during iteration" under load and
+    drops the message being broadcast. Iterating copies makes concurrent changes safe.
+    """
+
+    def items(self) -> list[tuple[str, list[tuple[Session, int]]]]:  # type: ignore[override]
+        return [(key, list(value)) for key, value in super().items()]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(super().keys()))
+
+
 class _AclBroker(Broker):
-    """amqtt's broker with one leak closed.
+    """amqtt's broker with one leak closed and one crash avoided.
 
     On every CONNECT amqtt 0.12.1 replays the retained messages matching *every* filter any
     client subscribed to, not only the connecting client's (`_handle_client_session`), and
     that replay skips the topic plugins; a device would receive other devices' retained state.
+    Its subscription table is replaced by `SnapshotSubscriptions` (see there).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subscriptions = SnapshotSubscriptions()
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session

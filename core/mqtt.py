@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import connection
 
 from broker.acl import Principal
 from broker.embedded import Authenticator, EmbeddedBroker, static_authenticator
@@ -12,8 +12,11 @@ from broker.embedded import Authenticator, EmbeddedBroker, static_authenticator
 def _device_hash(uid: str) -> str | None:
     from fleet.services import device_credential_hash
 
-    close_old_connections()  # runs on broker worker threads that outlive requests
-    return device_credential_hash(uid)
+    # Runs on the broker's worker threads, which outlive any request: don't keep a connection there.
+    try:
+        return device_credential_hash(uid)
+    finally:
+        connection.close()
 
 
 def broker_authenticator() -> Authenticator:

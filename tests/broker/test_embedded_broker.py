@@ -359,3 +359,30 @@ def test_stopped_broker_no_longer_accepts_connections():
 
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
+
+
+def test_subscription_table_survives_changes_while_it_is_iterated():
+    """amqtt's broadcast loop awaits inside `for … in _subscriptions.items()`; others (un)subscribe meanwhile."""
+    from broker.embedded import SnapshotSubscriptions
+
+    table = SnapshotSubscriptions({"a/#": [("s1", 1)], "b/#": [("s2", 1)]})
+    seen = []
+    for topic, subscribers in table.items():
+        seen.append((topic, len(subscribers)))
+        table[f"new/{topic}"] = []  # a dict would raise "changed size during iteration"
+        table.pop("b/#", None)
+    assert seen == [("a/#", 1), ("b/#", 1)]
+    for topic in table:
+        del table[topic]
+    assert table == {}
+
+
+def test_the_running_broker_uses_the_snapshot_table():
+    from broker.embedded import EmbeddedBroker, SnapshotSubscriptions
+
+    broker = EmbeddedBroker(port=0, authenticator=lambda username, password: None)
+    broker.start_in_thread()
+    try:
+        assert isinstance(broker._broker._subscriptions, SnapshotSubscriptions)
+    finally:
+        broker.stop_thread()

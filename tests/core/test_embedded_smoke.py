@@ -120,3 +120,43 @@ def test_embedded_default_serves_health_api_and_broker(tmp_path):
     finally:
         server.terminate()
         server.wait(15)
+
+
+@pytest.mark.timeout(240)
+def test_demo_command_runs_the_whole_embedded_stack(tmp_path):
+    """`./dev demo` runs `manage.py demo`: seeded fleet, sample models, bridge and simulated devices online."""
+    http_port, mqtt_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
+    env.update(DEBUG="true", FOGDECK_DATA_DIR=str(tmp_path), EMBEDDED_MQTT_PORT=str(mqtt_port),
+               DEMO_PASSWORD="smoke-demo-password", MQTT_PUBLIC_URL=f"mqtt://127.0.0.1:{mqtt_port}")
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    demo = subprocess.Popen([*manage, "demo", "--devices", "30", "--port", str(http_port)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 150
+        token = None
+        online = 0
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            assert demo.poll() is None, demo.stdout.read().decode()[-3000:] if demo.stdout else ""
+            try:
+                if token is None:
+                    status, _ = request(f"http://127.0.0.1:{http_port}/healthz")
+                    if status != 200:
+                        continue
+                    result = subprocess.run([*manage, "drf_create_token", "admin"], env=env, cwd=ROOT,
+                                            capture_output=True, text=True, timeout=60)
+                    token = result.stdout.split()[2]
+                status, body = request(f"http://127.0.0.1:{http_port}/api/v1/devices/?status=online&page_size=1",
+                                       token=token)
+                online = body.get("count", 0)
+                if online >= 25:
+                    break
+            except (urllib.error.URLError, ConnectionError, IndexError):
+                continue
+        assert online >= 25, f"only {online} simulated devices online"
+        status, models = request(f"http://127.0.0.1:{http_port}/api/v1/models/", token=token)
+        assert status == 200 and models["count"] >= 1
+    finally:
+        demo.terminate()
+        demo.wait(30)

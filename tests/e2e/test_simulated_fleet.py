@@ -45,7 +45,7 @@ def test_two_thousand_simulated_devices_show_online_through_the_api(
     settings.PUBLIC_BASE_URL = live_server.url
     started = time.monotonic()
     specs = build_fleet(FLEET)
-    print(f"fleet of {FLEET} built in {time.monotonic() - started:.1f}s")  # noqa: T201 - test timing context
+    print(f"fleet of {FLEET} built in {time.monotonic() - started:.1f}s")
     devices_file = tmp_path / "devices.json"
     devices_file.write_text(json.dumps(specs))
     mosquitto.sync_auth()
@@ -63,7 +63,7 @@ def test_two_thousand_simulated_devices_show_online_through_the_api(
         f"bridge:\n{bridge.output()[-2000:]}",
         interval=1,
     )
-    print(f"all online after {time.monotonic() - started:.1f}s")  # noqa: T201
+    print(f"all online after {time.monotonic() - started:.1f}s")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=make_user('watcher', 'viewer')).key}")
     listed = client.get("/api/v1/devices/?status=online&tag=sim&page_size=1").json()

@@ -1,24 +1,22 @@
 from __future__ import annotations
 
-import datetime as dt
-import random
 from typing import Any
 
 from django.core.management.base import BaseCommand
-from django.db import transaction
-from django.utils import timezone
 
 from audit.actors import Actor
-from audit.services import audit_record
 from fleet.demo_fleet import SITES, demo_devices
-from fleet.models import ConnectionStatus, Device, Site
+from fleet.models import Device, Site
 from fleet.services import device_create, site_create
 
 ACTOR = Actor.system("seed_demo")
 
 
 class Command(BaseCommand):
-    help = "Seed a believable demo fleet (sites, fog gateways, edge devices behind them). Idempotent."
+    help = (
+        "Seed a believable demo fleet (sites, fog gateways, edge devices behind them). Idempotent. "
+        "Devices start offline: presence comes from devices (the demo's simulated fleet) over MQTT."
+    )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--devices", type=int, default=240, help="fleet size (default 240)")
@@ -59,27 +57,6 @@ class Command(BaseCommand):
                 self.stdout.write(f"  devices {index}/{len(missing)}", ending="\r")
         if missing:
             self.stdout.write("")
-            self._seed_presence([d.uid for d in missing], seed)
         self.stdout.write(
             self.style.SUCCESS(f"demo fleet: {len(SITES)} sites, {Device.objects.count()} devices ({len(missing)} new)")
-        )
-
-    @transaction.atomic
-    def _seed_presence(self, uids: list[str], seed: int) -> None:
-        """Most devices were seen moments ago; some have been offline for hours."""
-        rng = random.Random(seed)
-        now = timezone.now()
-        online, offline = [], []
-        for uid in uids:
-            (online if rng.random() < 0.88 else offline).append(uid)
-        Device.objects.filter(uid__in=online).update(status=ConnectionStatus.ONLINE, last_seen=now)
-        Device.objects.filter(uid__in=offline).update(
-            status=ConnectionStatus.OFFLINE, last_seen=now - dt.timedelta(hours=rng.randint(2, 48))
-        )
-        audit_record(
-            actor=ACTOR,
-            action="device.seed_presence",
-            object_type="device",
-            object_repr=f"{len(online)} online, {len(offline)} offline",
-            changes={"online": len(online), "offline": len(offline)},
         )
