@@ -194,3 +194,16 @@ def test_offline_device_gets_its_job_on_reconnect_and_a_silent_one_times_out(
     later = timezone.now() + timezone.timedelta(seconds=6)
     assert jobs_sweep_timeouts(actor=Actor.system("celery:job-timeouts"), now=later) == [str(lost.id)]
     assert job_status(lost) == "TIMED_OUT" and "no terminal update within 5s" in lost.reason
+
+
+def test_agent_and_bridge_resume_after_a_broker_restart(control_plane, published_version, tmp_path):
+    device, secret = provision(control_plane)
+    port = free_port()
+    agent = start_agent(control_plane, device, secret, tmp_path / "agent", port)
+    wait_until(lambda: Device.objects.get(pk=device.pk).status == "online", 30, "agent online")
+    control_plane["mosquitto"].restart()
+    v2 = publish_sample(1, published_version.model)
+    job = deployment_create(actor=ACTOR, device=device, version=v2, timeout_seconds=120)
+    wait_until(lambda: job_status(job) == "SUCCEEDED", 90,
+               lambda: f"job after broker restart: {job_status(job)}\n{agent.output()[-2000:]}")
+    assert infer(port, [[0.0, 0.0, 0.0, 0.0]])["version"] == v2.number
