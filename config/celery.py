@@ -22,4 +22,8 @@ app.conf.beat_schedule = {
         "task": "deployments.tasks.sweep_job_timeouts",
         "schedule": 10.0,
     },
+    "deployments-rollouts-tick": {
+        "task": "deployments.tasks.rollouts_tick",
+        "schedule": float(os.environ.get("ROLLOUT_TICK_SECONDS", "2")),
+    },
 }

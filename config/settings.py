@@ -321,6 +321,10 @@ SPECTACULAR_SETTINGS = {
         "ArchEnum": "fleet.models.Arch",
         "JobKindEnum": "deployments.models.JobKind",
         "JobStatusEnum": "deployments.models.JobStatus",
+        "RolloutStatusEnum": "deployments.models.RolloutStatus",
+        "WaveStatusEnum": "deployments.models.WaveStatus",
+        "GateKindEnum": "deployments.models.GateKind",
+        "GateVerdictEnum": "deployments.models.GateVerdict",
         "GroupKindEnum": "fleet.models.GroupKind",
     },
 }
@@ -334,6 +338,15 @@ MAX_IMPORT_FILE_MB = env_int("MAX_IMPORT_FILE_MB", 10, minimum=1)
 JOB_TIMEOUT_SECONDS = env_int("JOB_TIMEOUT_SECONDS", 3600, minimum=1)
 # How devices reach this control plane over HTTP (artifact downloads on local storage, signing keys).
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
+
+# --- rollouts -------------------------------------------------------------------------------------
+# The beat tick that dispatches waves and evaluates gates (config/celery.py reads the same variable).
+ROLLOUT_TICK_SECONDS = env_int("ROLLOUT_TICK_SECONDS", 2, minimum=1)
+# Jobs created per rollout per tick at most (one transaction), and the rate limit when a plan gives none.
+ROLLOUT_DISPATCH_CHUNK = env_int("ROLLOUT_DISPATCH_CHUNK", 250, minimum=1)
+ROLLOUT_DEFAULT_RATE_PER_MINUTE = env_int("ROLLOUT_DEFAULT_RATE_PER_MINUTE", 600, minimum=1)
+# Unused dispatch allowance carried over after an idle spell (seconds of the rate).
+ROLLOUT_DISPATCH_BURST_SECONDS = env_int("ROLLOUT_DISPATCH_BURST_SECONDS", 10, minimum=1)
 
 LOGGING = {
     "version": 1,

@@ -12,3 +12,12 @@ class DeploymentRefused(Exception):
         super().__init__(reason)
         self.reason = reason
         self.field = field
+
+
+class PlanInvalid(Exception):
+    """A rollout plan cannot be accepted (400): `field` names the part of the request that is wrong."""
+
+    def __init__(self, reason: str, *, field: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field

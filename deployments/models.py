@@ -61,6 +61,9 @@ class Job(models.Model):
     reason = models.TextField(blank=True)
     last_seq = models.BigIntegerField(default=-1, help_text="highest device update sequence applied")
     timeout_seconds = models.PositiveIntegerField()
+    rollout = models.ForeignKey("Rollout", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    wave = models.ForeignKey("Wave", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    attempt = models.PositiveSmallIntegerField(default=1, help_text="retry number within a rollout wave")
     deadline_at = models.DateTimeField(help_text="not terminal by then: swept to TIMED_OUT")
     created_by = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -78,6 +81,12 @@ class Job(models.Model):
                 fields=["device", "model"],
                 condition=models.Q(status__in=[JobStatus.QUEUED, JobStatus.IN_PROGRESS]),
                 name="one_active_job_per_device_and_model",
+            ),
+            # a rollout sends a device one execution per wave, kind and attempt, even if a worker dies mid-wave
+            models.UniqueConstraint(
+                fields=["rollout", "wave", "device", "kind", "attempt"],
+                condition=models.Q(rollout__isnull=False),
+                name="one_job_per_rollout_wave_device_attempt",
             ),
         ]
         indexes = [
@@ -136,3 +145,206 @@ class Installation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.device_id} {self.model_id} v{self.version_id} since {self.since:%Y-%m-%d %H:%M}"
+
+
+# --- staged rollouts ------------------------------------------------------------------------------
+
+
+class RolloutStatus(models.TextChoices):
+    """A staged rollout of one model version over a set of devices (docs/architecture.md, "Rollouts")."""
+
+    DRAFT = "draft"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+
+
+ROLLOUT_TRANSITIONS: dict[str, frozenset[str]] = {
+    RolloutStatus.DRAFT: frozenset({RolloutStatus.RUNNING, RolloutStatus.ABORTED}),
+    RolloutStatus.RUNNING: frozenset(
+        {RolloutStatus.PAUSED, RolloutStatus.COMPLETED, RolloutStatus.ABORTED, RolloutStatus.ROLLING_BACK}
+    ),
+    RolloutStatus.PAUSED: frozenset({RolloutStatus.RUNNING, RolloutStatus.ABORTED, RolloutStatus.ROLLING_BACK}),
+    # a finished or stopped rollout can still be undone on demand
+    RolloutStatus.COMPLETED: frozenset({RolloutStatus.ROLLING_BACK}),
+    RolloutStatus.ABORTED: frozenset({RolloutStatus.ROLLING_BACK}),
+    RolloutStatus.ROLLING_BACK: frozenset({RolloutStatus.ROLLED_BACK}),
+    RolloutStatus.ROLLED_BACK: frozenset(),
+}
+ROLLOUT_TERMINAL = frozenset({RolloutStatus.ROLLED_BACK})
+# states in which a rollout holds its devices (one such rollout per device and model)
+ROLLOUT_ACTIVE = frozenset({RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.ROLLING_BACK})
+# states the beat tick works on
+ROLLOUT_TICKED = frozenset({RolloutStatus.RUNNING, RolloutStatus.ROLLING_BACK})
+
+
+class WaveStatus(models.TextChoices):
+    PENDING = "pending"
+    AWAITING_APPROVAL = "awaiting_approval"
+    INSTALLING = "installing"  # jobs dispatched at the rate limit; the install gate watches them
+    BAKING = "baking"  # the health gate compares the wave with the baseline over the bake time
+    HELD = "held"  # inconclusive: a person decides (approve, resume to bake again, rollback, abort)
+    PASSED = "passed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+WAVE_TERMINAL = frozenset({WaveStatus.PASSED, WaveStatus.FAILED, WaveStatus.CANCELED})
+WAVE_TRANSITIONS: dict[str, frozenset[str]] = {
+    WaveStatus.PENDING: frozenset({WaveStatus.AWAITING_APPROVAL, WaveStatus.INSTALLING, WaveStatus.CANCELED}),
+    WaveStatus.AWAITING_APPROVAL: frozenset({WaveStatus.INSTALLING, WaveStatus.CANCELED}),
+    WaveStatus.INSTALLING: frozenset({WaveStatus.BAKING, WaveStatus.PASSED, WaveStatus.FAILED, WaveStatus.CANCELED}),
+    WaveStatus.BAKING: frozenset({WaveStatus.PASSED, WaveStatus.FAILED, WaveStatus.HELD, WaveStatus.CANCELED}),
+    WaveStatus.HELD: frozenset({WaveStatus.BAKING, WaveStatus.PASSED, WaveStatus.FAILED, WaveStatus.CANCELED}),
+    **{status: frozenset() for status in WAVE_TERMINAL},
+}
+
+
+class GateKind(models.TextChoices):
+    INSTALL = "install"
+    HEALTH = "health"
+    APPROVAL = "approval"
+    EMERGENCY = "emergency"
+
+
+class GateVerdict(models.TextChoices):
+    PASS = "pass"  # noqa: S105 - a verdict, not a password
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+    SKIPPED = "skipped"
+
+
+class RolloutQuerySet(models.QuerySet["Rollout"]):
+    def active(self) -> RolloutQuerySet:
+        return self.filter(status__in=ROLLOUT_ACTIVE)
+
+
+class Rollout(models.Model):
+    """One version over a target in waves; `plan` is the validated plan, frozen when the rollout starts."""
+
+    name = models.CharField(max_length=200, blank=True)
+    model = models.ForeignKey("models_registry.RegisteredModel", on_delete=models.PROTECT, related_name="rollouts")
+    version = models.ForeignKey("models_registry.ModelVersion", on_delete=models.PROTECT, related_name="rollouts")
+    status = models.CharField(max_length=12, choices=RolloutStatus.choices, default=RolloutStatus.DRAFT)
+    status_reason = models.TextField(blank=True)
+    plan = models.JSONField(default=dict)
+    seed = models.BigIntegerField()
+    current_wave = models.PositiveSmallIntegerField(null=True, blank=True, help_text="index of the wave in progress")
+    skip_gates = models.BooleanField(default=False, help_text="emergency: remaining waves promote without gates")
+    last_dispatch_at = models.DateTimeField(null=True, blank=True, help_text="for the dispatch rate limit")
+    created_by = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = RolloutQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        # the beat tick: rollouts by status
+        indexes = [models.Index(fields=["status"], name="rollout_status_idx")]
+
+    def __str__(self) -> str:
+        return f"rollout {self.pk} of {self.version_id}: {self.status}"
+
+
+class Wave(models.Model):
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="waves")
+    index = models.PositiveSmallIntegerField()
+    spec = models.JSONField(default=dict, help_text="the plan's wave: percent or count, pins, approval")
+    size = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=20, choices=WaveStatus.choices, default=WaveStatus.PENDING)
+    requires_approval = models.BooleanField(default=False)
+    approved_by = models.CharField(max_length=200, blank=True)
+    install_started_at = models.DateTimeField(null=True, blank=True)
+    bake_started_at = models.DateTimeField(null=True, blank=True)
+    last_check_at = models.DateTimeField(null=True, blank=True)
+    failed_checks = models.PositiveIntegerField(default=0)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["rollout", "index"]
+        constraints = [models.UniqueConstraint(fields=["rollout", "index"], name="wave_index_unique_per_rollout")]
+
+    def __str__(self) -> str:
+        return f"wave {self.index} of rollout {self.rollout_id}: {self.status}"
+
+
+class RolloutTarget(models.Model):
+    """One device of a rollout: its wave (none when excluded, with the reasons), baseline and jobs."""
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="targets")
+    device = models.ForeignKey("fleet.Device", on_delete=models.CASCADE, related_name="rollout_targets")
+    wave = models.ForeignKey(Wave, null=True, blank=True, on_delete=models.CASCADE, related_name="targets")
+    excluded_reasons = models.JSONField(default=list, blank=True)
+    baseline_version = models.ForeignKey(
+        "models_registry.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    profile = models.CharField(max_length=200, help_text="hardware profile: arch|cpu|accelerator")
+    site_id = models.BigIntegerField(null=True)
+    tier = models.CharField(max_length=8)
+    order = models.PositiveIntegerField(default=0, help_text="dispatch order within the wave")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    install_job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    rollback_job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    skip_reason = models.TextField(blank=True, help_text="why no job could be created for it")
+
+    class Meta:
+        ordering = ["rollout", "order"]
+        constraints = [models.UniqueConstraint(fields=["rollout", "device"], name="rollout_target_unique_device")]
+        indexes = [
+            # dispatch: a wave's targets without a job, in order; counts per wave
+            models.Index(fields=["wave", "order"], name="rollout_target_wave_idx"),
+            # conflicts: a device's targets in active rollouts
+            models.Index(fields=["device", "rollout"], name="rollout_target_device_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.device_id} in rollout {self.rollout_id} wave {self.wave_id}"
+
+    @property
+    def is_excluded(self) -> bool:
+        return bool(self.excluded_reasons)
+
+
+class RolloutEvent(models.Model):
+    """The rollout's timeline: transitions of the rollout and its waves, and notes."""
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="events")
+    wave = models.ForeignKey(Wave, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=20, blank=True)
+    to_status = models.CharField(max_length=20)
+    reason = models.TextField(blank=True)
+    actor = models.CharField(max_length=200)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"rollout {self.rollout_id}: {self.from_status or '-'} -> {self.to_status}"
+
+
+class GateEvaluation(models.Model):
+    """One evaluation of a gate: what it looked at, the figures and the verdict."""
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="gate_results")
+    wave = models.ForeignKey(Wave, on_delete=models.CASCADE, related_name="gate_results")
+    gate = models.CharField(max_length=10, choices=GateKind.choices)
+    verdict = models.CharField(max_length=12, choices=GateVerdict.choices)
+    final = models.BooleanField(default=False, help_text="decided the wave (an intermediate check is not)")
+    inputs = models.JSONField(default=dict)
+    figures = models.JSONField(default=dict)
+    reason = models.TextField(blank=True)
+    actor = models.CharField(max_length=200)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.gate} gate of wave {self.wave_id}: {self.verdict}"

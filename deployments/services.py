@@ -71,11 +71,15 @@ def deployment_create(
     version: ModelVersion,
     kind: str = JobKind.INSTALL,
     timeout_seconds: int | None = None,
+    rollout_id: int | None = None,
+    wave_id: int | None = None,
+    attempt: int = 1,
 ) -> Job:
     """Create a job installing `version` on `device` and queue its notification.
 
     Refuses (DeploymentRefused) a version that is not deployable, a device that cannot run it (with
     every reason), a revoked or unprovisioned device, and a second active job for the same model.
+    A rollout passes its ids: the job then counts in that wave, at most once per device and attempt.
     """
     if not version.is_deployable:
         raise DeploymentRefused(
@@ -98,6 +102,9 @@ def deployment_create(
         timeout_seconds=timeout,
         deadline_at=now + dt.timedelta(seconds=timeout),
         created_by=actor.label,
+        rollout_id=rollout_id,
+        wave_id=wave_id,
+        attempt=attempt,
     )
     try:
         with transaction.atomic():
@@ -116,7 +123,13 @@ def deployment_create(
         object_type="job",
         object_id=job.pk,
         object_repr=f"{version} on {device.uid}",
-        changes={"device": device.uid, "version": str(version), "kind": kind, "timeout_seconds": timeout},
+        changes={
+            "device": device.uid,
+            "version": str(version),
+            "kind": kind,
+            "timeout_seconds": timeout,
+            **({"rollout": rollout_id, "wave": wave_id, "attempt": attempt} if rollout_id else {}),
+        },
     )
     _notify(job)
     return job

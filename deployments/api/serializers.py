@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+from itertools import pairwise
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from deployments.models import Job, JobEvent, JobKind
-from fleet.models import Device
+from deployments.models import GateEvaluation, Installation, Job, JobEvent, JobKind, Rollout, RolloutEvent, Wave
+from fleet.models import Device, Tier
 from models_registry.models import ModelVersion
 
 
@@ -54,3 +59,240 @@ class DeploymentCreateSerializer(serializers.Serializer):
 
 class CancelInputSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="canceled by operator")
+
+
+# --- rollouts ------------------------------------------------------------------------------------
+
+HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
+
+
+class RolloutTargetInputSerializer(serializers.Serializer):
+    filter = serializers.DictField(required=False, help_text='device-list filters, e.g. {"tier": "edge"}')
+    group = serializers.IntegerField(required=False, min_value=1)
+    devices = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=100000)
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        given = [key for key in ("filter", "group", "devices") if key in data]
+        if len(given) != 1:
+            raise serializers.ValidationError("give exactly one of filter, group or devices")
+        if "devices" in data and not data["devices"]:
+            raise serializers.ValidationError({"devices": ["the device list is empty"]})
+        return data
+
+
+class WaveInputSerializer(serializers.Serializer):
+    percent = serializers.FloatField(required=False, min_value=0.001, max_value=100, help_text="cumulative")
+    count = serializers.IntegerField(required=False, min_value=1, help_text="cumulative")
+    site = serializers.IntegerField(required=False, min_value=1, help_text="pin the wave to a site")
+    tier = serializers.ChoiceField(required=False, choices=Tier.choices, help_text="pin the wave to a tier")
+    group = serializers.IntegerField(required=False, min_value=1, help_text="pin the wave to a group")
+    approval = serializers.BooleanField(required=False, default=False, help_text="a person approves it first")
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if ("percent" in data) == ("count" in data):
+            raise serializers.ValidationError("give either percent or count")
+        return data
+
+
+class InstallGateSerializer(serializers.Serializer):
+    min_success_pct = serializers.FloatField(min_value=0, max_value=100, default=95)
+    max_failure_pct = serializers.FloatField(min_value=0, max_value=100, default=10)
+    min_finished = serializers.IntegerField(min_value=1, default=5)
+
+
+class HealthGateSerializer(serializers.Serializer):
+    max_p95_latency_ratio = serializers.FloatField(required=False, min_value=0.01)
+    max_error_rate = serializers.FloatField(required=False, min_value=0, max_value=1)
+    max_p95_ms = serializers.FloatField(required=False, min_value=0.0001, help_text="where there is no baseline")
+    max_p99_ms = serializers.FloatField(required=False, min_value=0.0001)
+    bake_seconds = serializers.IntegerField(min_value=1, max_value=7 * 24 * 3600, default=300)
+    min_samples = serializers.IntegerField(min_value=1, default=100)
+    min_baseline_samples = serializers.IntegerField(required=False, min_value=1)
+    tolerated_failures = serializers.IntegerField(min_value=0, default=0)
+    check_interval_seconds = serializers.IntegerField(required=False, min_value=1)
+
+
+class RetryPolicySerializer(serializers.Serializer):
+    FAILED = serializers.IntegerField(min_value=0, max_value=10, default=0)
+    TIMED_OUT = serializers.IntegerField(min_value=0, max_value=10, default=0)
+
+
+class ExponentialRateSerializer(serializers.Serializer):
+    base_per_minute = serializers.IntegerField(min_value=1)
+    factor = serializers.FloatField(min_value=1, max_value=5, default=2)
+    every_succeeded = serializers.IntegerField(min_value=1, default=10)
+
+
+class MaintenanceWindowSerializer(serializers.Serializer):
+    site = serializers.IntegerField(min_value=1)
+    start = serializers.RegexField(HHMM, help_text="UTC HH:MM")
+    end = serializers.RegexField(HHMM, help_text="UTC HH:MM; before start means it wraps midnight")
+
+
+class RolloutPlanSerializer(serializers.Serializer):
+    version = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.select_related("model"))
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    target = RolloutTargetInputSerializer()
+    waves = WaveInputSerializer(many=True, min_length=1, max_length=20)
+    install_gate = InstallGateSerializer(required=False)
+    health_gate = HealthGateSerializer(required=False, allow_null=True)
+    rate_per_minute = serializers.IntegerField(min_value=1, max_value=1_000_000, default=600)
+    exponential_rate = ExponentialRateSerializer(required=False)
+    job_timeout_seconds = serializers.IntegerField(min_value=5, max_value=7 * 24 * 3600, default=3600)
+    retry = RetryPolicySerializer(required=False)
+    start_at = serializers.DateTimeField(required=False)
+    maintenance_windows = MaintenanceWindowSerializer(many=True, required=False)
+    tier_aware = serializers.BooleanField(default=False)
+    seed = serializers.IntegerField(required=False, min_value=0, max_value=2**62)
+    on_install_failure = serializers.ChoiceField(choices=["abort", "rollback"], default="abort")
+
+    def validate_version(self, version: ModelVersion) -> ModelVersion:
+        if not version.is_deployable:
+            raise serializers.ValidationError(f"version {version} is {version.status}: it cannot be rolled out")
+        return version
+
+    def validate_waves(self, waves: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for key in ("percent", "count"):
+            values = [w[key] for w in waves if key in w]
+            if any(b <= a for a, b in pairwise(values)):
+                raise serializers.ValidationError(f"wave {key}s are cumulative: each must be larger than the last")
+        return waves
+
+    def validate_health_gate(self, gate: dict[str, Any] | None) -> dict[str, Any] | None:
+        keys = ("max_p95_latency_ratio", "max_error_rate", "max_p95_ms", "max_p99_ms")
+        if gate is not None and not any(k in gate for k in keys):
+            raise serializers.ValidationError(f"give at least one threshold: {', '.join(keys)}")
+        return gate
+
+    def to_plan(self) -> tuple[ModelVersion, str, dict[str, Any]]:
+        data = dict(self.validated_data)
+        version, name = data.pop("version"), data.pop("name")
+        data.setdefault("install_gate", InstallGateSerializer(data={}).run_validation({}))
+        data["waves"] = [{k: v for k, v in w.items() if k != "approval" or v} for w in data["waves"]]
+        if "start_at" in data:
+            data["start_at"] = data["start_at"].isoformat()
+        return version, name, data
+
+
+class RolloutPreviewSerializer(serializers.Serializer):
+    eligible = serializers.IntegerField()
+    excluded_count = serializers.IntegerField()
+    wave_sizes = serializers.ListField(child=serializers.IntegerField())
+    excluded_reasons = serializers.DictField(child=serializers.IntegerField())
+    excluded = serializers.ListField(child=serializers.DictField())
+
+
+class WaveStateSerializer(serializers.ModelSerializer):
+    jobs = serializers.SerializerMethodField(help_text="devices of the wave by the state of their install job")
+    rollbacks = serializers.SerializerMethodField(help_text="rollback jobs of the wave by state")
+
+    class Meta:
+        model = Wave
+        fields = ["index", "spec", "size", "status", "requires_approval", "approved_by", "install_started_at",
+                  "bake_started_at", "failed_checks", "finished_at", "jobs", "rollbacks"]  # fmt: skip
+
+    def get_jobs(self, wave: Wave) -> dict[str, int]:
+        return self.context.get("counts", {}).get(wave.pk, {}).get("jobs", {})
+
+    def get_rollbacks(self, wave: Wave) -> dict[str, int]:
+        return self.context.get("counts", {}).get(wave.pk, {}).get("rollbacks", {})
+
+
+class GateEvaluationSerializer(serializers.ModelSerializer):
+    wave = serializers.IntegerField(source="wave.index")
+
+    class Meta:
+        model = GateEvaluation
+        fields = ["wave", "gate", "verdict", "final", "inputs", "figures", "reason", "actor", "at"]
+
+
+class RolloutEventSerializer(serializers.ModelSerializer):
+    wave = serializers.IntegerField(source="wave.index", allow_null=True, default=None)
+
+    class Meta:
+        model = RolloutEvent
+        fields = ["wave", "from_status", "to_status", "reason", "actor", "at"]
+
+
+class RolloutSerializer(serializers.ModelSerializer):
+    model_name = serializers.CharField(source="model.name", read_only=True)
+    version_number = serializers.IntegerField(source="version.number", read_only=True)
+
+    class Meta:
+        model = Rollout
+        fields = ["id", "name", "model", "model_name", "version", "version_number", "status", "status_reason",
+                  "current_wave", "skip_gates", "created_by", "created_at", "started_at", "finished_at"]  # fmt: skip
+        read_only_fields = fields
+
+
+class RolloutDetailSerializer(RolloutSerializer):
+    waves = serializers.SerializerMethodField()
+    gate_results = GateEvaluationSerializer(many=True, read_only=True)
+    timeline = RolloutEventSerializer(many=True, read_only=True, source="events")
+    excluded = serializers.SerializerMethodField()
+
+    class Meta(RolloutSerializer.Meta):
+        fields = [*RolloutSerializer.Meta.fields, "plan", "waves", "gate_results", "timeline", "excluded"]
+        read_only_fields = fields
+
+    def get_waves(self, rollout: Rollout) -> list[dict[str, Any]]:
+        return WaveStateSerializer(rollout.waves.all(), many=True, context=self.context).data  # type: ignore[return-value]
+
+    def get_excluded(self, rollout: Rollout) -> dict[str, Any]:
+        return self.context.get("excluded", {})
+
+
+WaveStateSerializer.get_jobs = extend_schema_field(OpenApiTypes.OBJECT)(WaveStateSerializer.get_jobs)  # type: ignore[method-assign]
+WaveStateSerializer.get_rollbacks = extend_schema_field(OpenApiTypes.OBJECT)(WaveStateSerializer.get_rollbacks)  # type: ignore[method-assign]
+RolloutDetailSerializer.get_waves = extend_schema_field(WaveStateSerializer(many=True))(
+    RolloutDetailSerializer.get_waves
+)  # type: ignore[method-assign]
+RolloutDetailSerializer.get_excluded = extend_schema_field(OpenApiTypes.OBJECT)(RolloutDetailSerializer.get_excluded)  # type: ignore[method-assign]
+
+
+class RolloutReasonSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+
+
+class RolloutEmergencySerializer(serializers.Serializer):
+    action = serializers.ChoiceField(choices=["skip_gates", "rollback"])
+    reason = serializers.CharField(max_length=1000, help_text="mandatory: why the gates are bypassed")
+
+
+class InstalledSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    version = serializers.IntegerField()
+    since = serializers.DateTimeField()
+
+
+class DeviceHistorySerializer(serializers.ModelSerializer):
+    model_name = serializers.CharField(source="model.name")
+    version_number = serializers.IntegerField(source="version.number")
+    job = serializers.UUIDField(source="job_id", allow_null=True)
+    job_kind = serializers.CharField(source="job.kind", allow_null=True, default=None)
+    rollout = serializers.IntegerField(source="job.rollout_id", allow_null=True, default=None)
+    rollout_name = serializers.CharField(source="job.rollout.name", allow_null=True, default=None)
+    wave = serializers.IntegerField(source="job.wave.index", allow_null=True, default=None)
+    reason = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Installation
+        fields = ["model", "model_name", "version", "version_number", "since", "until", "job", "job_kind",
+                  "rollout", "rollout_name", "wave", "reason"]  # fmt: skip
+
+    def get_reason(self, row: Installation) -> str:
+        job = row.job
+        if job is None:
+            return "recorded without a job"
+        if job.rollout_id is None:
+            return f"deployment {job.id} by {job.created_by}"
+        rollout = job.rollout
+        if job.kind == JobKind.ROLLBACK:
+            return f"rolled back by rollout {job.rollout_id}: {rollout.status_reason if rollout else ''}".strip()
+        wave = job.wave.index if job.wave else "?"
+        return f"rollout {job.rollout_id} wave {wave} (by {rollout.created_by if rollout else job.created_by})"
+
+
+class DeviceHistoryQuerySerializer(serializers.Serializer):
+    model = serializers.IntegerField(required=False, min_value=1)
+    version = serializers.IntegerField(required=False, min_value=1)

@@ -1,20 +1,47 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from audit.actors import Actor
 from core import roles
 from core.errors import Conflict
-from deployments.exceptions import DeploymentRefused, InvalidTransition
-from deployments.models import Job
+from deployments.exceptions import DeploymentRefused, InvalidTransition, PlanInvalid
+from deployments.models import Job, Rollout
+from deployments.rollout_services import (
+    rollout_abort,
+    rollout_approve,
+    rollout_create,
+    rollout_force_rollback,
+    rollout_pause,
+    rollout_preview,
+    rollout_resume,
+    rollout_rollback,
+    rollout_skip_gates,
+    rollout_start,
+)
+from deployments.selectors import rollout_excluded, rollout_wave_counts
 from deployments.services import deployment_create, job_cancel
 
 from .filters import DeploymentFilter
-from .serializers import CancelInputSerializer, DeploymentCreateSerializer, DeploymentSerializer
+from .serializers import (
+    CancelInputSerializer,
+    DeploymentCreateSerializer,
+    DeploymentSerializer,
+    RolloutDetailSerializer,
+    RolloutEmergencySerializer,
+    RolloutPlanSerializer,
+    RolloutPreviewSerializer,
+    RolloutReasonSerializer,
+    RolloutSerializer,
+)
 
 
 class DeploymentViewSet(
@@ -48,3 +75,124 @@ class DeploymentViewSet(
         except InvalidTransition as exc:
             raise Conflict(str(exc)) from None
         return Response(DeploymentSerializer(self.get_queryset().get(pk=job.pk)).data)
+
+
+# --- rollouts ------------------------------------------------------------------------------------
+
+
+def _plan_error(exc: PlanInvalid) -> ValidationError:
+    return ValidationError({exc.field or "non_field_errors": [exc.reason]})
+
+
+class RolloutViewSet(
+    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    """Staged canary rollouts. Operators plan, start and steer them; the emergency path is for admins."""
+
+    queryset = Rollout.objects.select_related("model", "version")
+    serializer_class = RolloutSerializer
+    filterset_fields = ["status", "model", "version"]
+    ordering_fields = ["created_at", "status"]
+    write_role = roles.OPERATOR
+    action_roles = {"emergency": roles.ADMIN}
+
+    def _detail(self, rollout: Rollout, code: int = status.HTTP_200_OK) -> Response:
+        rollout = (
+            Rollout.objects.select_related("model", "version")
+            .prefetch_related("gate_results__wave", "events__wave", "waves")
+            .get(pk=rollout.pk)
+        )
+        context = {
+            "counts": rollout_wave_counts(rollout),
+            "excluded": rollout_excluded(rollout),
+            "request": self.request,
+        }
+        return Response(RolloutDetailSerializer(rollout, context=context).data, status=code)
+
+    @extend_schema(responses={200: RolloutDetailSerializer})
+    def retrieve(self, request: Request, *args: object, **kwargs: object) -> Response:
+        return self._detail(self.get_object())
+
+    @extend_schema(request=RolloutPlanSerializer, responses={201: RolloutDetailSerializer})
+    def create(self, request: Request, *args: object, **kwargs: object) -> Response:
+        payload = RolloutPlanSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        version, name, plan = payload.to_plan()
+        try:
+            rollout = rollout_create(actor=Actor.for_user(request.user), version=version, plan=plan, name=name)
+        except PlanInvalid as exc:
+            raise _plan_error(exc) from None
+        return self._detail(rollout, status.HTTP_201_CREATED)
+
+    @extend_schema(request=RolloutPlanSerializer, responses={200: RolloutPreviewSerializer})
+    @action(detail=False, methods=["post"])
+    def preview(self, request: Request) -> Response:
+        """The waves' sizes and the excluded devices (with reasons) for this plan now; nothing is written."""
+        payload = RolloutPlanSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        version, _name, plan = payload.to_plan()
+        plan.setdefault("seed", 0)
+        try:
+            planned = rollout_preview(version=version, plan=plan)
+        except PlanInvalid as exc:
+            raise _plan_error(exc) from None
+        return Response(RolloutPreviewSerializer(planned.summary()).data)
+
+    def _act(self, request: Request, service: Callable[..., Rollout], **extra: Any) -> Response:
+        payload = RolloutReasonSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        kwargs = {"reason": payload.validated_data["reason"], **extra} if service is not rollout_start else extra
+        try:
+            rollout = service(actor=Actor.for_user(request.user), rollout=self.get_object(), **kwargs)
+        except (InvalidTransition, DeploymentRefused) as exc:
+            raise Conflict(str(exc)) from None
+        except PlanInvalid as exc:
+            raise _plan_error(exc) from None
+        return self._detail(rollout)
+
+    @extend_schema(request=None, responses={200: RolloutDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def start(self, request: Request, pk: str | None = None) -> Response:
+        return self._act(request, rollout_start)
+
+    @extend_schema(request=RolloutReasonSerializer, responses={200: RolloutDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: str | None = None) -> Response:
+        return self._act(request, rollout_pause)
+
+    @extend_schema(request=RolloutReasonSerializer, responses={200: RolloutDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str | None = None) -> Response:
+        return self._act(request, rollout_resume)
+
+    @extend_schema(request=RolloutReasonSerializer, responses={200: RolloutDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def abort(self, request: Request, pk: str | None = None) -> Response:
+        return self._act(request, rollout_abort)
+
+    @extend_schema(request=RolloutReasonSerializer, responses={200: RolloutDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def rollback(self, request: Request, pk: str | None = None) -> Response:
+        return self._act(request, rollout_rollback)
+
+    @extend_schema(request=RolloutReasonSerializer, responses={200: RolloutDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def approve(self, request: Request, pk: str | None = None) -> Response:
+        return self._act(request, rollout_approve)
+
+    @extend_schema(request=RolloutEmergencySerializer, responses={200: RolloutDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def emergency(self, request: Request, pk: str | None = None) -> Response:
+        """Admin only, audited, reason mandatory: skip the remaining gates, or roll back now (jobs in progress too)."""
+        payload = RolloutEmergencySerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        service = rollout_skip_gates if payload.validated_data["action"] == "skip_gates" else rollout_force_rollback
+        try:
+            rollout = service(
+                actor=Actor.for_user(request.user), rollout=self.get_object(), reason=payload.validated_data["reason"]
+            )
+        except (InvalidTransition, DeploymentRefused) as exc:
+            raise Conflict(str(exc)) from None
+        except PlanInvalid as exc:
+            raise _plan_error(exc) from None
+        return self._detail(rollout)

@@ -3,8 +3,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from deployments.api.serializers import InstalledSerializer
+from deployments.selectors import device_installed
 from fleet.filters import STORED_FILTER_KEYS
 from fleet.models import Device, DeviceGroup, GroupKind, Site
 from fleet.selectors import devices_matching
@@ -45,6 +48,7 @@ class DeviceSerializer(serializers.ModelSerializer):
     )
     has_credentials = serializers.BooleanField(read_only=True)
     revoked = serializers.BooleanField(read_only=True, source="is_revoked")
+    installed = serializers.SerializerMethodField(help_text="model versions running now: {model, version, since}")
 
     class Meta:
         model = Device
@@ -66,10 +70,15 @@ class DeviceSerializer(serializers.ModelSerializer):
             "last_seen",
             "has_credentials",
             "revoked",
+            "installed",
             "created_at",
             "updated_at",
         ]
         read_only_fields = ["id", "agent_version", "status", "last_seen", "created_at", "updated_at"]
+
+    @extend_schema_field(InstalledSerializer(many=True))
+    def get_installed(self, device: Device) -> list[dict[str, Any]]:
+        return device_installed(device)
 
     def validate_runtimes(self, value: list[dict[str, str]]) -> list[dict[str, str]]:
         names = [r["name"] for r in value]

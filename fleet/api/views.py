@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db.models import Count, ProtectedError, QuerySet
-from drf_spectacular.utils import extend_schema
+from django.db.models import Count, Prefetch, ProtectedError, QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -12,6 +12,9 @@ from rest_framework.response import Response
 
 from audit.actors import Actor
 from core.errors import Conflict
+from deployments.api.serializers import DeviceHistoryQuerySerializer, DeviceHistorySerializer
+from deployments.models import Installation
+from deployments.selectors import device_history
 from fleet.filters import DeviceFilter
 from fleet.importing import ImportFileError, devices_import
 from fleet.models import Device, DeviceGroup, Site
@@ -88,6 +91,35 @@ class DeviceViewSet(viewsets.ModelViewSet):
 
     def perform_destroy(self, instance: Device) -> None:
         device_delete(actor=actor_of(self.request), device=instance)
+
+    def get_queryset(self) -> QuerySet[Device]:
+        # `installed` in one query for the page, not one per device
+        current = Installation.objects.filter(until__isnull=True).select_related("model", "version")
+        return (
+            super()
+            .get_queryset()
+            .prefetch_related(Prefetch("installations", queryset=current, to_attr="current_installations"))
+        )
+
+    @extend_schema(
+        parameters=[OpenApiParameter("model", int, description="only this model"),
+                    OpenApiParameter("version", int, description="only this model version")],
+        responses={200: DeviceHistorySerializer(many=True)},
+    )  # fmt: skip
+    @action(detail=True, methods=["get"])
+    def history(self, request: Request, pk: str | None = None) -> Response:
+        """Which model version ran on this device, from when to when, and the job or rollout that changed it."""
+        params = DeviceHistoryQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        rows = device_history(
+            self.get_object(),
+            model_id=params.validated_data.get("model"),
+            version_id=params.validated_data.get("version"),
+        )
+        page = self.paginate_queryset(rows)
+        if page is not None:
+            return self.get_paginated_response(DeviceHistorySerializer(page, many=True).data)
+        return Response(DeviceHistorySerializer(rows, many=True).data)
 
     @extend_schema(request=None, responses={201: CredentialsSerializer})
     @action(detail=True, methods=["post"])

@@ -1,0 +1,246 @@
+"""Rollout plans: which devices a rollout covers, what they run now, and which wave each one is in.
+
+Pure planning, no writes: `rollout_create` stores the result, `preview` shows it. Wave membership is
+chosen by seeded stratified sampling: each wave's quota is spread over hardware profiles
+(arch, cpu, accelerator) in proportion to what is left of each, then over sites within a profile, so a
+1 % canary already touches every kind of hardware the rollout will reach. The same seed gives the same
+waves.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+from django.db.models import QuerySet
+
+from fleet.models import Device, DeviceGroup
+from fleet.selectors import devices_matching, group_members
+from models_registry.compatibility import incompatibility_reasons, profile_of, requirements_of
+from models_registry.models import ModelVersion
+
+from .exceptions import PlanInvalid
+from .models import Installation
+
+TIER_RANK = {"cloud": 0, "fog": 1, "edge": 2}
+
+
+class WaveSpec(TypedDict, total=False):
+    percent: float
+    count: int
+    site: int
+    tier: str
+    group: int
+    approval: bool
+
+
+def hardware_profile(device: Device) -> str:
+    return f"{device.arch}|{device.cpu}|{device.accelerator or 'none'}"
+
+
+def resolve_target(target: dict[str, Any]) -> QuerySet[Device]:
+    """The devices a target names: `{"filter": {...}}`, `{"group": id}` or `{"devices": [ids]}`."""
+    base = Device.objects.active()
+    if "filter" in target:
+        try:
+            return devices_matching(target["filter"], base)
+        except ValueError as exc:
+            raise PlanInvalid(str(exc), field="target.filter") from None
+    if "group" in target:
+        group = DeviceGroup.objects.filter(pk=target["group"]).first()
+        if group is None:
+            raise PlanInvalid(f"no group {target['group']}", field="target.group")
+        return group_members(group).filter(revoked_at__isnull=True)
+    if "devices" in target:
+        ids = list(target["devices"])
+        found = base.filter(pk__in=ids)
+        missing = sorted(set(ids) - set(found.values_list("pk", flat=True)))
+        if missing:
+            raise PlanInvalid(f"unknown or revoked devices: {missing[:20]}", field="target.devices")
+        return found
+    raise PlanInvalid("give one of filter, group or devices", field="target")
+
+
+@dataclass
+class PlannedDevice:
+    device: Device
+    profile: str
+    baseline: ModelVersion | None = None
+    wave: int | None = None
+    order: int = 0
+    excluded: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    included: list[PlannedDevice]
+    excluded: list[PlannedDevice]
+    wave_sizes: list[int]
+
+    def summary(self, limit: int = 200) -> dict[str, Any]:
+        reasons: dict[str, int] = defaultdict(int)
+        for planned in self.excluded:
+            for reason in planned.excluded:
+                reasons[reason] += 1
+        return {
+            "eligible": len(self.included),
+            "excluded_count": len(self.excluded),
+            "wave_sizes": self.wave_sizes,
+            "excluded_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+            "excluded": [
+                {"device": p.device.pk, "uid": p.device.uid, "reasons": p.excluded} for p in self.excluded[:limit]
+            ],
+        }
+
+
+def _baselines(devices: Sequence[Device], version: ModelVersion) -> dict[int, ModelVersion | None]:
+    """What each device runs now: its current Installation row, else the version its agent reports."""
+    current = {
+        inst.device_id: inst.version
+        for inst in Installation.objects.filter(
+            device__in=[d.pk for d in devices], model_id=version.model_id, until__isnull=True
+        ).select_related("version")
+    }
+    by_number = {v.number: v for v in ModelVersion.objects.filter(model_id=version.model_id)}
+    out: dict[int, ModelVersion | None] = {}
+    for device in devices:
+        if device.pk in current:
+            out[device.pk] = current[device.pk]
+            continue
+        active = (device.reported_state or {}).get("active", {}).get(version.model.name)
+        number = active.get("version") if isinstance(active, dict) else None
+        out[device.pk] = by_number.get(number) if isinstance(number, int) else None
+    return out
+
+
+def cumulative_counts(waves: Sequence[WaveSpec], total: int) -> list[int]:
+    """Cumulative device counts per wave (percent of the eligible devices, or a count), never decreasing."""
+    counts: list[int] = []
+    previous = 0
+    for spec in waves:
+        if "percent" in spec:
+            wanted = math.ceil(total * float(spec["percent"]) / 100) if total else 0
+            wanted = max(wanted, 1) if total and float(spec["percent"]) > 0 else wanted
+        else:
+            wanted = int(spec["count"])
+        previous = max(previous, min(wanted, total))
+        counts.append(previous)
+    return counts
+
+
+def _allocate(quota: int, sizes: dict[str, int], rng: random.Random) -> dict[str, int]:
+    """Split `quota` over strata in proportion to their sizes (largest remainder, seeded tie-break)."""
+    total = sum(sizes.values())
+    if quota >= total:
+        return dict(sizes)
+    exact = {key: quota * size / total for key, size in sizes.items()}
+    out = {key: math.floor(value) for key, value in exact.items()}
+    keys = list(sizes)
+    rng.shuffle(keys)
+    keys.sort(key=lambda k: exact[k] - out[k], reverse=True)
+    for key in keys:
+        if sum(out.values()) >= quota:
+            break
+        if out[key] < sizes[key]:
+            out[key] += 1
+    return out
+
+
+def _stratified_pick(pool: list[PlannedDevice], quota: int, rng: random.Random) -> list[PlannedDevice]:
+    """`quota` devices from `pool`, spread over hardware profiles, then over sites within each profile."""
+    if quota <= 0:
+        return []
+    by_profile: dict[str, list[PlannedDevice]] = defaultdict(list)
+    for planned in pool:
+        by_profile[planned.profile].append(planned)
+    picked: list[PlannedDevice] = []
+    for profile, share in _allocate(quota, {k: len(v) for k, v in by_profile.items()}, rng).items():
+        by_site: dict[str, list[PlannedDevice]] = defaultdict(list)
+        for planned in by_profile[profile]:
+            by_site[str(planned.device.site_id)].append(planned)
+        for site, count in _allocate(share, {k: len(v) for k, v in by_site.items()}, rng).items():
+            members = by_site[site]
+            picked.extend(rng.sample(members, count))
+    return picked
+
+
+def _pin_matches(spec: WaveSpec, planned: PlannedDevice, group_ids: dict[int, set[int]]) -> bool:
+    device = planned.device
+    if "site" in spec and device.site_id != spec["site"]:
+        return False
+    if "tier" in spec and device.tier != spec["tier"]:
+        return False
+    return not ("group" in spec and device.pk not in group_ids[spec["group"]])
+
+
+def plan_rollout(
+    *,
+    version: ModelVersion,
+    devices: Iterable[Device],
+    waves: Sequence[WaveSpec],
+    seed: int,
+    tier_aware: bool = False,
+) -> Plan:
+    """Exclude what cannot or need not get `version` (with reasons), then assign waves to the rest.
+
+    With `tier_aware`, cloud nodes and fog gateways fill the earliest waves and are dispatched first, so a
+    gateway is never updated after the edge devices behind it.
+    """
+    requirements = requirements_of(version)
+    devices = list(devices)
+    baselines = _baselines(devices, version)
+    included: list[PlannedDevice] = []
+    excluded: list[PlannedDevice] = []
+    cache: dict[Any, list[str]] = {}
+    for device in sorted(devices, key=lambda d: d.uid):
+        planned = PlannedDevice(device=device, profile=hardware_profile(device), baseline=baselines.get(device.pk))
+        compat = profile_of(device, device.runtimes.all())
+        reasons = cache.get(compat)
+        if reasons is None:
+            reasons = cache[compat] = incompatibility_reasons(requirements, compat)
+        planned.excluded = list(reasons)
+        if planned.baseline is not None and planned.baseline.number == version.number:
+            planned.excluded.append(f"already runs version {version.number}")
+        elif planned.baseline is not None and planned.baseline.number > version.number:
+            planned.excluded.append(
+                f"runs newer version {planned.baseline.number}; agents refuse downgrades outside a rollback"
+            )
+        (excluded if planned.excluded else included).append(planned)
+
+    rng = random.Random(seed)  # noqa: S311 - reproducible sampling, not security
+    counts = cumulative_counts(waves, len(included))
+    group_ids = {
+        spec["group"]: set(group_members(DeviceGroup.objects.get(pk=spec["group"])).values_list("pk", flat=True))
+        for spec in waves
+        if "group" in spec and DeviceGroup.objects.filter(pk=spec["group"]).exists()
+    }
+    remaining = list(included)
+    sizes: list[int] = []
+    order = 0
+    previous = 0
+    for index, (spec, cumulative) in enumerate(zip(waves, counts, strict=True)):
+        quota = cumulative - previous
+        eligible = [p for p in remaining if _pin_matches(spec, p, group_ids)]
+        chosen: list[PlannedDevice] = []
+        if tier_aware:
+            for rank in sorted({TIER_RANK.get(p.device.tier, 3) for p in eligible}):
+                tier_pool = [p for p in eligible if TIER_RANK.get(p.device.tier, 3) == rank]
+                chosen += _stratified_pick(tier_pool, quota - len(chosen), rng)
+                if len(chosen) >= quota:
+                    break
+        else:
+            chosen = _stratified_pick(eligible, quota, rng)
+        chosen.sort(key=lambda p: (TIER_RANK.get(p.device.tier, 3) if tier_aware else 0, p.device.uid))
+        for planned in chosen:
+            planned.wave = index
+            planned.order = order
+            order += 1
+        taken = {id(p) for p in chosen}
+        remaining = [p for p in remaining if id(p) not in taken]
+        sizes.append(len(chosen))
+        previous += len(chosen)
+    return Plan(included=[p for p in included if p.wave is not None], excluded=excluded, wave_sizes=sizes)

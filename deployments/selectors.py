@@ -1,0 +1,65 @@
+"""Reads across models: a rollout's per-wave counts and exclusions, a device's version history."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+from django.db.models import Count, QuerySet
+
+from fleet.models import Device
+
+from .models import Installation, Rollout, RolloutTarget
+
+
+def rollout_wave_counts(rollout: Rollout) -> dict[int, dict[str, dict[str, int]]]:
+    """{wave id: {"jobs": {state: n}, "rollbacks": {state: n}}} in one query; `NOT_SENT` has no job yet."""
+    out: dict[int, dict[str, dict[str, int]]] = defaultdict(lambda: {"jobs": {}, "rollbacks": {}})
+    rows = (
+        RolloutTarget.objects.filter(rollout=rollout, wave__isnull=False)
+        .values("wave_id", "install_job__status", "rollback_job__status", "skip_reason")
+        .annotate(n=Count("id"))
+    )
+    for row in rows:
+        entry = out[row["wave_id"]]
+        state = row["install_job__status"] or ("NOT_SENT" if not row["skip_reason"] else "SKIPPED")
+        entry["jobs"][state] = entry["jobs"].get(state, 0) + row["n"]
+        if row["rollback_job__status"]:
+            state = row["rollback_job__status"]
+            entry["rollbacks"][state] = entry["rollbacks"].get(state, 0) + row["n"]
+    return dict(out)
+
+
+def rollout_excluded(rollout: Rollout, limit: int = 100) -> dict[str, Any]:
+    excluded = RolloutTarget.objects.filter(rollout=rollout, wave__isnull=True).select_related("device")
+    reasons: Counter[str] = Counter()
+    for row in excluded.values_list("excluded_reasons", flat=True):
+        reasons.update(row)
+    return {
+        "count": excluded.count(),
+        "reasons": dict(reasons.most_common()),
+        "devices": [
+            {"device": t.device_id, "uid": t.device.uid, "reasons": t.excluded_reasons}
+            for t in excluded.order_by("device__uid")[:limit]
+        ],
+    }
+
+
+def device_history(
+    device: Device, *, model_id: int | None = None, version_id: int | None = None
+) -> QuerySet[Installation]:
+    """Which version ran on the device, from when to when, and the job (and rollout) that put it there."""
+    rows = Installation.objects.filter(device=device).select_related("model", "version", "job__rollout", "job__wave")
+    if model_id is not None:
+        rows = rows.filter(model_id=model_id)
+    if version_id is not None:
+        rows = rows.filter(version_id=version_id)
+    return rows.order_by("-since", "-id")
+
+
+def device_installed(device: Device) -> list[dict[str, Any]]:
+    """What runs on the device now, per model (current Installation rows)."""
+    current = getattr(device, "current_installations", None)
+    if current is None:
+        current = Installation.objects.filter(device=device, until__isnull=True).select_related("model", "version")
+    return [{"model": i.model.name, "version": i.version.number, "since": i.since} for i in current]

@@ -1,0 +1,259 @@
+"""Rollout services: planning, dispatch, gates, promotion, rollback (real PostgreSQL, no broker)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+
+import pytest
+
+from audit.actors import Actor
+from deployments.exceptions import DeploymentRefused, InvalidTransition
+from deployments.models import (
+    GateEvaluation,
+    Installation,
+    Job,
+    JobKind,
+    JobStatus,
+    RolloutStatus,
+    RolloutTarget,
+    WaveStatus,
+)
+from deployments.rollout_services import (
+    rollout_abort,
+    rollout_advance,
+    rollout_approve,
+    rollout_cancel_jobs,
+    rollout_create,
+    rollout_pause,
+    rollout_resume,
+    rollout_rollback,
+    rollout_start,
+)
+from deployments.services import deployment_create
+from mqttbridge.models import OutboxMessage
+from tests.deployments.rollout_helpers import finish, publish_next_version, telemetry
+from tests.factories import DeviceFactory, SiteFactory
+
+pytestmark = pytest.mark.django_db
+OPERATOR = Actor.system("tests")
+RPI4 = {"arch": "aarch64", "cpu": "Cortex-A72 x4", "accelerator": "none"}
+NANO = {"arch": "aarch64", "cpu": "Cortex-A57 x4", "accelerator": "gpu"}
+
+
+def fleet(per_profile: int = 10) -> list:
+    sites = [SiteFactory(), SiteFactory()]
+    devices = []
+    for profile in (RPI4, NANO):
+        for index in range(per_profile):
+            devices.append(DeviceFactory(site=sites[index % 2], tags=["rollout"], **profile))
+    return devices
+
+
+def plan(**overrides: object) -> dict:
+    base = {
+        "target": {"filter": {"tag": "rollout"}},
+        "waves": [{"percent": 10}, {"percent": 50}, {"percent": 100}],
+        "install_gate": {"min_success_pct": 95, "max_failure_pct": 10, "min_finished": 2},
+        "health_gate": {"max_p95_latency_ratio": 1.3, "max_error_rate": 0.02, "bake_seconds": 10, "min_samples": 100},
+        "rate_per_minute": 6000,
+        "job_timeout_seconds": 60,
+        "seed": 7,
+    }
+    base.update(overrides)
+    return base
+
+
+def install_baseline(devices: list, version) -> None:
+    for device in devices:
+        finish(deployment_create(actor=OPERATOR, device=device, version=version, timeout_seconds=60))
+
+
+def wave_jobs(rollout, index: int) -> list[Job]:
+    return list(Job.objects.filter(rollout=rollout, wave__index=index, kind=JobKind.INSTALL).select_related("device"))
+
+
+def bake_through(rollout, index: int, *, candidate_p95: dict[str, float], baseline_p95: float = 10.0) -> dt.datetime:
+    """Finish the wave's jobs, advance into baking, write telemetry, and return a `now` after the bake."""
+    for job in wave_jobs(rollout, index):
+        finish(job)
+    rollout_advance(rollout_id=rollout.pk)
+    wave = rollout.waves.get(index=index)
+    assert wave.status == WaveStatus.BAKING, wave.status
+    at = wave.bake_started_at + dt.timedelta(seconds=1)
+    new = list(RolloutTarget.objects.filter(wave=wave).values_list("device_id", "profile"))
+    for profile, p95 in candidate_p95.items():
+        telemetry([d for d, p in new if p.startswith(profile)], rollout.model.name, rollout.version.number, at, p95)
+    old = RolloutTarget.objects.filter(rollout=rollout, wave__isnull=False).exclude(install_job__status="SUCCEEDED")
+    baseline_version = rollout.targets.exclude(baseline_version=None).values_list("baseline_version__number", flat=True)
+    if baseline_version:
+        telemetry(
+            list(old.values_list("device_id", flat=True)), rollout.model.name, baseline_version[0], at, baseline_p95
+        )
+    return wave.bake_started_at + dt.timedelta(seconds=11)
+
+
+def test_create_plans_stratified_waves_and_excludes_incompatible_devices(published_version, assert_audited):
+    devices = fleet(10)
+    DeviceFactory(tags=["rollout"], runtimes=[{"name": "tflite", "version": "2.14"}])
+    rollout = rollout_create(actor=OPERATOR, version=published_version, plan=plan())
+    assert rollout.status == RolloutStatus.DRAFT
+    assert [w.size for w in rollout.waves.order_by("index")] == [2, 8, 10]
+    canary = RolloutTarget.objects.filter(wave__rollout=rollout, wave__index=0)
+    assert {t.profile for t in canary} == {"aarch64|Cortex-A72 x4|none", "aarch64|Cortex-A57 x4|gpu"}
+    excluded = RolloutTarget.objects.get(rollout=rollout, wave__isnull=True)
+    assert "needs runtime onnxruntime" in excluded.excluded_reasons[0]
+    assert not Job.objects.exists() and not OutboxMessage.objects.exists()
+    assert_audited("rollout", rollout.pk, "rollout.create", actor="system:tests")
+    # the same seed gives the same waves
+    again = rollout_create(actor=OPERATOR, version=published_version, plan=plan())
+    pick = lambda r: sorted(RolloutTarget.objects.filter(rollout=r, wave__index=0).values_list("device_id", flat=True))  # noqa: E731
+    assert pick(again) == pick(rollout) and len(devices) == 20
+
+
+def test_start_dispatches_the_canary_once_even_when_ticked_twice(
+    published_version, django_capture_on_commit_callbacks, assert_audited
+):
+    fleet(10)
+    rollout = rollout_create(actor=OPERATOR, version=published_version, plan=plan())
+    with django_capture_on_commit_callbacks() as callbacks:
+        rollout_start(actor=OPERATOR, rollout=rollout)
+    assert len(callbacks) == 1  # the first tick is queued after commit, not before
+    assert_audited("rollout", rollout.pk, "rollout.running", actor="system:tests")
+    assert rollout_advance(rollout_id=rollout.pk) == RolloutStatus.RUNNING
+    jobs = wave_jobs(rollout, 0)
+    assert len(jobs) == 2 and OutboxMessage.objects.count() == 2
+    assert all(j.attempt == 1 and j.rollout_id == rollout.pk for j in jobs)
+    rollout_advance(rollout_id=rollout.pk)
+    rollout_start(actor=OPERATOR, rollout=rollout)  # a re-run changes nothing
+    assert Job.objects.count() == 2 and OutboxMessage.objects.count() == 2
+    assert rollout.waves.get(index=0).status == WaveStatus.INSTALLING
+
+
+def test_good_version_promotes_wave_by_wave_to_completed(published_version):
+    devices = fleet(10)
+    install_baseline(devices, published_version)
+    v2 = publish_next_version(published_version)
+    rollout = rollout_create(actor=OPERATOR, version=v2, plan=plan())
+    rollout_start(actor=OPERATOR, rollout=rollout)
+    rollout_advance(rollout_id=rollout.pk)
+    for index in range(3):
+        after = bake_through(rollout, index, candidate_p95={"aarch64": 10.5})
+        rollout_advance(rollout_id=rollout.pk, now=after)
+    rollout.refresh_from_db()
+    assert rollout.status == RolloutStatus.COMPLETED, rollout.status_reason
+    final = GateEvaluation.objects.filter(rollout=rollout, gate="health", final=True)
+    assert [g.verdict for g in final] == ["pass", "pass", "pass"]
+    assert Counter(Installation.objects.filter(until=None).values_list("version_id", flat=True)) == {v2.pk: 20}
+
+
+def test_slow_version_on_one_profile_fails_the_canary_and_rolls_back(published_version, assert_audited):
+    devices = fleet(10)
+    install_baseline(devices, published_version)
+    v2 = publish_next_version(published_version)
+    rollout = rollout_create(actor=OPERATOR, version=v2, plan=plan())
+    rollout_start(actor=OPERATOR, rollout=rollout)
+    rollout_advance(rollout_id=rollout.pk)
+    after = bake_through(rollout, 0, candidate_p95={"aarch64|Cortex-A72": 20.0, "aarch64|Cortex-A57": 10.0})
+    rollout_advance(rollout_id=rollout.pk, now=after)
+    rollout.refresh_from_db()
+    assert rollout.status == RolloutStatus.ROLLING_BACK
+    gate = GateEvaluation.objects.get(rollout=rollout, gate="health", final=True)
+    assert gate.verdict == "fail" and gate.actor == "system:gate:health"
+    assert gate.figures["worst_profile"] == "aarch64|Cortex-A72 x4|none" and gate.figures["max_p95_ratio"] == 2.0
+    assert_audited("rollout", rollout.pk, "rollout.rolling_back", actor="system:gate:health")
+    rollout_advance(rollout_id=rollout.pk)
+    rollbacks = list(Job.objects.filter(rollout=rollout, kind=JobKind.ROLLBACK).select_related("device"))
+    assert len(rollbacks) == 2 and {j.version_id for j in rollbacks} == {published_version.pk}
+    assert rollout.waves.get(index=1).status == WaveStatus.CANCELED
+    for job in rollbacks:
+        finish(job)
+    rollout_advance(rollout_id=rollout.pk)
+    rollout.refresh_from_db()
+    assert rollout.status == RolloutStatus.ROLLED_BACK, rollout.status_reason
+    assert set(Installation.objects.filter(until=None).values_list("version_id", flat=True)) == {published_version.pk}
+
+
+def test_install_failures_above_the_threshold_abort_and_cancel_queued_jobs(
+    published_version, django_capture_on_commit_callbacks
+):
+    fleet(10)
+    rollout = rollout_create(
+        actor=OPERATOR, version=published_version,
+        plan=plan(waves=[{"percent": 50}, {"percent": 100}],
+                  install_gate={"min_success_pct": 90, "max_failure_pct": 10, "min_finished": 2}),
+    )  # fmt: skip
+    rollout_start(actor=OPERATOR, rollout=rollout)
+    rollout_advance(rollout_id=rollout.pk)
+    jobs = wave_jobs(rollout, 0)
+    for job in jobs[:2]:
+        finish(job, JobStatus.FAILED)
+    with django_capture_on_commit_callbacks() as callbacks:
+        rollout_advance(rollout_id=rollout.pk)
+    rollout.refresh_from_db()
+    assert rollout.status == RolloutStatus.ABORTED and "install gate failed" in rollout.status_reason
+    assert len(callbacks) == 1
+    assert rollout_cancel_jobs(actor=OPERATOR, rollout_id=rollout.pk) == len(jobs) - 2
+    assert rollout_cancel_jobs(actor=OPERATOR, rollout_id=rollout.pk) == 0
+    gate = GateEvaluation.objects.get(rollout=rollout, gate="install")
+    assert gate.verdict == "fail" and gate.figures["failed"] == 2 and gate.actor == "system:gate:install"
+
+
+def test_retry_policy_sends_a_second_attempt_after_a_failure(published_version):
+    fleet(1)
+    rollout = rollout_create(actor=OPERATOR, version=published_version,
+                             plan=plan(waves=[{"percent": 100}], health_gate=None, retry={"FAILED": 1, "TIMED_OUT": 0},
+                                       install_gate={"min_success_pct": 50, "max_failure_pct": 60,
+                                                     "min_finished": 1}))  # fmt: skip
+    rollout_start(actor=OPERATOR, rollout=rollout)
+    rollout_advance(rollout_id=rollout.pk)
+    first = wave_jobs(rollout, 0)
+    finish(first[0], JobStatus.FAILED)
+    rollout_advance(rollout_id=rollout.pk)
+    attempts = sorted(j.attempt for j in Job.objects.filter(rollout=rollout, device=first[0].device))
+    assert attempts == [1, 2]
+
+
+def test_inconclusive_health_gate_pauses_for_a_person(published_version, assert_audited):
+    devices = fleet(5)
+    install_baseline(devices, published_version)
+    v2 = publish_next_version(published_version)
+    rollout = rollout_create(actor=OPERATOR, version=v2, plan=plan())
+    rollout_start(actor=OPERATOR, rollout=rollout)
+    rollout_advance(rollout_id=rollout.pk)
+    after = bake_through(rollout, 0, candidate_p95={})  # no telemetry from the new version at all
+    rollout_advance(rollout_id=rollout.pk, now=after)
+    rollout.refresh_from_db()
+    assert rollout.status == RolloutStatus.PAUSED
+    assert rollout.waves.get(index=0).status == WaveStatus.HELD
+    assert_audited("rollout", rollout.pk, "rollout.paused", actor="system:gate:health")
+    rollout_resume(actor=OPERATOR, rollout=rollout)
+    assert rollout.waves.get(index=0).status == WaveStatus.BAKING
+    rollout_pause(actor=OPERATOR, rollout=rollout)
+    rollout_advance(rollout_id=rollout.pk, now=after + dt.timedelta(seconds=60))
+    assert rollout.waves.get(index=0).status == WaveStatus.BAKING  # a paused rollout is not ticked
+    rollout_resume(actor=OPERATOR, rollout=rollout)
+    rollout_advance(rollout_id=rollout.pk, now=after + dt.timedelta(seconds=60))
+    rollout.refresh_from_db()
+    assert rollout.waves.get(index=0).status == WaveStatus.HELD
+    rollout_approve(actor=OPERATOR, rollout=rollout, reason="looked at the devices myself")
+    rollout.refresh_from_db()
+    assert rollout.status == RolloutStatus.RUNNING and rollout.waves.get(index=0).status == WaveStatus.PASSED
+
+
+def test_forbidden_transitions_raise_and_conflicting_rollouts_are_refused(published_version):
+    fleet(5)
+    first = rollout_create(actor=OPERATOR, version=published_version, plan=plan())
+    second = rollout_create(actor=OPERATOR, version=published_version, plan=plan())
+    with pytest.raises(InvalidTransition, match="draft"):
+        rollout_pause(actor=OPERATOR, rollout=first)
+    with pytest.raises(InvalidTransition):
+        rollout_rollback(actor=OPERATOR, rollout=first)
+    rollout_start(actor=OPERATOR, rollout=first)
+    with pytest.raises(DeploymentRefused, match="already in active rollouts"):
+        rollout_start(actor=OPERATOR, rollout=second)
+    rollout_abort(actor=OPERATOR, rollout=first, reason="enough")
+    rollout_abort(actor=OPERATOR, rollout=first, reason="enough")  # no-op
+    with pytest.raises(InvalidTransition):
+        rollout_resume(actor=OPERATOR, rollout=first)
+    rollout_start(actor=OPERATOR, rollout=second)
