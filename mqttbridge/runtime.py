@@ -45,6 +45,7 @@ from .outbox import outbox_drain
 logger = logging.getLogger("fogdeck.bridge")
 
 DEVICE_CACHE_SECONDS = 5.0
+IDLE_FLUSH_SECONDS = 0.05
 
 
 class Rejected(Exception):
@@ -199,6 +200,10 @@ class Bridge:
         try:
             while not self._stop.is_set():
                 timeout = max(0.0, min(next_flush, next_outbox) - time.monotonic())
+                if self._telemetry:
+                    # Telemetry is acknowledged only once stored, and the broker stops sending when its
+                    # in-flight window of unacknowledged messages is full: flush as soon as it goes quiet.
+                    timeout = min(timeout, IDLE_FLUSH_SECONDS)
                 try:
                     incoming = self._inbox.get(timeout=timeout)
                 except queue.Empty:
@@ -206,7 +211,8 @@ class Bridge:
                 if incoming is not None:
                     self._guarded(functools.partial(self.handle, incoming))
                 now = time.monotonic()
-                if now >= next_flush or len(self._telemetry) >= self.telemetry_batch_size:
+                idle = incoming is None and bool(self._telemetry)
+                if idle or now >= next_flush or len(self._telemetry) >= self.telemetry_batch_size:
                     self._guarded(self.flush_telemetry)
                     next_flush = now + self.telemetry_flush_seconds
                 if now >= next_outbox:

@@ -85,7 +85,7 @@ class Mosquitto:
             "per_listener_settings false\nallow_anonymous false\n"
             f"password_file {self.directory}/passwd\nacl_file {self.directory}/acl\n"
             f"listener {self.port} 127.0.0.1\npersistence true\npersistence_location {self.directory}/\n"
-            "max_queued_messages 10000\nlog_dest stderr\nuser root\n"
+            "max_queued_messages 10000\nmax_inflight_messages 1000\nlog_dest stderr\nuser root\n"
         )
         self.sync_auth()
         self.process = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stderr=subprocess.DEVNULL)
