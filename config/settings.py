@@ -278,6 +278,13 @@ SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Submitting a domain to browsers' HSTS preload list is the operator's decision for their domain, not a
+# default we can make for them; `check --deploy` should not nag about it.
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+# load balancers and container healthchecks probe over plain HTTP inside the deployment
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY") else None
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
@@ -365,3 +372,15 @@ ARTIFACT_URL_TTL_SECONDS = env_int("ARTIFACT_URL_TTL_SECONDS", 900, minimum=1)
 SIGNING_KEY = env_secret("SIGNING_KEY").strip()
 # Otherwise (and for rotated-out keys) PEM keys in this directory; the first publish creates one if empty.
 SIGNING_KEY_DIR = Path(env_str("SIGNING_KEY_DIR", str(DATA_DIR / "signing-keys"))).resolve()
+
+# --- telemetry ------------------------------------------------------------------------------------
+# Raw samples are kept for hours (device charts, gate drill-down); per-minute rollups for days (charts).
+TELEMETRY_RAW_RETENTION_HOURS = env_int("TELEMETRY_RAW_RETENTION_HOURS", 48, minimum=1)
+TELEMETRY_ROLLUP_RETENTION_DAYS = env_int("TELEMETRY_ROLLUP_RETENTION_DAYS", 30, minimum=1)
+# Websocket coalescing: at most one message per group per interval (200 ms = 5 per second).
+TELEMETRY_STREAM_INTERVAL_MS = env_int("TELEMETRY_STREAM_INTERVAL_MS", 200, minimum=10)
+if REDIS_URL:
+    # redis-py 8 reads with a 5 s socket timeout, the same as channels-redis's blocking receive, so an
+    # idle websocket died with "Timeout reading from redis" after ~5 s. The layer's connections get more
+    # room (this also fixes /ws/fleet/; it belongs in the redis section above when its owner agrees).
+    CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [{"address": REDIS_URL, "socket_timeout": 30}]

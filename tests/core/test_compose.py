@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +80,35 @@ def test_mosquitto_files_exist_and_require_authentication():
     conf = (ROOT / "deploy/mosquitto/mosquitto.conf").read_text()
     assert "allow_anonymous false" in conf and "acl_file /mosquitto/auth/acl" in conf
     assert "mqtt-auth:/mosquitto/auth" in SERVICES["mqtt-auth"]["volumes"][0]
+
+
+def _resolve(value: str) -> str:
+    """Compose's ${VAR:-default} / ${VAR:?message} with test values for the required secrets."""
+    secrets = {
+        "SECRET_KEY": "compose-check-secret-key-" + "x" * 40,
+        "POSTGRES_PASSWORD": "pg-password",
+        "MQTT_CONTROL_PASSWORD": "mqtt-password",
+        "MINIO_ROOT_PASSWORD": "minio-password",
+        "SIGNING_KEY": base64.b64encode(bytes(range(32))).decode(),
+    }
+
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, rest = match.group(1), match.group(2), match.group(3)
+        if name in secrets:
+            return secrets[name]
+        assert operator == ":-", f"${{{name}}} has no default and no test value"
+        return rest
+
+    return re.sub(r"\$\{([A-Z0-9_]+)(:[-?])([^}]*)\}", substitute, str(value))
+
+
+def test_check_deploy_is_clean_with_the_compose_production_settings(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
+    env.update({name: _resolve(value) for name, value in OURS["web"]["environment"].items()})
+    env["FOGDECK_DATA_DIR"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
