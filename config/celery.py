@@ -22,6 +22,10 @@ app.conf.beat_schedule = {
         "task": "deployments.tasks.sweep_job_timeouts",
         "schedule": 10.0,
     },
+    "telemetry-enforce-retention": {
+        "task": "telemetry.tasks.enforce_retention",
+        "schedule": 900.0,
+    },
     "deployments-rollouts-tick": {
         "task": "deployments.tasks.rollouts_tick",
         "schedule": float(os.environ.get("ROLLOUT_TICK_SECONDS", "2")),

@@ -24,7 +24,7 @@ def demo_device_specs(path: Path, *, actor: Actor) -> list[dict[str, str]]:
         known = {row["uid"]: row["secret"] for row in json.loads(path.read_text())}
     specs = []
     for device in Device.objects.active().prefetch_related("tag_links").order_by("uid"):
-        profile = next((t[len(PROFILE_TAG):] for t in device.tag_list if t.startswith(PROFILE_TAG)), "")
+        profile = next((t[len(PROFILE_TAG) :] for t in device.tag_list if t.startswith(PROFILE_TAG)), "")
         if not profile:
             continue  # not a seeded demo device
         secret = known.get(device.uid, "")

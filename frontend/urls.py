@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import plotly
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
@@ -9,4 +10,16 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(template_name="frontend/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", views.overview, name="overview"),
+    path("devices/", views.device_list, name="device-list"),
+    path("devices/bulk/", views.device_bulk, name="device-bulk"),
+    path("devices/export.csv", views.device_export, name="device-export"),
+    path("devices/<int:device_id>/", views.device_detail, name="device-detail"),
+    path("models/", views.model_list, name="model-list"),
+    path("models/<int:model_id>/", views.model_detail, name="model-detail"),
+    path("models/<int:model_id>/versions/", views.model_version_upload, name="model-version-upload"),
+    path("audit/", views.audit_list, name="audit-list"),
+    # The rollout pages (/rollouts/, /rollouts/new/, /rollouts/<id>/) are added by the rollouts work;
+    # base.html shows their nav entry once a page URL named "rollouts-page" exists
+    # (not "rollout-list": that name is the API router's /api/v1/rollouts/).
+    path(f"vendor/plotly-{plotly.__version__}.min.js", views.plotly_js, name="plotly-js"),
 ]

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from django.db import models
 
-from fleet.models import Device
+from fleet.models import Device, Site
 
 
 class TelemetrySample(models.Model):
-    """One device's inference metrics for one model version over one interval (raw; rollups come later)."""
+    """One device's inference metrics for one model version over one interval (raw, kept for hours)."""
 
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="telemetry")
     model_name = models.CharField(max_length=128)
@@ -28,7 +28,69 @@ class TelemetrySample(models.Model):
             models.Index(fields=["model_name", "version_number", "ts"], name="telemetry_version_ts_idx"),
             # a device's latency chart
             models.Index(fields=["device", "ts"], name="telemetry_device_ts_idx"),
+            # the retention sweep deletes by server receive time (device clocks may be wrong)
+            models.Index(fields=["received_at"], name="telemetry_received_idx"),
         ]
 
     def __str__(self) -> str:
         return f"{self.device_id} {self.model_name} v{self.version_number} @ {self.ts:%H:%M:%S}"
+
+
+class TelemetryRollupQuerySet(models.QuerySet["TelemetryRollup"]):
+    def for_version(self, model_name: str, version_number: int) -> TelemetryRollupQuerySet:
+        return self.filter(model_name=model_name, version_number=version_number)
+
+
+class TelemetryRollup(models.Model):
+    """Telemetry of one minute for one (model, version, site, hardware profile), kept up to date at ingest.
+
+    Counts add up exactly. Latency percentiles cannot be merged exactly from per-device summaries:
+    `p*_wsum` hold request-weighted sums (so `p95_mean = p95_wsum / requests` is the request-weighted
+    mean of the devices' p95s) and `p*_max` the worst device's value. Both are approximations of the
+    true p95 of all requests: the mean under-states a tail that only some devices have, the max
+    over-states it. Gates and charts should say which one they use.
+    """
+
+    minute = models.DateTimeField(help_text="start of the minute (device time, truncated)")
+    model_name = models.CharField(max_length=128)
+    version_number = models.PositiveIntegerField()
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="+")
+    arch = models.CharField(max_length=16)
+    cpu = models.CharField(max_length=120)
+    accelerator = models.CharField(max_length=8)
+    samples = models.PositiveIntegerField(default=0, help_text="raw samples folded in")
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    p50_wsum = models.FloatField(default=0.0)
+    p95_wsum = models.FloatField(default=0.0)
+    p99_wsum = models.FloatField(default=0.0)
+    p95_max = models.FloatField(default=0.0)
+    p99_max = models.FloatField(default=0.0)
+    max_ms = models.FloatField(default=0.0)
+
+    objects = TelemetryRollupQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            # the ingest upsert's conflict target; its leading columns also serve a version's chart
+            # (model_name, version_number, minute range)
+            models.UniqueConstraint(
+                fields=["model_name", "version_number", "minute", "site", "arch", "cpu", "accelerator"],
+                name="telemetry_rollup_key",
+            )
+        ]
+        indexes = [
+            # the retention sweep
+            models.Index(fields=["minute"], name="telemetry_rollup_minute_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} v{self.version_number} {self.minute:%Y-%m-%d %H:%M} site {self.site_id}"
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def p95_mean(self) -> float:
+        return self.p95_wsum / self.requests if self.requests else 0.0

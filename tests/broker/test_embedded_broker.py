@@ -126,9 +126,7 @@ def client(broker: EmbeddedBroker) -> Iterator[Callable[..., Client]]:
         client_id: str | None = None,
         clean_session: bool = True,
     ) -> Client:
-        new = Client(
-            broker.port, client_id or username or "anon", username, password, clean_session=clean_session
-        )
+        new = Client(broker.port, client_id or username or "anon", username, password, clean_session=clean_session)
         made.append(new)
         return new
 

@@ -127,11 +127,21 @@ def test_demo_command_runs_the_whole_embedded_stack(tmp_path):
     """`./dev demo` runs `manage.py demo`: seeded fleet, sample models, bridge and simulated devices online."""
     http_port, mqtt_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
-    env.update(DEBUG="true", FOGDECK_DATA_DIR=str(tmp_path), EMBEDDED_MQTT_PORT=str(mqtt_port),
-               DEMO_PASSWORD="smoke-demo-password", MQTT_PUBLIC_URL=f"mqtt://127.0.0.1:{mqtt_port}")
+    env.update(
+        DEBUG="true",
+        FOGDECK_DATA_DIR=str(tmp_path),
+        EMBEDDED_MQTT_PORT=str(mqtt_port),
+        DEMO_PASSWORD="smoke-demo-password",
+        MQTT_PUBLIC_URL=f"mqtt://127.0.0.1:{mqtt_port}",
+    )
     manage = [sys.executable, str(ROOT / "manage.py")]
-    demo = subprocess.Popen([*manage, "demo", "--devices", "30", "--port", str(http_port)], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    demo = subprocess.Popen(
+        [*manage, "demo", "--devices", "30", "--port", str(http_port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 150
         token = None
@@ -144,11 +154,18 @@ def test_demo_command_runs_the_whole_embedded_stack(tmp_path):
                     status, _ = request(f"http://127.0.0.1:{http_port}/healthz")
                     if status != 200:
                         continue
-                    result = subprocess.run([*manage, "drf_create_token", "admin"], env=env, cwd=ROOT,
-                                            capture_output=True, text=True, timeout=60)
+                    result = subprocess.run(
+                        [*manage, "drf_create_token", "admin"],
+                        env=env,
+                        cwd=ROOT,
+                        capture_output=True,
+                        text=True,
+                        timeout=60,
+                    )
                     token = result.stdout.split()[2]
-                status, body = request(f"http://127.0.0.1:{http_port}/api/v1/devices/?status=online&page_size=1",
-                                       token=token)
+                status, body = request(
+                    f"http://127.0.0.1:{http_port}/api/v1/devices/?status=online&page_size=1", token=token
+                )
                 online = body.get("count", 0)
                 if online >= 25:
                     break

@@ -204,6 +204,9 @@ def test_agent_and_bridge_resume_after_a_broker_restart(control_plane, published
     control_plane["mosquitto"].restart()
     v2 = publish_sample(1, published_version.model)
     job = deployment_create(actor=ACTOR, device=device, version=v2, timeout_seconds=120)
-    wait_until(lambda: job_status(job) == "SUCCEEDED", 90,
-               lambda: f"job after broker restart: {job_status(job)}\n{agent.output()[-2000:]}")
+    wait_until(
+        lambda: job_status(job) == "SUCCEEDED",
+        90,
+        lambda: f"job after broker restart: {job_status(job)}\n{agent.output()[-2000:]}",
+    )
     assert infer(port, [[0.0, 0.0, 0.0, 0.0]])["version"] == v2.number

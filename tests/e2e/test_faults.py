@@ -21,8 +21,15 @@ def control_plane(live_server, settings, mosquitto, processes):
     settings.PUBLIC_BASE_URL = live_server.url
 
     def start_bridge():
-        return processes("bridge", "manage.py", "mqtt_bridge", "--client-id", "fault-bridge", MQTT_URL=mosquitto.url,
-                         PUBLIC_BASE_URL=live_server.url)
+        return processes(
+            "bridge",
+            "manage.py",
+            "mqtt_bridge",
+            "--client-id",
+            "fault-bridge",
+            MQTT_URL=mosquitto.url,
+            PUBLIC_BASE_URL=live_server.url,
+        )
 
     return {"api": live_server.url, "mosquitto": mosquitto, "start": processes, "start_bridge": start_bridge}
 
@@ -36,8 +43,7 @@ def test_job_updates_sent_while_the_bridge_is_dead_are_applied_after_it_restarts
     agent = start_agent(control_plane, device, secret, tmp_path / "agent", port)
     wait_until(lambda: Device.objects.get(pk=device.pk).status == "online", 30, "agent online")
     agent.stop()  # the device is away when its job is published: its persistent session queues it
-    job = deployment_create(actor=Actor.system("tests"), device=device, version=published_version,
-                            timeout_seconds=120)
+    job = deployment_create(actor=Actor.system("tests"), device=device, version=published_version, timeout_seconds=120)
     wait_until(lambda: _published(job), 30, "job notification published")
     bridge.stop(signal.SIGKILL)
     # the device comes back, installs and reports while no bridge listens: the broker keeps the

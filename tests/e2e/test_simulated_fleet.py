@@ -30,9 +30,17 @@ def build_fleet(count: int) -> list[dict[str, str]]:
     for index in range(count):
         profile = edge[index % len(edge)]
         device = device_create(
-            actor=ACTOR, uid=f"sim-{index:05d}", name=f"sim {index}", site=site, tier="edge", arch=profile.arch,
-            cpu=profile.cpu, memory_mb=profile.memory_choices[-1], accelerator=profile.accelerator,
-            runtimes=[{"name": n, "version": v} for n, v in profile.runtimes], tags=["sim"],
+            actor=ACTOR,
+            uid=f"sim-{index:05d}",
+            name=f"sim {index}",
+            site=site,
+            tier="edge",
+            arch=profile.arch,
+            cpu=profile.cpu,
+            memory_mb=profile.memory_choices[-1],
+            accelerator=profile.accelerator,
+            runtimes=[{"name": n, "version": v} for n, v in profile.runtimes],
+            tags=["sim"],
         )
         secret = device_issue_credentials(actor=ACTOR, device=device).secret
         specs.append({"uid": device.uid, "secret": secret, "profile": profile.name})
@@ -49,18 +57,41 @@ def test_two_thousand_simulated_devices_show_online_through_the_api(
     devices_file = tmp_path / "devices.json"
     devices_file.write_text(json.dumps(specs))
     mosquitto.sync_auth()
-    bridge = processes("bridge", "manage.py", "mqtt_bridge", "--client-id", "sim-bridge", MQTT_URL=mosquitto.url,
-                       PUBLIC_BASE_URL=live_server.url)
+    bridge = processes(
+        "bridge",
+        "manage.py",
+        "mqtt_bridge",
+        "--client-id",
+        "sim-bridge",
+        MQTT_URL=mosquitto.url,
+        PUBLIC_BASE_URL=live_server.url,
+    )
     sim = processes(
-        "sim", "-m", "agent.simulator", "--api", live_server.url, "--mqtt", f"mqtt://127.0.0.1:{mosquitto.port}",
-        "--devices", str(FLEET), "--devices-file", str(devices_file), "--duration", "300",
-        "--telemetry-interval", "30", "--seed", "3",
+        "sim",
+        "-m",
+        "agent.simulator",
+        "--api",
+        live_server.url,
+        "--mqtt",
+        f"mqtt://127.0.0.1:{mosquitto.port}",
+        "--devices",
+        str(FLEET),
+        "--devices-file",
+        str(devices_file),
+        "--duration",
+        "300",
+        "--telemetry-interval",
+        "30",
+        "--seed",
+        "3",
     )
     wait_until(
         lambda: Device.objects.online().count() == FLEET,
         180,
-        lambda: f"{Device.objects.online().count()} of {FLEET} online\nsim:\n{sim.output()[-2000:]}\n"
-        f"bridge:\n{bridge.output()[-2000:]}",
+        lambda: (
+            f"{Device.objects.online().count()} of {FLEET} online\nsim:\n{sim.output()[-2000:]}\n"
+            f"bridge:\n{bridge.output()[-2000:]}"
+        ),
         interval=1,
     )
     print(f"all online after {time.monotonic() - started:.1f}s")
@@ -73,6 +104,7 @@ def test_two_thousand_simulated_devices_show_online_through_the_api(
     targets = list(Device.objects.filter(runtimes__name="onnxruntime", runtimes__version="1.18").order_by("uid")[:5])
     jobs = [deployment_create(actor=ACTOR, device=d, version=published_version, timeout_seconds=120) for d in targets]
     wait_until(
-        lambda: Job.objects.filter(pk__in=[j.pk for j in jobs], status="SUCCEEDED").count() == len(jobs), 90,
+        lambda: Job.objects.filter(pk__in=[j.pk for j in jobs], status="SUCCEEDED").count() == len(jobs),
+        90,
         lambda: f"jobs {list(Job.objects.filter(pk__in=[j.pk for j in jobs]).values_list('status', 'reason'))}",
     )

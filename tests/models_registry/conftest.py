@@ -106,7 +106,11 @@ def upload(admin_client: Any) -> Callable[..., Any]:
 
 
 def make_version(
-    model: RegisteredModel, data: bytes = b"onnx-bytes", *, publish: bool = False, actor: Actor = TEST_ACTOR,
+    model: RegisteredModel,
+    data: bytes = b"onnx-bytes",
+    *,
+    publish: bool = False,
+    actor: Actor = TEST_ACTOR,
     **fields: Any,
 ) -> ModelVersion:
     fields.setdefault("format", "onnx")

@@ -34,25 +34,41 @@ TENSORRT = VersionRequirements(format="tensorrt", min_runtime_version="8.5", min
         (ONNX, RPI, []),
         (ONNX, JETSON, []),  # onnxruntime 1.16 is too old, but its TensorRT runs ONNX too
         (ONNX, GATEWAY, ["needs 1024 MB, device has 512 MB"]),
-        (ONNX, ARMV7, [
-            "format onnx not supported by runtimes [tflite 2.14]",
-            "architecture armv7l not in [aarch64, x86_64]",
-        ]),
-        (TENSORRT, RPI, [
-            "format tensorrt not supported by runtimes [onnxruntime 1.18]",
-            "requires gpu accelerator, device has none",
-        ]),
+        (
+            ONNX,
+            ARMV7,
+            [
+                "format onnx not supported by runtimes [tflite 2.14]",
+                "architecture armv7l not in [aarch64, x86_64]",
+            ],
+        ),
+        (
+            TENSORRT,
+            RPI,
+            [
+                "format tensorrt not supported by runtimes [onnxruntime 1.18]",
+                "requires gpu accelerator, device has none",
+            ],
+        ),
         (TENSORRT, JETSON, []),
-        (TENSORRT, GATEWAY, [
-            "format tensorrt not supported by runtimes [onnxruntime 1.18, openvino 2024.1]",
-            "needs 2048 MB, device has 512 MB",
-            "requires gpu accelerator, device has none",
-        ]),
-        (TENSORRT, ARMV7, [
-            "format tensorrt not supported by runtimes [tflite 2.14]",
-            "needs 2048 MB, device has 1024 MB",
-            "requires gpu accelerator, device has none",
-        ]),
+        (
+            TENSORRT,
+            GATEWAY,
+            [
+                "format tensorrt not supported by runtimes [onnxruntime 1.18, openvino 2024.1]",
+                "needs 2048 MB, device has 512 MB",
+                "requires gpu accelerator, device has none",
+            ],
+        ),
+        (
+            TENSORRT,
+            ARMV7,
+            [
+                "format tensorrt not supported by runtimes [tflite 2.14]",
+                "needs 2048 MB, device has 1024 MB",
+                "requires gpu accelerator, device has none",
+            ],
+        ),
     ],
     ids=["onnx-rpi", "onnx-jetson", "onnx-gateway", "onnx-armv7", "trt-rpi", "trt-jetson", "trt-gateway", "trt-armv7"],
 )
@@ -72,7 +88,9 @@ def test_runtime_requirement_narrows_the_format_and_versions_compare_numerically
 
 def test_compatibility_endpoint_counts_reasons_over_filtered_devices(viewer_client, registered_model):
     make_version(
-        registered_model, publish=True, requirements={"min_runtime_version": "1.17", "min_memory_mb": 1024},
+        registered_model,
+        publish=True,
+        requirements={"min_runtime_version": "1.17", "min_memory_mb": 1024},
     )
     pis = [DeviceFactory(runtimes=[{"name": "onnxruntime", "version": "1.18"}], tags=["line-1"]) for _ in range(3)]
     DeviceFactory(memory_mb=512, tags=["line-1"])
@@ -81,7 +99,9 @@ def test_compatibility_endpoint_counts_reasons_over_filtered_devices(viewer_clie
 
     body = viewer_client.get(url).json()
     assert body == {
-        "compatible": 3, "incompatible": 2, "total": 5,
+        "compatible": 3,
+        "incompatible": 2,
+        "total": 5,
         "reasons": {
             "needs 1024 MB, device has 512 MB": 2,
             "format onnx not supported by runtimes [tflite 2.14]": 1,
@@ -91,7 +111,10 @@ def test_compatibility_endpoint_counts_reasons_over_filtered_devices(viewer_clie
     group = group_create(actor=TEST_ACTOR, name="first two", kind="static")
     group.devices.add(*pis[:2])
     assert viewer_client.get(f"{url}?group={group.pk}").json() == {
-        "compatible": 2, "incompatible": 0, "total": 2, "reasons": {},
+        "compatible": 2,
+        "incompatible": 0,
+        "total": 2,
+        "reasons": {},
     }
     assert viewer_client.get(f"{url}?tier=satellite").status_code == 400
 

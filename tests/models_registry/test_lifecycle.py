@@ -124,8 +124,9 @@ def test_transitions_schedule_their_broadcast_on_commit(registered_model, django
         model_version_publish(actor=TEST_ACTOR, version=version)
     assert callbacks == []
     with django_capture_on_commit_callbacks() as callbacks, pytest.raises(InvalidTransition):
-        model_version_publish(actor=TEST_ACTOR, version=model_version_revoke(
-            actor=TEST_ACTOR, version=version, reason="x"))
+        model_version_publish(
+            actor=TEST_ACTOR, version=model_version_revoke(actor=TEST_ACTOR, version=version, reason="x")
+        )
     assert len(callbacks) == 1  # the revoke's; the refused publish scheduled nothing
 
 
@@ -142,7 +143,8 @@ def test_published_version_refuses_edits_and_reuploads(admin_client, registered_
     )
     assert response.status_code == 409
     response = admin_client.put(
-        url(registered_model, 1), {"artifact": artifact_file(b"evil"), "format": "onnx", "framework": "pytorch"},
+        url(registered_model, 1),
+        {"artifact": artifact_file(b"evil"), "format": "onnx", "framework": "pytorch"},
         format="multipart",
     )
     assert response.status_code == 409
@@ -229,8 +231,10 @@ def test_version_detail_has_history_and_an_empty_deployments_list(admin_client, 
     assert body["deployments"] == []
     history = [(h["source"], h["action"]) for h in body["history"]]
     assert history == [
-        ("event", "status.draft"), ("audit", "model_version.create"),
-        ("event", "status.published"), ("audit", "model_version.publish"),
+        ("event", "status.draft"),
+        ("audit", "model_version.create"),
+        ("event", "status.published"),
+        ("audit", "model_version.publish"),
         ("audit", "model_version.download"),
     ]
     assert body["id"] == version.pk

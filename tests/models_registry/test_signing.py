@@ -38,11 +38,22 @@ def test_published_manifest_verifies_with_the_served_public_key(admin_client, vi
     assert manifest == signing.canonical_text(json.loads(manifest))  # stored exactly in canonical form
     fields = json.loads(manifest)
     assert fields == {
-        "schema_version": 1, "model": "defect-detector", "model_id": registered_model.pk, "version": 1,
-        "label": "1.0.0", "format": "onnx", "framework": "pytorch", "sha256": version["sha256"],
+        "schema_version": 1,
+        "model": "defect-detector",
+        "model_id": registered_model.pk,
+        "version": 1,
+        "label": "1.0.0",
+        "format": "onnx",
+        "framework": "pytorch",
+        "sha256": version["sha256"],
         "size": len(b"model bytes"),
-        "requirements": {"runtime": "onnxruntime", "min_runtime_version": "", "archs": ["aarch64"],
-                         "min_memory_mb": None, "accelerator": ""},
+        "requirements": {
+            "runtime": "onnxruntime",
+            "min_runtime_version": "",
+            "archs": ["aarch64"],
+            "min_memory_mb": None,
+            "accelerator": "",
+        },
         "published_at": fields["published_at"],
     }
     assert signing.manifest_version(manifest) == 1

@@ -1,0 +1,111 @@
+/* Fogdeck operator UI: small progressive enhancements. No framework; plotly.js is served by the app. */
+"use strict";
+(function () {
+  function data(id) {
+    var el = document.getElementById(id);
+    return el ? JSON.parse(el.textContent) : null;
+  }
+  var plotConfig = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
+  var layoutBase = { margin: { l: 48, r: 16, t: 8, b: 36 }, paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "#fff",
+                     font: { family: "system-ui, sans-serif", size: 12 }, legend: { orientation: "h", y: -0.2 } };
+
+  /* --- device list: select all, selected count ------------------------------------------------ */
+  var selectAll = document.getElementById("select-all");
+  var boxes = document.querySelectorAll('input[name="devices"]');
+  var count = document.getElementById("bulk-count");
+  function recount() { if (count) count.textContent = Array.prototype.filter.call(boxes, function (b) { return b.checked; }).length; }
+  if (selectAll) selectAll.addEventListener("change", function () { boxes.forEach(function (b) { b.checked = selectAll.checked; }); recount(); });
+  boxes.forEach(function (b) { b.addEventListener("change", recount); });
+
+  /* --- filter forms: leave empty fields out of the URL ----------------------------------------- */
+  document.querySelectorAll("form.filters").forEach(function (form) {
+    form.addEventListener("submit", function () {
+      form.querySelectorAll("input, select").forEach(function (el) { if (!el.value) el.disabled = true; });
+    });
+  });
+
+  /* --- fleet overview: map of sites (scattergeo with no base layers: nothing is fetched) -------- */
+  var sites = data("site-map-data");
+  if (sites && window.Plotly) {
+    Plotly.newPlot("site-map", [{
+      type: "scattergeo", mode: "markers", lat: sites.map(function (s) { return s.lat; }),
+      lon: sites.map(function (s) { return s.lon; }),
+      text: sites.map(function (s) { return s.name + ": " + s.online + "/" + s.total + " online"; }),
+      hoverinfo: "text", customdata: sites.map(function (s) { return s.id; }),
+      marker: { size: sites.map(function (s) { return 8 + Math.sqrt(s.total) * 2; }), sizemode: "diameter",
+                color: sites.map(function (s) { return s.total ? s.online / s.total : 0; }), cmin: 0, cmax: 1,
+                colorscale: [[0, "#d92d20"], [0.6, "#f79009"], [1, "#12b76a"]], line: { width: 1, color: "#1b2430" },
+                colorbar: { title: { text: "online" }, tickformat: ".0%", thickness: 10 } }
+    }], Object.assign({}, layoutBase, { height: 320, margin: { l: 0, r: 0, t: 0, b: 0 }, geo: {
+      projection: { type: "natural earth" }, showland: false, showocean: false, showlakes: false, showrivers: false,
+      showcountries: false, showcoastlines: false, showsubunits: false, showframe: true, bgcolor: "#eef3f8",
+      lataxis: { showgrid: true, gridcolor: "#cfd8e3", dtick: 15 }, lonaxis: { showgrid: true, gridcolor: "#cfd8e3", dtick: 30 },
+      fitbounds: sites.length > 1 ? "locations" : false } }), plotConfig).then(function (gd) {
+      gd.on("plotly_click", function (ev) { window.location = "/devices/?site=" + ev.points[0].customdata; });
+    });
+  }
+
+  /* --- device page: live latency chart --------------------------------------------------------- */
+  var chart = document.getElementById("latency-chart");
+  if (chart && window.Plotly) {
+    var series = {};  // "model:version" -> {x, p50, p95, p99, seen}
+    var updates = 0;
+    var state = document.getElementById("live-state");
+    function add(p) {
+      var key = p.model + " v" + p.version;
+      var s = series[key] || (series[key] = { x: [], p50: [], p95: [], p99: [], seen: {} });
+      if (s.seen[p.ts]) return;
+      s.seen[p.ts] = true;
+      s.x.push(p.ts); s.p50.push(p.p50_ms); s.p95.push(p.p95_ms); s.p99.push(p.p99_ms);
+      if (s.x.length > 720) { delete s.seen[s.x.shift()]; s.p50.shift(); s.p95.shift(); s.p99.shift(); }
+    }
+    function draw() {
+      var traces = [];
+      Object.keys(series).sort().forEach(function (key) {
+        var s = series[key];
+        traces.push({ x: s.x, y: s.p95, name: key + " p95", mode: "lines+markers", line: { width: 2 } });
+        traces.push({ x: s.x, y: s.p50, name: key + " p50", mode: "lines", line: { width: 1, dash: "dot" } });
+        traces.push({ x: s.x, y: s.p99, name: key + " p99", mode: "lines", line: { width: 1, dash: "dash" } });
+      });
+      var points = traces.reduce(function (n, t) { return n + t.x.length; }, 0) / 3;
+      chart.dataset.points = String(points);
+      Plotly.react(chart, traces, Object.assign({}, layoutBase, { height: 300, yaxis: { title: { text: "ms" }, rangemode: "tozero" },
+        xaxis: { type: "date" }, annotations: traces.length ? [] : [{ text: "No telemetry yet: waiting for the device…", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] }), plotConfig);
+    }
+    (data("latency-points") || []).forEach(add);
+    draw();
+    var delay = 1000;
+    function connect() {
+      var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+      var socket = new WebSocket(scheme + location.host + "/ws/devices/" + chart.dataset.device + "/");
+      socket.onopen = function () { delay = 1000; state.textContent = "live"; state.className = "muted small live"; };
+      socket.onmessage = function (ev) {
+        var msg = JSON.parse(ev.data);
+        if (msg.type !== "telemetry") return;
+        msg.items.forEach(add);
+        updates += 1;
+        chart.dataset.updates = String(updates);
+        state.textContent = "live · updated " + new Date().toLocaleTimeString();
+        draw();
+      };
+      socket.onclose = function (ev) {
+        if (ev.code === 4401 || ev.code === 4404) { state.textContent = "not allowed to stream this device"; return; }
+        state.textContent = "reconnecting…"; state.className = "muted small";
+        setTimeout(connect, delay); delay = Math.min(delay * 2, 30000);
+      };
+    }
+    connect();
+  }
+
+  /* --- model page: a version's figures from the rollups ----------------------------------------- */
+  var versionSeries = data("version-series");
+  if (versionSeries && window.Plotly) {
+    var x = versionSeries.map(function (r) { return r.minute; });
+    Plotly.newPlot("version-chart", [
+      { x: x, y: versionSeries.map(function (r) { return r.requests; }), name: "requests/min", type: "bar", yaxis: "y2", marker: { color: "#cfd8e3" } },
+      { x: x, y: versionSeries.map(function (r) { return r.p95_mean; }), name: "mean p95 (ms)", mode: "lines", line: { color: "#1f6feb" } },
+      { x: x, y: versionSeries.map(function (r) { return r.p95_max; }), name: "worst p95 (ms)", mode: "lines", line: { color: "#d92d20", dash: "dot" } }
+    ], Object.assign({}, layoutBase, { height: 280, yaxis: { title: { text: "ms" }, rangemode: "tozero" },
+      yaxis2: { overlaying: "y", side: "right", showgrid: false, rangemode: "tozero" }, xaxis: { type: "date" } }), plotConfig);
+  }
+})();

@@ -1,0 +1,72 @@
+"""Websocket consumers for coalesced telemetry streams (`/ws/devices/{id}/`, later `/ws/rollouts/{id}/`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from core.roles import VIEWER, has_role
+from fleet.models import Device
+from protocol.streams import device_group
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+
+
+class StreamConsumer(AsyncJsonWebsocketConsumer):
+    """Signed-in viewers (session auth) join the groups `stream_groups()` names and receive what producers
+    send there; anonymous sockets are closed with 4401, unknown objects with 4404.
+
+    A rollout page needs only::
+
+        class RolloutConsumer(StreamConsumer):
+            async def stream_groups(self) -> list[str] | None:
+                rollout_id = int(self.scope["url_route"]["kwargs"]["rollout_id"])
+                exists = await Rollout.objects.filter(pk=rollout_id).aexists()
+                return [rollout_group(rollout_id)] if exists else None
+
+    and its services offer figures with `telemetry.streaming.stream_offer({rollout_group(id): {key: item}})`,
+    which coalesces them like device telemetry.
+    """
+
+    groups_joined: list[str]
+
+    async def stream_groups(self) -> list[str] | None:
+        raise NotImplementedError
+
+    async def connect(self) -> None:
+        self.groups_joined = []
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated or not await sync_to_async(has_role)(user, VIEWER):
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        groups = await self.stream_groups()
+        if groups is None:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        for group in groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        self.groups_joined = groups
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def telemetry_update(self, event: dict[str, Any]) -> None:
+        await self.send_json({"type": "telemetry", **event["payload"]})
+
+    async def device_status(self, event: dict[str, Any]) -> None:
+        await self.send_json({"type": "status", **event["payload"]})
+
+
+class DeviceConsumer(StreamConsumer):
+    """`/ws/devices/{id}/`: the device's latest telemetry per (model, version), at most 5 messages a second."""
+
+    async def stream_groups(self) -> list[str] | None:
+        device_id = int(self.scope["url_route"]["kwargs"]["device_id"])
+        if not await Device.objects.filter(pk=device_id).aexists():
+            return None
+        return [device_group(device_id)]

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from celery import shared_task
+
+from audit.actors import Actor
+
+from .services import telemetry_enforce_retention
+
+
+@shared_task(acks_late=True)
+def enforce_retention() -> dict[str, int]:
+    """Beat: drop raw samples and rollups past their retention periods."""
+    result = telemetry_enforce_retention(actor=Actor.system("celery:telemetry-retention"))
+    return {"raw_deleted": result.raw_deleted, "rollups_deleted": result.rollups_deleted}
