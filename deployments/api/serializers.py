@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from deployments.models import GateEvaluation, Installation, Job, JobEvent, JobKind, Rollout, RolloutEvent, Wave
-from fleet.models import Device, Tier
+from fleet.models import Device, Site, Tier
 from models_registry.models import ModelVersion
 
 
@@ -125,6 +125,12 @@ class ExponentialRateSerializer(serializers.Serializer):
 
 class MaintenanceWindowSerializer(serializers.Serializer):
     site = serializers.IntegerField(min_value=1)
+
+    def validate_site(self, site: int) -> int:
+        if not Site.objects.filter(pk=site).exists():
+            raise serializers.ValidationError(f"no site with id {site}")
+        return site
+
     start = serializers.RegexField(HHMM, help_text="UTC HH:MM")
     end = serializers.RegexField(HHMM, help_text="UTC HH:MM; before start means it wraps midnight")
 
