@@ -238,7 +238,10 @@ def job_apply_device_update(*, uid: str, update: JobUpdate) -> UpdateOutcome:
 def jobs_answer_pending(*, uid: str, request_id: str) -> int:
     """Reply to a device's jobs/get with every job of it that is not terminal (fresh URLs)."""
     jobs = list(
-        Job.objects.active().for_device_uid(uid).select_related("device", "version__model").order_by("created_at")
+        Job.objects.active()
+        .for_device_uid(uid)
+        .select_related("device__parent", "version__model")
+        .order_by("created_at")
     )
     reply = JobsGetAccepted(schema_version=1, request_id=request_id, jobs=[job_document(j) for j in jobs])
     outbox_enqueue(topic=jobs_get_accepted_topic(uid), payload=encode(reply))
