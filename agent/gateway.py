@@ -92,10 +92,13 @@ def _hash_file(path: Path) -> tuple[int, str]:
 class ArtifactCache:
     """Verified artifacts by sha256, LRU within `max_bytes`; `open_verified` fills on a miss."""
 
-    def __init__(self, directory: Path, *, max_bytes: int, fetch_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, directory: Path, *, max_bytes: int, fetch_timeout_s: float = 30.0, keepalive_s: float = 2.0
+    ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         self.fetch_timeout_s = fetch_timeout_s
+        self.keepalive_s = keepalive_s
         self.stats = CacheStats()
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
@@ -130,8 +133,15 @@ class ArtifactCache:
     def path(self, sha256: str) -> Path:
         return self.directory / sha256
 
-    def open_verified(self, sha256: str, size: int, source_url: str) -> BinaryIO:
-        """An open handle on the verified artifact; fetched from `source_url` once if not cached."""
+    def open_verified(
+        self, sha256: str, size: int, source_url: str, *, waiting: Callable[[], None] | None = None
+    ) -> BinaryIO:
+        """An open handle on the verified artifact; fetched from `source_url` once if not cached.
+
+        A miss starts one background fill per sha256 that every requester waits for; `waiting` is
+        called every `keepalive_s` meanwhile (the HTTP side sends `100 Continue` so devices with a
+        short read timeout keep waiting). If the requester goes away, the fill still completes.
+        """
         if size > self.max_bytes:
             raise CacheError(HTTPStatus.INSUFFICIENT_STORAGE, f"{size} bytes do not fit a {self.max_bytes}-byte cache")
         while True:
@@ -141,22 +151,29 @@ class ArtifactCache:
                     self.stats.hits += 1
                     return handle
                 fill = self._fills.get(sha256)
-                leader = fill is None
                 if fill is None:
                     fill = self._fills[sha256] = _Fill()
-            if leader:
-                try:
-                    self._fill(sha256, size, source_url)
-                except CacheError as exc:
-                    fill.error = exc
-                finally:
-                    with self._lock:
-                        self._fills.pop(sha256, None)
-                    fill.done.set()
-            else:
-                fill.done.wait(self.fetch_timeout_s * 4)
+                    threading.Thread(
+                        target=self._run_fill, args=(sha256, size, source_url, fill), name="fogdeck-gateway-fill"
+                    ).start()
+            while not fill.done.wait(self.keepalive_s):
+                if waiting is not None:
+                    waiting()
             if fill.error is not None:
                 raise fill.error
+
+    def _run_fill(self, sha256: str, size: int, source_url: str, fill: _Fill) -> None:
+        try:
+            self._fill(sha256, size, source_url)
+        except CacheError as exc:
+            fill.error = exc
+        except Exception as exc:
+            logger.exception("filling %s failed", sha256)
+            fill.error = CacheError(HTTPStatus.BAD_GATEWAY, f"cache fill failed: {type(exc).__name__}")
+        finally:
+            with self._lock:
+                self._fills.pop(sha256, None)
+            fill.done.set()
 
     def _open_cached(self, sha256: str) -> BinaryIO | None:
         """Under the lock: the cached file if its fingerprint is the verified one (re-hashed otherwise)."""
@@ -317,14 +334,22 @@ class _GatewayHandler(BaseHTTPRequestHandler):
             token = (urllib.parse.parse_qs(url.query).get("token") or [""])[0]
             try:
                 claims = self.owner.authorize(sha256, token)
-                handle = self.owner.cache.open_verified(sha256, claims.size, claims.src)
+                handle = self.owner.cache.open_verified(sha256, claims.size, claims.src, waiting=self._still_working)
             except CacheError as exc:
                 logger.warning("refused %s to %s: %s", sha256[:12], self.address_string(), exc.reason)
                 self._json(exc.status, {"error": exc.reason})
                 return
+            except OSError:
+                logger.info("%s went away while %s was being fetched", self.address_string(), sha256[:12])
+                return
             self._stream(handle, claims)
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+    def _still_working(self) -> None:
+        # An interim 1xx answer: clients skip it and restart their read timeout (RFC 9110 §15.2).
+        self.send_response_only(HTTPStatus.CONTINUE)
+        self.end_headers()
 
     def _stream(self, handle: BinaryIO, claims: gateway_tokens.GatewayTokenClaims) -> None:
         with handle:

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -301,3 +302,39 @@ def test_gateway_http_needs_a_valid_token_for_this_gateway_and_artifact(tmp_path
         assert get(f"?token={token_for(signer, job, device='e1')}") == (200, data)
     finally:
         server.stop()
+
+
+def test_a_slow_cloud_fill_keeps_the_device_waiting_instead_of_timing_out(tmp_path, cp_http, signer):
+    data = b"slow weights" * 1000
+
+    class SlowCloud(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            time.sleep(1.5)  # longer than the device's read timeout below
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    cloud = ThreadingHTTPServer(("127.0.0.1", 0), SlowCloud)
+    threading.Thread(target=cloud.serve_forever, daemon=True).start()
+    server = GatewayServer(
+        cache=ArtifactCache(tmp_path / "c", max_bytes=1_000_000, keepalive_s=0.2),
+        gateway_uid=GATEWAY,
+        public_key=SigningKeys(cp_http.url).public_key,
+        host="127.0.0.1",
+        port=0,
+    )
+    server.start()
+    try:
+        job = ControlPlane(cp_http, signer).job(data, version=1)
+        job = job.model_copy(update={"artifact_url": f"http://127.0.0.1:{cloud.server_address[1]}/artifact"})
+        url = f"{server.url}/v1/artifacts/{job.sha256}?token={token_for(signer, job, device='e1')}"
+        with urllib.request.urlopen(url, timeout=0.7) as response:  # noqa: S310
+            assert (response.status, response.read()) == (200, data)
+    finally:
+        server.stop()
+        cloud.shutdown()
+        cloud.server_close()
