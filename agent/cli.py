@@ -15,7 +15,7 @@ from pathlib import Path
 import onnxruntime
 from pydantic import ValidationError
 
-from agent.device import AgentConfig, DeviceAgent
+from agent.device import AgentConfig, DeviceAgent, GatewayConfig
 from agent.mqtt_url import parse_mqtt_url
 from protocol.messages import Hardware, Runtime
 from protocol.topics import is_valid_device_uid
@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--accelerator")
     parser.add_argument("--telemetry-interval", type=float, default=60.0, help="seconds (default 60)")
     parser.add_argument("--log-level", default="INFO")
+    gateway = parser.add_argument_group("fog gateway artifact cache (see agent/gateway.py)")
+    gateway.add_argument("--gateway", action="store_true", help="cache artifacts for the edge devices behind this one")
+    gateway.add_argument("--cache-dir", type=Path, help="cache directory (default: STATE_DIR/artifact-cache)")
+    gateway.add_argument("--cache-max-mb", type=float, default=1024.0, help="size limit, LRU eviction (default 1024)")
+    gateway.add_argument("--cache-host", default="0.0.0.0", help="cache HTTP address (default 0.0.0.0)")  # noqa: S104
+    gateway.add_argument("--cache-port", type=int, default=8700, help="cache HTTP port (default 8700)")
+    gateway.add_argument("--cache-url", help="the URL devices use to reach the cache (default http://HOST:PORT)")
     return parser
 
 
@@ -74,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"invalid device id {args.device_id!r}")
     if not 0 < args.telemetry_interval <= 86400:
         parser.error("--telemetry-interval must be in (0, 86400]")
+    if args.gateway and not args.cache_max_mb > 0:
+        parser.error("--cache-max-mb must be positive")
+    if args.cache_url and not args.cache_url.startswith(("http://", "https://")):
+        parser.error("--cache-url must be an http(s) URL")
     try:
         parse_mqtt_url(args.mqtt)
         hardware = _hardware(args)
@@ -90,6 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         hardware=hardware,
         runtimes=(Runtime(name="onnxruntime", version=onnxruntime.__version__),),
         telemetry_interval_s=args.telemetry_interval,
+        gateway=GatewayConfig(
+            cache_dir=args.cache_dir or args.state_dir / "artifact-cache",
+            max_bytes=int(args.cache_max_mb * 1024 * 1024),
+            host=args.cache_host,
+            port=args.cache_port,
+            advertise_url=args.cache_url,
+        )
+        if args.gateway
+        else None,
     )
     agent = DeviceAgent(config)
     stop = threading.Event()

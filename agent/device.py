@@ -16,6 +16,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import AGENT_VERSION
+from agent.gateway import ArtifactCache, GatewayServer
 from agent.http_api import InferenceServer
 from agent.inference import LoadedModel
 from agent.jobs import JobRunner, slot_path
@@ -25,6 +26,7 @@ from agent.state import StateStore
 from agent.telemetry import TelemetryRecorder
 from protocol import device_topics as topics
 from protocol.messages import (
+    CAPABILITY_ARTIFACT_MIRRORS,
     Hardware,
     JobUpdate,
     ProtocolError,
@@ -48,6 +50,17 @@ MAX_QUEUED_MESSAGES = 1000  # QoS 1 publishes kept while the broker is away
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    """`--gateway`: serve an artifact cache to the edge devices behind this one (agent/gateway.py)."""
+
+    cache_dir: Path
+    max_bytes: int
+    host: str = "127.0.0.1"
+    port: int = 8700
+    advertise_url: str | None = None  # what devices connect to, when not http://host:port
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     api_url: str
     mqtt_url: str
@@ -59,6 +72,7 @@ class AgentConfig:
     hardware: Hardware
     runtimes: tuple[Runtime, ...]
     telemetry_interval_s: float = 60.0
+    gateway: GatewayConfig | None = None
 
 
 class DeviceAgent:
@@ -71,9 +85,10 @@ class DeviceAgent:
         self.connected = threading.Event()
         self._stopping = threading.Event()
         self._publish_lock = threading.Lock()  # one state/status snapshot at a time, in order
+        keys = SigningKeys(config.api_url)
         self.runner = JobRunner(
             store=self.store,
-            keys=SigningKeys(config.api_url),
+            keys=keys,
             publish_update=self._publish_update,
             on_activated=self._serve,
             on_state_changed=self.publish_state,
@@ -85,6 +100,16 @@ class DeviceAgent:
             telemetry=self.telemetry,
             health=lambda: {"mqtt_connected": self.connected.is_set(), "device_id": self.uid},
         )
+        self.gateway: GatewayServer | None = None
+        if config.gateway is not None:
+            self.gateway = GatewayServer(
+                cache=ArtifactCache(config.gateway.cache_dir, max_bytes=config.gateway.max_bytes),
+                gateway_uid=self.uid,
+                public_key=keys.public_key,
+                host=config.gateway.host,
+                port=config.gateway.port,
+                advertise_url=config.gateway.advertise_url,
+            )
         self._client = self._make_client()
         self._telemetry_thread: threading.Thread | None = None
 
@@ -94,6 +119,9 @@ class DeviceAgent:
         self._load_active_model()
         self.http.start()
         logger.info("serving inference on http://%s:%s", self.config.http_host, self.http.port)
+        if self.gateway is not None:
+            self.gateway.start()
+            logger.info("serving the artifact cache at %s", self.gateway.url)
         self.runner.start()
         address = parse_mqtt_url(self.config.mqtt_url)
         if address.tls:
@@ -119,6 +147,8 @@ class DeviceAgent:
         self._client.disconnect()
         self._client.loop_stop()
         self.http.stop()
+        if self.gateway is not None:
+            self.gateway.stop()
 
     def _load_active_model(self) -> None:
         slots = self.store.slots()
@@ -215,6 +245,8 @@ class DeviceAgent:
             runtimes=list(self.config.runtimes),
             slots=self.store.slots(),
             active=self.store.active(),
+            capabilities=[CAPABILITY_ARTIFACT_MIRRORS],
+            cache_url=self.gateway.url if self.gateway is not None else None,
         )
 
     def publish_state(self) -> None:

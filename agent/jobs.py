@@ -16,12 +16,23 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.inference import LoadedModel
-from agent.policy import JobRefused, SigningKeys, check_version, verify_download
+from agent.policy import JobRefused, SigningKeys, check_artifact, check_version, verify_download
 from agent.state import StateStore
-from protocol.messages import JobDocument, JobStatus, JobStep, JobUpdate, SlotContent, utc_now
+from protocol.messages import (
+    ArtifactMirror,
+    ArtifactSource,
+    JobDocument,
+    JobStatus,
+    JobStep,
+    JobUpdate,
+    RefusedSource,
+    SlotContent,
+    utc_now,
+)
 
 logger = logging.getLogger("fogdeck.agent.jobs")
 
@@ -29,6 +40,31 @@ MODEL_FILE = "model.onnx"
 _CHUNK = 64 * 1024
 _PROGRESS_EVERY_S = 0.5
 _HTTP_TIMEOUT_S = 30.0
+_MIRROR_TIMEOUT_S = 5.0  # a gateway that does not answer within this falls back to the next source
+
+
+@dataclass
+class ArtifactTransfer:
+    """Where this job's artifact came from, for the SUCCEEDED update (and which sources were refused)."""
+
+    source: ArtifactSource | None = None
+    size: int = 0
+    refused: list[RefusedSource] = field(default_factory=list)
+
+    def refuse(self, source: ArtifactSource, reason: str) -> None:
+        logger.warning("artifact source %s refused: %s", source, reason)
+        self.refused.append(RefusedSource(source=source, reason=reason[:256]))
+
+    def note(self) -> str:
+        return "; ".join(f"{r.source} copy refused: {r.reason}" for r in self.refused)
+
+
+def artifact_sources(job: JobDocument) -> list[ArtifactMirror]:
+    """The job's mirrors in order, ending with its `artifact_url` (the cloud) when they don't list it."""
+    mirrors = list(job.mirrors or [])
+    if all(m.url != job.artifact_url for m in mirrors):
+        mirrors.append(ArtifactMirror(url=job.artifact_url, source="cloud"))
+    return mirrors
 
 
 def slot_path(state_dir: Path, slot: str) -> Path:
@@ -131,6 +167,7 @@ class JobRunner:
         deadline = time.monotonic() + job.timeout_seconds
         self._store.set_current_job(job.job_id)
         download = self.downloads / f"{job.job_id}.part"
+        transfer = ArtifactTransfer()
         try:
             check_version(job, self._store.active_version(job.model))
             self._report(job.job_id, "IN_PROGRESS", step="downloading", progress=0.0)
@@ -141,7 +178,7 @@ class JobRunner:
                 self._report(job.job_id, "IN_PROGRESS", step="downloading", progress=1.0)
             else:
                 path = download
-                size, sha256 = self._download(job, download, deadline)
+                size, sha256 = self._download_from_sources(job, download, deadline, transfer)
             self._checkpoint(job, deadline)
             self._report(job.job_id, "IN_PROGRESS", step="verifying")
             verify_download(job, size, sha256, self._keys)
@@ -150,10 +187,11 @@ class JobRunner:
                 self._activating = True
             self._report(job.job_id, "IN_PROGRESS", step="activating")
             self._activate(job, path, reused)
-            self._report(job.job_id, "SUCCEEDED")
+            self._report(job.job_id, "SUCCEEDED", reason=transfer.note() or None, transfer=transfer)
         except JobRefused as refused:
             logger.warning("job %s %s: %s", job.job_id, refused.status, refused.reason)
-            self._report(job.job_id, refused.status, reason=refused.reason)
+            reason = "; ".join(filter(None, [refused.reason, transfer.note()]))
+            self._report(job.job_id, refused.status, reason=reason, transfer=transfer)
         except Exception as exc:
             logger.exception("job %s failed", job.job_id)
             self._report(job.job_id, "FAILED", reason=f"agent error: {type(exc).__name__}: {exc}"[:1000])
@@ -176,13 +214,38 @@ class JobRunner:
             return slot
         return None
 
-    def _download(self, job: JobDocument, target: Path, deadline: float) -> tuple[int, str]:
+    def _download_from_sources(
+        self, job: JobDocument, target: Path, deadline: float, transfer: ArtifactTransfer
+    ) -> tuple[int, str]:
+        """Try each source in order; an unreachable one or bytes that fail sha256/size move on to the next.
+
+        The last source's failures end the job as before (its bytes are checked in `verifying`).
+        """
+        sources = artifact_sources(job)
+        for index, mirror in enumerate(sources):
+            last = index == len(sources) - 1
+            try:
+                size, sha256 = self._download(job, mirror.url, target, deadline, fallback=not last)
+                if not last:
+                    check_artifact(job, size, sha256)
+            except JobRefused as exc:
+                if last or exc.status in ("CANCELED", "TIMED_OUT"):
+                    raise
+                transfer.refuse(mirror.source, exc.reason)
+                continue
+            transfer.source, transfer.size = mirror.source, size
+            return size, sha256
+        raise AssertionError("unreachable: the last source returns or raises")
+
+    def _download(
+        self, job: JobDocument, url: str, target: Path, deadline: float, *, fallback: bool = False
+    ) -> tuple[int, str]:
         """Stream the artifact to `target`; (bytes received, sha256). Stops after size+1 bytes."""
         digest, received, last_report = hashlib.sha256(), 0, time.monotonic()
-        timeout = max(1.0, min(_HTTP_TIMEOUT_S, deadline - time.monotonic()))
+        timeout = max(1.0, min(_MIRROR_TIMEOUT_S if fallback else _HTTP_TIMEOUT_S, deadline - time.monotonic()))
         try:
             # The URL comes from a signed-in control plane and is checked to be http(s) by the protocol.
-            with urllib.request.urlopen(job.artifact_url, timeout=timeout) as response, open(target, "wb") as out:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:  # noqa: S310
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
@@ -242,9 +305,10 @@ class JobRunner:
         step: JobStep | None = None,
         progress: float | None = None,
         reason: str | None = None,
+        transfer: ArtifactTransfer | None = None,
     ) -> None:
         seq = self._store.next_seq(job_id)
-        self._send(job_id, seq, status, step, progress, reason)
+        self._send(job_id, seq, status, step, progress, reason, transfer)
         if status != "IN_PROGRESS" and status != "QUEUED":
             self._store.finish(job_id, status, reason)
 
@@ -256,7 +320,9 @@ class JobRunner:
         step: JobStep | None,
         progress: float | None,
         reason: str | None,
+        transfer: ArtifactTransfer | None = None,
     ) -> None:
+        succeeded_with_source = status == "SUCCEEDED" and transfer is not None and transfer.source is not None
         update = JobUpdate(
             schema_version=1,
             job_id=job_id,
@@ -266,6 +332,9 @@ class JobRunner:
             progress=progress,
             reason=reason[:1024] if reason else None,
             ts=utc_now(),
+            artifact_source=transfer.source if succeeded_with_source else None,  # type: ignore[union-attr]
+            artifact_bytes=transfer.size if succeeded_with_source else None,  # type: ignore[union-attr]
+            refused_sources=(transfer.refused or None) if transfer is not None else None,
         )
         self._publish_update(update)
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from protocol.messages import parse_job_update, parse_jobs_get
 
+from .artifact_mirrors import artifact_transfer_record
 from .services import ForeignJob, job_apply_device_update, jobs_answer_pending
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ def job_handlers(bridge: Bridge) -> dict[str, JobHandler]:
             raise Rejected("foreign_job", str(exc)) from None
         if outcome.why == "unknown_job":
             raise Rejected("unknown_job", update.job_id)
+        # also on a redelivered SUCCEEDED (already terminal): the record is idempotent per job
+        artifact_transfer_record(uid=uid, update=update)
         if not outcome.applied:
             # duplicates and late updates are normal on QoS 1: ignored, not rejected
             bridge.stats.applied[f"job_update_ignored:{outcome.why}"] += 1

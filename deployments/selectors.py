@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, QuerySet, Sum
 
-from fleet.models import Device
+from fleet.models import ArtifactSource, ArtifactTransfer, Device
 
 from .models import Installation, Rollout, RolloutTarget
 
@@ -63,3 +63,38 @@ def device_installed(device: Device) -> list[dict[str, Any]]:
     if current is None:
         current = Installation.objects.filter(device=device, until__isnull=True).select_related("model", "version")
     return [{"model": i.model.name, "version": i.version.number, "since": i.since} for i in current]
+
+
+def artifact_transfer_summary(rollout: Rollout) -> dict[str, Any]:
+    """Bytes the rollout's devices fetched from the cloud vs got from gateway caches (as they reported).
+
+    `gateway_fill_bytes_max` bounds what the gateways themselves fetched from the cloud for it: one
+    artifact per gateway that served it (less when a gateway already had it cached).
+    """
+    rows = (
+        ArtifactTransfer.objects.filter(rollout_id=rollout.pk)
+        .values("source", "gateway__uid")
+        .annotate(downloads=Count("id"), size=Sum("size"))
+        .order_by("gateway__uid")
+    )
+    summary: dict[str, Any] = {
+        "cloud_bytes": 0,
+        "gateway_bytes": 0,
+        "cloud_downloads": 0,
+        "gateway_downloads": 0,
+        "refused_gateway_copies": 0,
+        "gateway_fill_bytes_max": 0,
+        "gateways": [],
+    }
+    for row in rows:
+        source = "gateway" if row["source"] == ArtifactSource.GATEWAY else "cloud"
+        summary[f"{source}_bytes"] += row["size"] or 0
+        summary[f"{source}_downloads"] += row["downloads"]
+        if source == "gateway":
+            served = {"uid": row["gateway__uid"], "bytes": row["size"], "downloads": row["downloads"]}
+            summary["gateways"].append(served)
+    summary["refused_gateway_copies"] = ArtifactTransfer.objects.filter(
+        rollout_id=rollout.pk, refused__contains=[{"source": "gateway"}]
+    ).count()
+    summary["gateway_fill_bytes_max"] = len(summary["gateways"]) * rollout.version.size
+    return summary

@@ -25,6 +25,7 @@ from mqttbridge.outbox import outbox_enqueue
 from protocol.device_topics import jobs_get_accepted_topic, jobs_notify_topic
 from protocol.messages import JobDocument, JobsGetAccepted, JobsNotify, JobUpdate, encode
 
+from .artifact_mirrors import job_artifact_mirrors
 from .exceptions import DeploymentRefused, InvalidTransition
 from .models import ACTIVE, TERMINAL, TRANSITIONS, Installation, Job, JobEvent, JobKind, JobStatus
 
@@ -39,6 +40,7 @@ def job_document(job: Job) -> JobDocument:
     """What the device receives: the signed manifest and a fresh time-limited artifact URL."""
     version = job.version
     ttl = max(settings.ARTIFACT_URL_TTL_SECONDS, job.timeout_seconds)
+    artifact_url = _device_artifact_url(version, ttl)
     return JobDocument(
         job_id=str(job.id),
         kind=job.kind,
@@ -47,7 +49,7 @@ def job_document(job: Job) -> JobDocument:
         version=version.number,
         version_id=version.pk,
         format=version.format,
-        artifact_url=_device_artifact_url(version, ttl),
+        artifact_url=artifact_url,
         sha256=version.sha256,
         size=version.size,
         manifest=version.manifest,
@@ -55,6 +57,8 @@ def job_document(job: Job) -> JobDocument:
         key_id=version.key_id,
         timeout_seconds=job.timeout_seconds,
         created_at=job.created_at,
+        # the gateway's cache first for a device behind one (deployments/artifact_mirrors.py)
+        mirrors=job_artifact_mirrors(device=job.device, version=version, cloud_url=artifact_url, ttl=ttl),
     )
 
 
@@ -234,7 +238,10 @@ def job_apply_device_update(*, uid: str, update: JobUpdate) -> UpdateOutcome:
 def jobs_answer_pending(*, uid: str, request_id: str) -> int:
     """Reply to a device's jobs/get with every job of it that is not terminal (fresh URLs)."""
     jobs = list(
-        Job.objects.active().for_device_uid(uid).select_related("device", "version__model").order_by("created_at")
+        Job.objects.active()
+        .for_device_uid(uid)
+        .select_related("device__parent", "version__model")
+        .order_by("created_at")
     )
     reply = JobsGetAccepted(schema_version=1, request_id=request_id, jobs=[job_document(j) for j in jobs])
     outbox_enqueue(topic=jobs_get_accepted_topic(uid), payload=encode(reply))

@@ -187,3 +187,40 @@ class DeviceGroup(models.Model):
     @property
     def is_dynamic(self) -> bool:
         return self.kind == GroupKind.DYNAMIC
+
+
+class ArtifactSource(models.TextChoices):
+    GATEWAY = "gateway", "Fog gateway cache"
+    CLOUD = "cloud", "Cloud"
+
+
+class ArtifactTransfer(models.Model):
+    """Where one succeeded job's artifact came from, as the device reported it (gateway cache or cloud).
+
+    `job_id` and `rollout_id` are plain ids, not foreign keys: deployments depends on fleet, not the
+    other way round. One row per job (QoS 1 redeliveries change nothing).
+    """
+
+    job_id = models.UUIDField(unique=True)
+    rollout_id = models.BigIntegerField(null=True, blank=True)
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="artifact_transfers")
+    gateway = models.ForeignKey(
+        Device,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="artifact_transfers_served",
+        help_text="the device's parent that served it, when the source is the gateway",
+    )
+    sha256 = models.CharField(max_length=64)
+    source = models.CharField(max_length=8, choices=ArtifactSource.choices)
+    size = models.PositiveBigIntegerField(help_text="bytes the device downloaded from the source")
+    refused = models.JSONField(default=list, blank=True, help_text="sources refused first: [{source, reason}]")
+    reported_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        # artifact_transfer_summary: bytes per source (and gateway) for one rollout
+        indexes = [models.Index(fields=["rollout_id", "source"], name="transfer_rollout_source_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} from {self.source}"

@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -87,7 +89,45 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class _Message(_Strict):
+class _OmitsAbsentAdditions(_Strict):
+    """Fields added to protocol v1 after its first release are left out of the wire form when None.
+
+    Receivers are strict (no unknown fields), so an old receiver accepts a new message only if the
+    additions are absent; `_ADDITIONS` names them.
+    """
+
+    _ADDITIONS: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_additions(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        for name in self._ADDITIONS:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+
+# --- gateway artifact cache (additive, issue 8): mirrors in jobs, the source in job updates ----
+
+ArtifactSource = Literal["gateway", "cloud"]
+CAPABILITY_ARTIFACT_MIRRORS = "artifact_mirrors"  # the agent understands JobDocument.mirrors
+
+
+class ArtifactMirror(_Strict):
+    """One place to download the artifact from; a job lists them in the order to try."""
+
+    url: HttpUrl
+    source: ArtifactSource
+
+
+class RefusedSource(_Strict):
+    """A source the device gave up on (unreachable, HTTP error, or bytes that fail sha256/size)."""
+
+    source: ArtifactSource
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class _Message(_OmitsAbsentAdditions):
     schema_version: Literal[1]
 
     @field_validator("schema_version", mode="before")
@@ -147,6 +187,11 @@ class StateMessage(_Message):
     runtimes: Annotated[list[Runtime], Field(max_length=32)]
     slots: Slots
     active: Annotated[dict[ModelName, ActiveModel], Field(max_length=64)]
+    # additive: what this agent understands, and the artifact cache it serves when it is a gateway
+    capabilities: Annotated[list[ShortText], Field(max_length=32)] | None = None
+    cache_url: HttpUrl | None = None
+
+    _ADDITIONS = ("capabilities", "cache_url")
 
     @model_validator(mode="after")
     def _active_slots_hold_the_active_versions(self) -> StateMessage:
@@ -157,8 +202,12 @@ class StateMessage(_Message):
         return self
 
 
-class JobDocument(_Strict):
-    """One command for a device. `manifest` is the exact signed text; the agent checks it against the job."""
+class JobDocument(_OmitsAbsentAdditions):
+    """One command for a device. `manifest` is the exact signed text; the agent checks it against the job.
+
+    `mirrors` (additive) lists where to download from, in order (a gateway's cache, then the cloud);
+    it is only sent to agents whose state lists the `artifact_mirrors` capability.
+    """
 
     job_id: JobId
     kind: JobKind
@@ -175,6 +224,9 @@ class JobDocument(_Strict):
     key_id: KeyId
     timeout_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)]
     created_at: AwareDatetime
+    mirrors: Annotated[list[ArtifactMirror], Field(min_length=1, max_length=8)] | None = None
+
+    _ADDITIONS = ("mirrors",)
 
 
 class JobsNotify(_Message):
@@ -207,11 +259,25 @@ class JobUpdate(_Message):
     progress: Annotated[float, Field(ge=0, le=1)] | None = None
     reason: Reason | None = None
     ts: AwareDatetime
+    # additive: where the artifact came from (SUCCEEDED only) and which sources were refused and why
+    artifact_source: ArtifactSource | None = None
+    artifact_bytes: Count | None = None
+    refused_sources: Annotated[list[RefusedSource], Field(max_length=8)] | None = None
+
+    _ADDITIONS = ("artifact_source", "artifact_bytes", "refused_sources")
 
     @model_validator(mode="after")
     def _step_only_while_in_progress(self) -> JobUpdate:
         if self.step is not None and self.status != "IN_PROGRESS":
             raise ValueError(f"step {self.step!r} is only valid with status IN_PROGRESS")
+        return self
+
+    @model_validator(mode="after")
+    def _source_with_its_byte_count_on_success(self) -> JobUpdate:
+        if (self.artifact_source is None) != (self.artifact_bytes is None):
+            raise ValueError("artifact_source and artifact_bytes come together")
+        if self.artifact_source is not None and self.status != "SUCCEEDED":
+            raise ValueError("artifact_source is only valid with status SUCCEEDED")
         return self
 
 

@@ -236,9 +236,11 @@ class RolloutDetailSerializer(RolloutSerializer):
     gate_results = GateEvaluationSerializer(many=True, read_only=True)
     timeline = RolloutEventSerializer(many=True, read_only=True, source="events")
     excluded = serializers.SerializerMethodField()
+    artifact_transfer = serializers.SerializerMethodField()
 
     class Meta(RolloutSerializer.Meta):
-        fields = [*RolloutSerializer.Meta.fields, "plan", "waves", "gate_results", "timeline", "excluded"]
+        fields = [*RolloutSerializer.Meta.fields, "plan", "waves", "gate_results", "timeline", "excluded",
+                  "artifact_transfer"]  # fmt: skip
         read_only_fields = fields
 
     def get_waves(self, rollout: Rollout) -> list[dict[str, Any]]:
@@ -247,6 +249,9 @@ class RolloutDetailSerializer(RolloutSerializer):
     def get_excluded(self, rollout: Rollout) -> dict[str, Any]:
         return self.context.get("excluded", {})
 
+    def get_artifact_transfer(self, rollout: Rollout) -> dict[str, Any]:
+        return self.context.get("artifact_transfer", {})
+
 
 WaveStateSerializer.get_jobs = extend_schema_field(OpenApiTypes.OBJECT)(WaveStateSerializer.get_jobs)  # type: ignore[method-assign]
 WaveStateSerializer.get_rollbacks = extend_schema_field(OpenApiTypes.OBJECT)(WaveStateSerializer.get_rollbacks)  # type: ignore[method-assign]
@@ -254,6 +259,9 @@ RolloutDetailSerializer.get_waves = extend_schema_field(WaveStateSerializer(many
     RolloutDetailSerializer.get_waves
 )  # type: ignore[method-assign]
 RolloutDetailSerializer.get_excluded = extend_schema_field(OpenApiTypes.OBJECT)(RolloutDetailSerializer.get_excluded)  # type: ignore[method-assign]
+RolloutDetailSerializer.get_artifact_transfer = extend_schema_field(OpenApiTypes.OBJECT)(  # type: ignore[method-assign]
+    RolloutDetailSerializer.get_artifact_transfer
+)
 
 
 class RolloutReasonSerializer(serializers.Serializer):

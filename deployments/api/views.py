@@ -27,7 +27,7 @@ from deployments.rollout_services import (
     rollout_skip_gates,
     rollout_start,
 )
-from deployments.selectors import rollout_excluded, rollout_wave_counts
+from deployments.selectors import artifact_transfer_summary, rollout_excluded, rollout_wave_counts
 from deployments.services import deployment_create, job_cancel
 
 from .filters import DeploymentFilter
@@ -105,6 +105,7 @@ class RolloutViewSet(
         context = {
             "counts": rollout_wave_counts(rollout),
             "excluded": rollout_excluded(rollout),
+            "artifact_transfer": artifact_transfer_summary(rollout),
             "request": self.request,
         }
         return Response(RolloutDetailSerializer(rollout, context=context).data, status=code)

@@ -1,0 +1,94 @@
+"""Gateway artifact cache, control-plane side: mirrors in job documents, and where devices got artifacts from.
+
+A device whose `parent` is a gateway advertising a cache (`cache_url` in the gateway's reported
+state) gets its job's artifact from the gateway first, with the cloud URL as the fallback. The
+gateway mirror URL carries a short-lived token (protocol/gateway_tokens.py) signed with the active
+signing key: it names the gateway, the device, the artifact and the cloud URL the gateway fills its
+cache from. Mirrors go only to agents that list the `artifact_mirrors` capability in their state,
+since an older agent refuses a job document with a field it does not know.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from django.db import transaction
+
+from fleet.models import ArtifactTransfer, ConnectionStatus, Device
+from models_registry.keys import active_key
+from protocol import gateway_tokens
+from protocol.messages import CAPABILITY_ARTIFACT_MIRRORS, ArtifactMirror, JobUpdate
+
+from .models import Job, JobStatus
+
+if TYPE_CHECKING:
+    from models_registry.models import ModelVersion
+
+
+def gateway_cache_url(gateway: Device | None) -> str | None:
+    """The cache URL a gateway advertises, when it is usable now (not revoked, online)."""
+    if gateway is None or gateway.is_revoked or gateway.status != ConnectionStatus.ONLINE:
+        return None
+    url = (gateway.reported_state or {}).get("cache_url")
+    return url.rstrip("/") if isinstance(url, str) and url.startswith(("http://", "https://")) else None
+
+
+def understands_mirrors(device: Device) -> bool:
+    capabilities = (device.reported_state or {}).get("capabilities")
+    return isinstance(capabilities, list) and CAPABILITY_ARTIFACT_MIRRORS in capabilities
+
+
+def job_artifact_mirrors(
+    *, device: Device, version: ModelVersion, cloud_url: str, ttl: int
+) -> list[ArtifactMirror] | None:
+    """[gateway cache, cloud] for a capable device behind a usable gateway; None means "cloud URL only"."""
+    cache_url = gateway_cache_url(device.parent)
+    if cache_url is None or not understands_mirrors(device):
+        return None
+    key = active_key()
+    claims = gateway_tokens.GatewayTokenClaims(
+        kid=key.key_id,
+        gw=device.parent.uid,  # type: ignore[union-attr]  # gateway_cache_url checked it
+        dev=device.uid,
+        sha256=version.sha256,
+        size=version.size,
+        src=cloud_url,
+        exp=int(time.time()) + ttl,
+    )
+    token = gateway_tokens.mint(key.private_key, claims)
+    return [
+        ArtifactMirror(url=f"{cache_url}/v1/artifacts/{version.sha256}?token={token}", source="gateway"),
+        ArtifactMirror(url=cloud_url, source="cloud"),
+    ]
+
+
+@transaction.atomic
+def artifact_transfer_record(*, uid: str, update: JobUpdate) -> ArtifactTransfer | None:
+    """Store where a succeeded job's artifact came from (the device's SUCCEEDED update says).
+
+    Only for a job of that device that is SUCCEEDED in the database; one row per job, so a redelivered
+    update changes nothing. Reported facts like telemetry: not audited (the job's own transition is).
+    """
+    if update.status != JobStatus.SUCCEEDED or update.artifact_source is None or update.artifact_bytes is None:
+        return None
+    job = (
+        Job.objects.select_related("device__parent", "version")
+        .filter(pk=update.job_id, device__uid=uid, status=JobStatus.SUCCEEDED)
+        .first()
+    )
+    if job is None:
+        return None
+    transfer, _ = ArtifactTransfer.objects.get_or_create(
+        job_id=job.pk,
+        defaults={
+            "rollout_id": job.rollout_id,
+            "device": job.device,
+            "gateway": job.device.parent if update.artifact_source == "gateway" else None,
+            "sha256": job.version.sha256,
+            "source": update.artifact_source,
+            "size": update.artifact_bytes,
+            "refused": [r.model_dump() for r in update.refused_sources or []],
+        },
+    )
+    return transfer
