@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import math
 
 import numpy as np
@@ -202,3 +203,33 @@ def test_setting_a_profile_is_audited_once_and_a_malformed_one_names_the_field(p
         reference_profile_set(actor=ACTOR, version=published_version, features=bad)
     assert caught.value.field == "features.x.proportions"
     assert ReferenceProfile.objects.get().features == features
+
+
+@pytest.mark.django_db
+def test_the_sample_models_get_a_reference_profile_once(tmp_path, settings):
+    from django.core.management import call_command
+
+    settings.SIGNING_KEY_DIR = tmp_path / "keys"
+    call_command("sample_models", register=True, stdout=io.StringIO())
+    call_command("sample_models", register=True, stdout=io.StringIO())
+    profiles = list(ReferenceProfile.objects.select_related("version").order_by("version__number"))
+    assert [p.version.number for p in profiles] == [1, 2, 3]
+    features = profiles[0].features
+    assert set(features) == {f"input[{i}]" for i in range(FEATURES)}
+    # the training points sit around the centroids: feature 3's mean is (0.5 + 0.5 - 0.5) / 3
+    assert features["input[3]"]["mean"] == pytest.approx(1 / 6, abs=0.05)
+    assert AuditEntry.objects.filter(action="telemetry.reference_profile_set").count() == 3
+
+
+@pytest.mark.django_db
+def test_the_command_scores_once_with_progress(profiled):
+    from django.core.management import call_command
+
+    site = SiteFactory(name="Depot")
+    _report([DeviceFactory(site=site), DeviceFactory(site=site)], profiled, shift_for=lambda d: 1.5)
+    out = io.StringIO()
+    call_command("evaluate_drift", "--window-minutes", "5", stdout=out)
+    text = out.getvalue()
+    assert f"{profiled.model.name} v{profiled.number} @ Depot: opened (psi " in text
+    assert "1 (version, site) pairs scored, 1 alerts opened" in text
+    assert DriftAlert.objects.open().count() == 1
