@@ -25,6 +25,7 @@ from agent.state import StateStore
 from agent.telemetry import TelemetryRecorder
 from protocol import device_topics as topics
 from protocol.messages import (
+    DEFAULT_HIST_EDGES,
     Hardware,
     JobUpdate,
     ProtocolError,
@@ -59,6 +60,7 @@ class AgentConfig:
     hardware: Hardware
     runtimes: tuple[Runtime, ...]
     telemetry_interval_s: float = 60.0
+    hist_edges: tuple[float, ...] = DEFAULT_HIST_EDGES  # input histogram bin edges (drift detection)
 
 
 class DeviceAgent:
@@ -66,7 +68,7 @@ class DeviceAgent:
         self.config = config
         self.uid = config.device_id
         self.store = StateStore(config.state_dir)
-        self.telemetry = TelemetryRecorder()
+        self.telemetry = TelemetryRecorder(hist_edges=config.hist_edges)
         self.model: LoadedModel | None = None
         self.connected = threading.Event()
         self._stopping = threading.Event()

@@ -10,11 +10,13 @@ from __future__ import annotations
 import random
 import threading
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
 from protocol.messages import (
     DEFAULT_HIST_EDGES,
+    MAX_HIST_EDGES,
     FeatureHistogram,
     FeatureStats,
     LatencySummary,
@@ -65,6 +67,19 @@ def _histogram(rows: np.ndarray, edges: np.ndarray) -> np.ndarray:
     index = np.searchsorted(edges, rows, side="right")  # the bin of every value, same shape as rows
     offsets = index + np.arange(rows.shape[1]) * bins  # one block of bins per column
     return np.bincount(offsets.ravel(), minlength=bins * rows.shape[1]).reshape(rows.shape[1], bins).T
+
+
+def parse_hist_edges(text: str) -> tuple[float, ...]:
+    """`--hist-edges "-1,0,1"`: 1 to 64 finite, strictly increasing numbers (ValueError otherwise)."""
+    try:
+        edges = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"histogram edges must be comma-separated numbers, got {text[:100]!r}") from None
+    if not 1 <= len(edges) <= MAX_HIST_EDGES or not np.isfinite(edges).all():
+        raise ValueError(f"give 1 to {MAX_HIST_EDGES} finite histogram edges")
+    if any(b <= a for a, b in pairwise(edges)):
+        raise ValueError("histogram edges must be strictly increasing")
+    return edges
 
 
 def _rows(array: np.ndarray) -> np.ndarray | None:

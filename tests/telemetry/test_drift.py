@@ -73,18 +73,6 @@ def test_profile_from_samples_names_columns_as_the_agent_does():
     assert profile["input[1]"]["proportions"] == [0.0, 0.0, 1.0]
 
 
-def test_the_agent_histogram_puts_values_in_the_bins_the_protocol_defines():
-    recorder = TelemetryRecorder(hist_edges=(0.0, 1.0))
-    recorder.record_inputs("m", 1, {"x": np.array([[-1.0], [0.0], [0.5], [1.0], [3.0], [np.nan]])})
-    recorder.record_inputs("m", 1, {"x": np.array([[0.2]])})
-    (sample,) = recorder.drain()
-    stats = sample.inputs["x"]
-    assert stats.count == 6  # the NaN row is dropped
-    assert stats.hist is not None
-    assert stats.hist.edges == [0.0, 1.0]
-    assert stats.hist.counts == [1, 3, 2]  # below 0 | [0, 1) | at or above 1
-
-
 # --- the evaluation on the real database ------------------------------------------------------------
 
 
