@@ -27,7 +27,7 @@ from django.utils import timezone
 from audit.actors import Actor
 from audit.services import audit_record
 from core.events import publish
-from fleet.models import Site
+from fleet.models import Device, Site
 from protocol.messages import DEFAULT_HIST_EDGES, MAX_HIST_EDGES, feature_key
 
 from .models import DriftAlert, ReferenceProfile, TelemetrySample
@@ -238,32 +238,44 @@ def _window(
 ) -> dict[_Key, dict[str, _FeatureWindow]]:
     """Histograms added up per (version, site, feature) over raw samples received in [since, until)."""
     versions = list(versions)
-    out: dict[_Key, dict[str, _FeatureWindow]] = {}
     if not versions:
-        return out
+        return {}
     if connection.vendor == "postgresql":
-        # One aggregate in the database (the `received_at` index finds the window); rows come back per bin.
-        from fleet.models import Device
+        return _window_sql(versions, since, until)
+    return _window_python(versions, since, until)
 
-        sql = _WINDOW_SQL.format(
-            sample=connection.ops.quote_name(TelemetrySample._meta.db_table),
-            device=connection.ops.quote_name(Device._meta.db_table),
-            versions=" OR ".join(["(s.model_name = %s AND s.version_number = %s)"] * len(versions)),
-        )
-        params: list[object] = [since, until, *(v for pair in versions for v in pair)]
-        bins: dict[tuple[_Key, str, tuple[float, ...]], tuple[list[float], float]] = {}
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            for model, number, site_id, name, edges, _idx, total, mean_sum in cursor.fetchall():
-                edge_list = edges if isinstance(edges, list) else json.loads(edges)
-                key = ((model, number, site_id), name, tuple(float(e) for e in edge_list))
-                counts, known_mean = bins.get(key, ([], 0.0))
-                counts.append(float(total))
-                bins[key] = (counts, known_mean + float(mean_sum or 0.0))
-        for (key, name, edges), (counts, mean_sum) in bins.items():
-            out.setdefault(key, {}).setdefault(name, _FeatureWindow()).add(edges, counts, mean_sum)
-        return out
+
+def _window_sql(
+    versions: list[tuple[str, int]], since: dt.datetime, until: dt.datetime
+) -> dict[_Key, dict[str, _FeatureWindow]]:
+    """One aggregate in PostgreSQL (the `received_at` index finds the window); rows come back per bin."""
+    sql = _WINDOW_SQL.format(
+        sample=connection.ops.quote_name(TelemetrySample._meta.db_table),
+        device=connection.ops.quote_name(Device._meta.db_table),
+        versions=" OR ".join(["(s.model_name = %s AND s.version_number = %s)"] * len(versions)),
+    )
+    params: list[object] = [since, until, *(v for pair in versions for v in pair)]
+    bins: dict[tuple[_Key, str, tuple[float, ...]], tuple[list[float], float]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for model, number, site_id, name, edges, _idx, total, mean_sum in cursor.fetchall():
+            edge_list = edges if isinstance(edges, list) else json.loads(edges)
+            key = ((model, number, site_id), name, tuple(float(e) for e in edge_list))
+            counts, known_mean = bins.get(key, ([], 0.0))
+            counts.append(float(total))
+            bins[key] = (counts, known_mean + float(mean_sum or 0.0))
+    out: dict[_Key, dict[str, _FeatureWindow]] = {}
+    for (key, name, edges), (counts, mean_sum) in bins.items():
+        out.setdefault(key, {}).setdefault(name, _FeatureWindow()).add(edges, counts, mean_sum)
+    return out
+
+
+def _window_python(
+    versions: list[tuple[str, int]], since: dt.datetime, until: dt.datetime
+) -> dict[_Key, dict[str, _FeatureWindow]]:
+    """The same sums, row by row in Python (databases without jsonb; the benchmark's baseline)."""
     wanted = set(versions)
+    out: dict[_Key, dict[str, _FeatureWindow]] = {}
     rows = TelemetrySample.objects.filter(received_at__gte=since, received_at__lt=until).values_list(
         "model_name", "version_number", "device__site_id", "inputs"
     )

@@ -221,3 +221,23 @@ def test_the_command_scores_once_with_progress(profiled):
     assert f"{profiled.model.name} v{profiled.number} @ Depot: opened (psi " in text
     assert "1 (version, site) pairs scored, 1 alerts opened" in text
     assert DriftAlert.objects.open().count() == 1
+
+
+@pytest.mark.django_db
+def test_the_python_aggregation_matches_the_postgresql_one(profiled):
+    from telemetry.drift import _window_python, _window_sql
+
+    sites = [SiteFactory(), SiteFactory()]
+    devices = [DeviceFactory(site=sites[i % 2]) for i in range(4)]
+    _report(devices, profiled, shift_for=lambda d: 0.7 if d.site_id == sites[0].pk else 0.0, rows=150)
+    versions = [(profiled.model.name, profiled.number)]
+    since, until = timezone.now() - dt.timedelta(minutes=5), timezone.now() + dt.timedelta(seconds=1)
+    in_sql, in_python = _window_sql(versions, since, until), _window_python(versions, since, until)
+    assert set(in_sql) == set(in_python) == {(*versions[0], s.pk) for s in sites}
+    for key, features in in_sql.items():
+        assert set(features) == set(in_python[key]) == {f"input[{i}]" for i in range(FEATURES)}
+        for name, window in features.items():
+            other = in_python[key][name]
+            assert window.count == other.count == 300
+            assert window.mean_sum == pytest.approx(other.mean_sum)
+            assert {e: list(c) for e, c in window.by_edges.items()} == {e: list(c) for e, c in other.by_edges.items()}
