@@ -218,18 +218,21 @@ class _FeatureWindow:
 
 _Key = tuple[str, int, int]  # (model name, version number, site id)
 
+# Per (version, site, feature, edges, bin): the summed count, and on the first bin the summed count * mean.
+# `jsonb_to_record` extracts each feature's fields once (not once per bin) and hands the edges over as
+# text, which hashes cheaply as a group key.
 _WINDOW_SQL = """
-SELECT s.model_name, s.version_number, d.site_id, f.key, f.value -> 'hist' -> 'edges', h.idx,
-       SUM(h.val::float8),
-       SUM(CASE WHEN h.idx = 1 THEN (f.value ->> 'count')::float8 * (f.value ->> 'mean')::float8 END)
+SELECT s.model_name, s.version_number, d.site_id, f.key, hh.edges, h.idx,
+       SUM(h.val::float8), SUM(CASE WHEN h.idx = 1 THEN r.count * r.mean END)
 FROM {sample} s
 JOIN {device} d ON d.id = s.device_id
 CROSS JOIN LATERAL jsonb_each(s.inputs) AS f(key, value)
-CROSS JOIN LATERAL jsonb_array_elements_text(f.value -> 'hist' -> 'counts') WITH ORDINALITY AS h(val, idx)
+CROSS JOIN LATERAL jsonb_to_record(f.value) AS r(count float8, mean float8, hist jsonb)
+CROSS JOIN LATERAL jsonb_to_record(r.hist) AS hh(edges text, counts jsonb)
+CROSS JOIN LATERAL jsonb_array_elements_text(hh.counts) WITH ORDINALITY AS h(val, idx)
 WHERE s.received_at >= %s AND s.received_at < %s AND jsonb_typeof(f.value -> 'hist') = 'object'
   AND ({versions})
 GROUP BY 1, 2, 3, 4, 5, 6
-ORDER BY 1, 2, 3, 4, 6
 """
 
 
@@ -255,18 +258,20 @@ def _window_sql(
         versions=" OR ".join(["(s.model_name = %s AND s.version_number = %s)"] * len(versions)),
     )
     params: list[object] = [since, until, *(v for pair in versions for v in pair)]
-    bins: dict[tuple[_Key, str, tuple[float, ...]], tuple[list[float], float]] = {}
+    bins: dict[tuple[_Key, str, str], dict[int, float]] = {}
+    mean_sums: dict[tuple[_Key, str, str], float] = {}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        for model, number, site_id, name, edges, _idx, total, mean_sum in cursor.fetchall():
-            edge_list = edges if isinstance(edges, list) else json.loads(edges)
-            key = ((model, number, site_id), name, tuple(float(e) for e in edge_list))
-            counts, known_mean = bins.get(key, ([], 0.0))
-            counts.append(float(total))
-            bins[key] = (counts, known_mean + float(mean_sum or 0.0))
+        for model, number, site_id, name, edges, idx, total, mean_sum in cursor.fetchall():
+            key = ((model, number, site_id), name, edges)
+            bins.setdefault(key, {})[idx] = float(total)
+            mean_sums[key] = mean_sums.get(key, 0.0) + float(mean_sum or 0.0)
     out: dict[_Key, dict[str, _FeatureWindow]] = {}
-    for (key, name, edges), (counts, mean_sum) in bins.items():
-        out.setdefault(key, {}).setdefault(name, _FeatureWindow()).add(edges, counts, mean_sum)
+    for group, by_index in bins.items():
+        pair, name, edges = group
+        edge_values = tuple(float(e) for e in json.loads(edges))
+        counts = [by_index.get(i, 0.0) for i in range(1, len(edge_values) + 2)]
+        out.setdefault(pair, {}).setdefault(name, _FeatureWindow()).add(edge_values, counts, mean_sums[group])
     return out
 
 
