@@ -25,6 +25,9 @@ from protocol.messages import (
 )
 
 MAX_FEATURES = 256  # the protocol's bound per sample
+# Histograms for the first 64 features only: 256 of them (~450 bytes each) could push a message with
+# several models past the protocol's 256 KiB limit, and an oversize message loses the whole interval.
+MAX_HIST_FEATURES = 64
 _LATENCY_RESERVOIR = 20_000
 
 
@@ -187,7 +190,11 @@ def _sample(model: str, version: int, series: _Series, edges: list[float]) -> Te
             var = max(0.0, float(moments.m2[column] / moments.count))
             if not np.isfinite([mean, var, low, high]).all():  # overflowed: better absent than rejected
                 continue
-            hist = FeatureHistogram(edges=edges, counts=[int(c) for c in moments.hist[:, column]])
+            hist = (
+                FeatureHistogram(edges=edges, counts=[int(c) for c in moments.hist[:, column]])
+                if len(features) < MAX_HIST_FEATURES
+                else None
+            )
             features[key] = FeatureStats(count=moments.count, mean=mean, var=var, min=low, max=high, hist=hist)
     return TelemetrySample(
         model=model,

@@ -33,3 +33,12 @@ def test_each_column_of_a_multi_column_input_gets_its_own_histogram():
     (sample,) = recorder.drain()
     assert sample.inputs["input[0]"].hist.counts == [1, 1, 0]
     assert sample.inputs["input[1]"].hist.counts == [0, 1, 1]
+
+
+def test_only_the_first_64_features_carry_a_histogram():
+    recorder = TelemetryRecorder()
+    recorder.record_inputs("m", 1, {"wide": np.zeros((3, 100))})
+    (sample,) = recorder.drain()
+    with_hist = [name for name, stats in sample.inputs.items() if stats.hist is not None]
+    assert len(sample.inputs) == 100 and len(with_hist) == 64
+    assert with_hist == [f"wide[{i}]" for i in range(64)]
