@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from agent.device import AgentConfig, DeviceAgent, GatewayConfig
 from agent.mqtt_url import parse_mqtt_url
-from protocol.messages import Hardware, Runtime
+from agent.telemetry import parse_hist_edges
+from protocol.messages import DEFAULT_HIST_EDGES, Hardware, Runtime
 from protocol.topics import is_valid_device_uid
 
 SECRET_ENV = "FOGDECK_DEVICE_SECRET"  # noqa: S105 (the name of the variable, not a secret)
@@ -59,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-mb", type=int)
     parser.add_argument("--accelerator")
     parser.add_argument("--telemetry-interval", type=float, default=60.0, help="seconds (default 60)")
+    parser.add_argument(
+        "--hist-edges",
+        help="comma-separated bin edges of the input histograms reported for drift detection "
+        "(default: the protocol's DEFAULT_HIST_EDGES, in standardized units)",
+    )
     parser.add_argument("--log-level", default="INFO")
     gateway = parser.add_argument_group("fog gateway artifact cache (see agent/gateway.py)")
     gateway.add_argument("--gateway", action="store_true", help="cache artifacts for the edge devices behind this one")
@@ -88,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parse_mqtt_url(args.mqtt)
         hardware = _hardware(args)
+        hist_edges = parse_hist_edges(args.hist_edges) if args.hist_edges else DEFAULT_HIST_EDGES
     except (ValueError, ValidationError) as exc:
         parser.error(str(exc))
     config = AgentConfig(
@@ -110,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.gateway
         else None,
+        hist_edges=hist_edges,
     )
     agent = DeviceAgent(config)
     stop = threading.Event()

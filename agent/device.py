@@ -27,6 +27,7 @@ from agent.telemetry import TelemetryRecorder
 from protocol import device_topics as topics
 from protocol.messages import (
     CAPABILITY_ARTIFACT_MIRRORS,
+    DEFAULT_HIST_EDGES,
     Hardware,
     JobUpdate,
     ProtocolError,
@@ -73,6 +74,7 @@ class AgentConfig:
     runtimes: tuple[Runtime, ...]
     telemetry_interval_s: float = 60.0
     gateway: GatewayConfig | None = None
+    hist_edges: tuple[float, ...] = DEFAULT_HIST_EDGES  # input histogram bin edges (drift detection)
 
 
 class DeviceAgent:
@@ -80,7 +82,7 @@ class DeviceAgent:
         self.config = config
         self.uid = config.device_id
         self.store = StateStore(config.state_dir)
-        self.telemetry = TelemetryRecorder()
+        self.telemetry = TelemetryRecorder(hist_edges=config.hist_edges)
         self.model: LoadedModel | None = None
         self.connected = threading.Event()
         self._stopping = threading.Event()

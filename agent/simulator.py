@@ -6,6 +6,10 @@ paho's asyncio example), not a thread per device. Job policy is the agent's (`ag
 a tampered artifact, a bad signature or an old version is refused with the same status and reason.
 Artifacts are downloaded for real (once per URL and sha256) and each version is run once with
 onnxruntime to measure a base latency; devices then draw latencies scaled by their hardware profile.
+
+Input statistics come from a stationary standard normal distribution per feature. `--drift-site SITE
+--drift-shift S` adds S to every feature of the devices at SITE (their site comes from `--provision`
+or the devices file's `site`), and SIGUSR1 turns that injected drift off and on again while running.
 """
 
 from __future__ import annotations
@@ -290,11 +294,16 @@ class SimConfig:
     crash_during_activation: float = 0.0
     flaky: float = 0.0
     seed: int | None = None
+    drift_site: str | None = None  # devices at this site get shifted input distributions
+    drift_shift: float = 0.0  # added to the mean of every input feature there
 
 
 class SimDevice:
-    def __init__(self, sim: Simulator, uid: str, secret: str, profile: SimProfile, rng: random.Random) -> None:
+    def __init__(
+        self, sim: Simulator, uid: str, secret: str, profile: SimProfile, rng: random.Random, site: str | None = None
+    ) -> None:
         self.sim, self.uid, self.secret, self.profile, self.rng = sim, uid, secret, profile, rng
+        self.site = site
         self.connected = False
         self.stopping = False
         self.slots: dict[str, SlotContent | None] = {"a": None, "b": None}
@@ -461,8 +470,11 @@ class SimDevice:
             latencies = scale * gen.lognormal(0.0, 0.25, size=count - errors)
             self.telemetry.record_latencies(name, entry.version, latencies, errors)
             if count - errors > 0:
-                # Input statistics from a synthetic, stationary input distribution.
-                synthetic = {n: gen.normal(0.0, 1.0, size=(count - errors, w)) for n, w in bench.feature_widths.items()}
+                # Input statistics from a synthetic input distribution, stationary unless drift is injected.
+                shift = self.sim.input_shift(self)
+                synthetic = {
+                    n: gen.normal(shift, 1.0, size=(count - errors, w)) for n, w in bench.feature_widths.items()
+                }
                 self.telemetry.record_inputs(name, entry.version, synthetic)
         samples = self.telemetry.drain()
         message = TelemetryMessage(schema_version=1, ts=utc_now(), interval_s=interval_s, samples=samples)
@@ -563,6 +575,7 @@ class DeviceSpec:
     uid: str
     secret: str
     profile: str
+    site: str | None = None  # the site's name, for drift injection
 
 
 class Simulator:
@@ -574,6 +587,7 @@ class Simulator:
         self.profiles = profiles or PROFILES
         self.specs = devices
         self.offline_fraction = offline_fraction
+        self.drift_active = config.drift_site is not None
         self.job_states: dict[tuple[str, str], str] = {}
         self.refused: set[str] = set()
         self.connected_count = 0
@@ -601,6 +615,20 @@ class Simulator:
     def stop(self) -> None:
         self._stop.set()
 
+    def input_shift(self, device: SimDevice) -> float:
+        """The mean of a device's synthetic inputs: 0, or the injected shift at the drifting site."""
+        config = self.config
+        if self.drift_active and config.drift_site is not None and device.site == config.drift_site:
+            return config.drift_shift
+        return 0.0
+
+    def toggle_drift(self) -> None:
+        """Turn the injected drift off (or back on); the simulator's control for "drift stops"."""
+        self.drift_active = not self.drift_active
+        sys.stderr.write(f"[fogdeck-sim] injected drift on site {self.config.drift_site!r}: "
+                         f"{'on' if self.drift_active else 'off'}\n")  # fmt: skip
+        sys.stderr.flush()
+
     def summary(self) -> str:
         states = Counter(self.job_states.values())
         jobs = " ".join(f"{s.lower()}={n}" for s, n in sorted(states.items())) or "none"
@@ -614,7 +642,9 @@ class Simulator:
         online = [s for s in self.specs if self.rng.random() >= self.offline_fraction]
         for spec in online:
             device_rng = random.Random(self.rng.getrandbits(64))  # noqa: S311
-            self.devices.append(SimDevice(self, spec.uid, spec.secret, self.profiles[spec.profile], device_rng))
+            self.devices.append(
+                SimDevice(self, spec.uid, spec.secret, self.profiles[spec.profile], device_rng, spec.site)
+            )
         started = time.monotonic()
         reporter = self.loop.create_task(self._report_progress(started)) if progress else None
         # A window of connections awaiting CONNACK: the blocking TCP connect never waits on a full
@@ -757,14 +787,14 @@ def provision(api: Api, count: int, site_name: str, seed: int | None) -> list[De
         if profile.tier == "fog":
             gateways.append(device["id"])
         credentials = api.call("POST", f"/api/v1/devices/{device['id']}/credentials/", {})
-        specs.append(DeviceSpec(uid=uid, secret=credentials["secret"], profile=profile.name))
+        specs.append(DeviceSpec(uid=uid, secret=credentials["secret"], profile=profile.name, site=site_name))
         if index % 100 == 99:
             sys.stderr.write(f"[fogdeck-sim] provisioned {index + 1}/{count}\n")
     return specs
 
 
 def read_devices_file(path: Path) -> list[DeviceSpec]:
-    """`[{"uid", "secret", "profile"?}]` (or `{"devices": [...]}`); a missing profile is drawn from the mix."""
+    """`[{"uid", "secret", "profile"?, "site"?}]` (or `{"devices": [...]}`); a missing profile is drawn from the mix."""
     data = json.loads(path.read_text())
     rows = data["devices"] if isinstance(data, dict) else data
     plan = fleet_plan(len(rows), 0)
@@ -773,7 +803,10 @@ def read_devices_file(path: Path) -> list[DeviceSpec]:
         profile = row.get("profile") or fallback.name
         if profile not in PROFILES:
             raise ValueError(f"{path}: unknown profile {profile!r} for {row.get('uid')}")
-        specs.append(DeviceSpec(uid=row["uid"], secret=row["secret"], profile=profile))
+        site = row.get("site")
+        specs.append(
+            DeviceSpec(uid=row["uid"], secret=row["secret"], profile=profile, site=str(site) if site else None)
+        )
     return specs
 
 
@@ -811,6 +844,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds (default 10)")
     p.add_argument("--rps", type=float, default=2.0, help="simulated inference requests per second per device")
     p.add_argument("--duration", type=float, help="seconds to run (default: until SIGINT/SIGTERM)")
+    p.add_argument("--drift-site", help="inject input drift on the devices of this site (SIGUSR1 toggles it)")
+    p.add_argument("--drift-shift", type=float, default=1.5, help="shift added to every input feature there "
+                   "(in standard deviations of the synthetic inputs; default 1.5)")  # fmt: skip
     p.add_argument("--seed", type=int)
     p.add_argument("--log-level", default="WARNING")
     return p
@@ -838,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--provision needs --token")
         specs = provision(Api(args.api, args.token), args.devices, args.site, args.seed)
         if args.devices_file:
-            rows = [{"uid": s.uid, "secret": s.secret, "profile": s.profile} for s in specs]
+            rows = [{"uid": s.uid, "secret": s.secret, "profile": s.profile, "site": s.site} for s in specs]
             args.devices_file.write_text(json.dumps(rows, indent=1))
             args.devices_file.chmod(0o600)
     elif args.devices_file:
@@ -854,6 +890,8 @@ def main(argv: list[str] | None = None) -> int:
         crash_during_activation=args.crash_during_activation,
         flaky=args.flaky,
         seed=args.seed,
+        drift_site=args.drift_site,
+        drift_shift=args.drift_shift if args.drift_site else 0.0,
     )
     simulator = Simulator(config, specs, offline_fraction=args.offline_fraction, profiles=profiles)
 
@@ -861,6 +899,7 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, simulator.stop)
+        loop.add_signal_handler(signal.SIGUSR1, simulator.toggle_drift)
         await simulator.run(args.duration)
 
     asyncio.run(run())

@@ -1,7 +1,8 @@
 """Inference metrics per (model, version) between two telemetry publishes.
 
 Latency percentiles and per-feature summary statistics (count, mean, variance, min, max) merged
-batch by batch with Chan's parallel algorithm, so memory does not grow with traffic.
+batch by batch with Chan's parallel algorithm, plus a fixed-edge histogram per feature (for drift
+detection), so memory does not grow with traffic.
 """
 
 from __future__ import annotations
@@ -9,12 +10,24 @@ from __future__ import annotations
 import random
 import threading
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
-from protocol.messages import FeatureStats, LatencySummary, TelemetrySample
+from protocol.messages import (
+    DEFAULT_HIST_EDGES,
+    MAX_HIST_EDGES,
+    FeatureHistogram,
+    FeatureStats,
+    LatencySummary,
+    TelemetrySample,
+    feature_key,
+)
 
 MAX_FEATURES = 256  # the protocol's bound per sample
+# Histograms for the first 64 features only: 256 of them (~450 bytes each) could push a message with
+# several models past the protocol's 256 KiB limit, and an oversize message loses the whole interval.
+MAX_HIST_FEATURES = 64
 _LATENCY_RESERVOIR = 20_000
 
 
@@ -27,10 +40,18 @@ class _Moments:
     m2: np.ndarray
     low: np.ndarray
     high: np.ndarray
+    hist: np.ndarray  # (bins, columns) counts over the recorder's fixed edges
 
     @classmethod
-    def of(cls, rows: np.ndarray) -> _Moments:
-        return cls(len(rows), rows.mean(axis=0), rows.var(axis=0) * len(rows), rows.min(axis=0), rows.max(axis=0))
+    def of(cls, rows: np.ndarray, edges: np.ndarray) -> _Moments:
+        return cls(
+            len(rows),
+            rows.mean(axis=0),
+            rows.var(axis=0) * len(rows),
+            rows.min(axis=0),
+            rows.max(axis=0),
+            _histogram(rows, edges),
+        )
 
     def merge(self, other: _Moments) -> None:
         total = self.count + other.count
@@ -39,7 +60,29 @@ class _Moments:
         self.m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / total)
         self.low = np.minimum(self.low, other.low)
         self.high = np.maximum(self.high, other.high)
+        self.hist = self.hist + other.hist
         self.count = total
+
+
+def _histogram(rows: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Per column, counts in len(edges) + 1 bins: below edges[0], [edges[i-1], edges[i]), at/above edges[-1]."""
+    bins = len(edges) + 1
+    index = np.searchsorted(edges, rows, side="right")  # the bin of every value, same shape as rows
+    offsets = index + np.arange(rows.shape[1]) * bins  # one block of bins per column
+    return np.bincount(offsets.ravel(), minlength=bins * rows.shape[1]).reshape(rows.shape[1], bins).T
+
+
+def parse_hist_edges(text: str) -> tuple[float, ...]:
+    """`--hist-edges "-1,0,1"`: 1 to 64 finite, strictly increasing numbers (ValueError otherwise)."""
+    try:
+        edges = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"histogram edges must be comma-separated numbers, got {text[:100]!r}") from None
+    if not 1 <= len(edges) <= MAX_HIST_EDGES or not np.isfinite(edges).all():
+        raise ValueError(f"give 1 to {MAX_HIST_EDGES} finite histogram edges")
+    if any(b <= a for a, b in pairwise(edges)):
+        raise ValueError("histogram edges must be strictly increasing")
+    return edges
 
 
 def _rows(array: np.ndarray) -> np.ndarray | None:
@@ -66,8 +109,9 @@ class _Series:
 class TelemetryRecorder:
     """Thread-safe: the HTTP handlers record, the telemetry loop drains."""
 
-    def __init__(self, *, rng: random.Random | None = None) -> None:
+    def __init__(self, *, rng: random.Random | None = None, hist_edges: tuple[float, ...] = DEFAULT_HIST_EDGES) -> None:
         self._lock = threading.Lock()
+        self._edges = np.asarray(hist_edges, dtype=np.float64)
         self._series: dict[tuple[str, int], _Series] = {}
         self._rng = rng or random.Random()  # noqa: S311 (sampling, not security)
 
@@ -90,7 +134,7 @@ class TelemetryRecorder:
         with self._lock:
             series = self._get(model, version)
             for name, rows in batches.items():
-                moments = _Moments.of(rows)
+                moments = _Moments.of(rows, self._edges)
                 known = series.inputs.get(name)
                 if known is None:
                     series.inputs[name] = moments
@@ -125,10 +169,11 @@ class TelemetryRecorder:
         """The samples since the last drain; the recorder starts empty again."""
         with self._lock:
             series, self._series = self._series, {}
-        return [_sample(model, version, s) for (model, version), s in series.items()]
+        edges = [float(e) for e in self._edges]
+        return [_sample(model, version, s, edges) for (model, version), s in series.items()]
 
 
-def _sample(model: str, version: int, series: _Series) -> TelemetrySample:
+def _sample(model: str, version: int, series: _Series, edges: list[float]) -> TelemetrySample:
     if series.latencies:
         p50, p95, p99 = (float(v) for v in np.percentile(series.latencies, [50, 95, 99]))
         latency = LatencySummary(p50=p50, p95=p95, p99=p99, max=float(max(series.latencies)))
@@ -140,12 +185,17 @@ def _sample(model: str, version: int, series: _Series) -> TelemetrySample:
         for column in range(columns):
             if len(features) >= MAX_FEATURES:
                 break
-            key = name if columns == 1 else f"{name}[{column}]"
+            key = feature_key(name, column, columns)
             mean, low, high = float(moments.mean[column]), float(moments.low[column]), float(moments.high[column])
             var = max(0.0, float(moments.m2[column] / moments.count))
             if not np.isfinite([mean, var, low, high]).all():  # overflowed: better absent than rejected
                 continue
-            features[key[:128]] = FeatureStats(count=moments.count, mean=mean, var=var, min=low, max=high)
+            hist = (
+                FeatureHistogram(edges=edges, counts=[int(c) for c in moments.hist[:, column]])
+                if len(features) < MAX_HIST_FEATURES
+                else None
+            )
+            features[key] = FeatureStats(count=moments.count, mean=mean, var=var, min=low, max=high, hist=hist)
     return TelemetrySample(
         model=model,
         version=version,

@@ -26,6 +26,10 @@ app.conf.beat_schedule = {
         "task": "telemetry.tasks.enforce_retention",
         "schedule": 900.0,
     },
+    "telemetry-evaluate-drift": {
+        "task": "telemetry.tasks.evaluate_drift",
+        "schedule": float(os.environ.get("DRIFT_EVALUATE_SECONDS", "300")),
+    },
     "deployments-rollouts-tick": {
         "task": "deployments.tasks.rollouts_tick",
         "schedule": float(os.environ.get("ROLLOUT_TICK_SECONDS", "2")),

@@ -8,6 +8,7 @@ is switched on by its URL: DATABASE_URL, REDIS_URL, MQTT_URL, S3_ENDPOINT_URL/S3
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -47,6 +48,19 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
         raise ImproperlyConfigured(f"{name}={raw!r} is not an integer") from None
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value) or (minimum is not None and value < minimum):
+        raise ImproperlyConfigured(f"{name}={value} must be a finite number of at least {minimum}")
     return value
 
 
@@ -379,6 +393,17 @@ TELEMETRY_RAW_RETENTION_HOURS = env_int("TELEMETRY_RAW_RETENTION_HOURS", 48, min
 TELEMETRY_ROLLUP_RETENTION_DAYS = env_int("TELEMETRY_ROLLUP_RETENTION_DAYS", 30, minimum=1)
 # Websocket coalescing: at most one message per group per interval (200 ms = 5 per second).
 TELEMETRY_STREAM_INTERVAL_MS = env_int("TELEMETRY_STREAM_INTERVAL_MS", 200, minimum=10)
+
+# --- drift detection (telemetry/drift.py) -----------------------------------------------------------
+# An alert opens when a feature's population stability index reaches this (0.1 moderate, 0.2 significant).
+DRIFT_PSI_THRESHOLD = env_float("DRIFT_PSI_THRESHOLD", 0.2, minimum=0.0)
+# Input histograms received over this many minutes are scored together, per (version, site).
+DRIFT_WINDOW_MINUTES = env_int("DRIFT_WINDOW_MINUTES", 60, minimum=1)
+# A feature with fewer reported values in the window is not scored (too few to tell).
+DRIFT_MIN_COUNT = env_int("DRIFT_MIN_COUNT", 500, minimum=1)
+# How often Celery beat runs the evaluation, and how many features an alert lists.
+DRIFT_EVALUATE_SECONDS = env_int("DRIFT_EVALUATE_SECONDS", 300, minimum=10)
+DRIFT_TOP_FEATURES = env_int("DRIFT_TOP_FEATURES", 5, minimum=1)
 if REDIS_URL:
     # redis-py 8 reads with a 5 s socket timeout, the same as channels-redis's blocking receive, so an
     # idle websocket died with "Timeout reading from redis" after ~5 s. The layer's connections get more

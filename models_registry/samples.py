@@ -101,6 +101,12 @@ def evaluation_set(samples: int = 600, *, seed: int = 7, noise: float = 0.35) ->
     return points.astype(np.float32), labels
 
 
+def training_inputs(samples: int = 3000, *, seed: int = 11) -> dict[str, np.ndarray]:
+    """The inputs the classifier's centroids stand for (its "training data"), for its reference profile."""
+    points, _ = evaluation_set(samples, seed=seed)
+    return {"input": points}
+
+
 def reference_predict(centroids: np.ndarray, points: np.ndarray) -> np.ndarray:
     weights, bias = _linear_weights(centroids)
     return np.argmax(points @ weights + bias, axis=1)

@@ -288,12 +288,51 @@ class LatencySummary(_Strict):
     max: NonNegative
 
 
+MAX_HIST_EDGES = 64
+
+# Bin edges an agent uses when nobody gave it others (see docs/protocol.md, "Input histograms"): a grid
+# in standardized units, finer near 0. Reference profiles computed by the control plane default to the
+# same edges, so device and reference histograms line up bin for bin.
+DEFAULT_HIST_EDGES: tuple[float, ...] = (
+    -10.0, -5.0, -3.0, -2.5, -2.0, -1.5, -1.0, -0.75, -0.5, -0.25,
+    0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 10.0,
+)  # fmt: skip
+
+
+def feature_key(name: str, column: int, columns: int) -> str:
+    """A feature's name in `inputs`: the input's name, or `name[column]` for a multi-column input."""
+    return (name if columns == 1 else f"{name}[{column}]")[:128]
+
+
+class FeatureHistogram(_Strict):
+    """Counts per bin: `counts[0]` below `edges[0]`, `counts[i]` in `[edges[i-1], edges[i])`, the last at or
+    above `edges[-1]` — so `len(counts) == len(edges) + 1`."""
+
+    edges: Annotated[list[Finite], Field(min_length=1, max_length=MAX_HIST_EDGES)]
+    counts: Annotated[list[Count], Field(min_length=2, max_length=MAX_HIST_EDGES + 1)]
+
+    @model_validator(mode="after")
+    def _bins_fit_the_edges(self) -> FeatureHistogram:
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError("histogram edges must be strictly increasing")
+        if len(self.counts) != len(self.edges) + 1:
+            raise ValueError("a histogram needs len(edges) + 1 counts")
+        return self
+
+
 class FeatureStats(_Strict):
     count: Count
     mean: Finite
     var: NonNegative
     min: Finite
     max: Finite
+    hist: FeatureHistogram | None = None  # optional (added later, additive): older agents omit it
+
+    @model_validator(mode="after")
+    def _histogram_counts_every_value(self) -> FeatureStats:
+        if self.hist is not None and sum(self.hist.counts) != self.count:
+            raise ValueError("histogram counts must add up to count")
+        return self
 
 
 class TelemetrySample(_Strict):

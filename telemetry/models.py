@@ -94,3 +94,76 @@ class TelemetryRollup(models.Model):
     @property
     def p95_mean(self) -> float:
         return self.p95_wsum / self.requests if self.requests else 0.0
+
+
+# --- drift detection (issue 8) -------------------------------------------------------------------
+
+
+class ReferenceProfile(models.Model):
+    """The input distribution a model version was trained on, per feature: mean, variance, histogram.
+
+    `features` is `{name: {"mean", "var", "edges", "proportions"}}` with `len(proportions) ==
+    len(edges) + 1` (below the first edge, between edges, at or above the last), as in the protocol's
+    input histograms. Written only through `telemetry.drift.reference_profile_set`, which validates it.
+    """
+
+    version = models.OneToOneField(
+        "models_registry.ModelVersion", on_delete=models.CASCADE, related_name="reference_profile"
+    )
+    features = models.JSONField()
+    sample_count = models.PositiveBigIntegerField(default=0, help_text="training rows it was computed from")
+    source = models.CharField(max_length=256, blank=True, help_text="where the training data came from")
+    updated_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"reference profile of version {self.version_id} ({len(self.features)} features)"
+
+
+class DriftAlertQuerySet(models.QuerySet["DriftAlert"]):
+    def open(self) -> DriftAlertQuerySet:
+        return self.filter(status=DriftAlert.Status.OPEN)
+
+
+class DriftAlert(models.Model):
+    """A version's inputs at one site moved away from its reference profile ("retraining needed").
+
+    Opened when the worst feature's PSI crosses `DRIFT_PSI_THRESHOLD`, kept up to date (score, features,
+    last evaluation) while it stays over, resolved when a later evaluation finds it back under.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        RESOLVED = "resolved"
+
+    TRANSITIONS: dict[str, frozenset[str]] = {Status.OPEN: frozenset({Status.RESOLVED}), Status.RESOLVED: frozenset()}
+    TERMINAL: frozenset[str] = frozenset({Status.RESOLVED})
+
+    version = models.ForeignKey("models_registry.ModelVersion", on_delete=models.CASCADE, related_name="drift_alerts")
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="drift_alerts")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    psi = models.FloatField(help_text="the worst feature's population stability index at the last evaluation")
+    ks = models.FloatField(help_text="the worst feature's max CDF difference over the bins at the last evaluation")
+    peak_psi = models.FloatField(help_text="the highest PSI seen while open")
+    features = models.JSONField(default=list, help_text="the features that moved most, with their scores")
+    sample_count = models.PositiveBigIntegerField(default=0, help_text="input rows in the last evaluated window")
+    opened_at = models.DateTimeField()
+    last_evaluated_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    objects = DriftAlertQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-opened_at", "-id"]
+        constraints = [
+            # one open alert per (version, site): the evaluator's idempotency
+            models.UniqueConstraint(
+                fields=["version", "site"], condition=models.Q(status="open"), name="drift_one_open_alert"
+            )
+        ]
+        indexes = [
+            # the API's and the dashboard's list: open alerts, newest first
+            models.Index(fields=["status", "-opened_at"], name="drift_alert_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"drift on version {self.version_id} at site {self.site_id} ({self.status})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -68,7 +69,16 @@ EXAMPLES: dict[type[m._Message], dict[str, object]] = {
                 "requests": 120,
                 "errors": 1,
                 "latency_ms": {"p50": 4.1, "p95": 9.0, "p99": 12.5, "max": 20.0},
-                "inputs": {"x[0]": {"count": 120, "mean": 0.1, "var": 0.02, "min": -1.0, "max": 1.0}},
+                "inputs": {
+                    "x[0]": {
+                        "count": 120,
+                        "mean": 0.1,
+                        "var": 0.02,
+                        "min": -1.0,
+                        "max": 1.0,
+                        "hist": {"edges": [-0.5, 0.0, 0.5], "counts": [10, 50, 50, 10]},
+                    }
+                },
             }
         ],
     },
@@ -260,3 +270,41 @@ def test_parsers_raise_only_protocol_error(model, data):
     else:
         assert isinstance(parsed, model)
         assert PARSERS[model](m.encode(parsed)) == parsed
+
+
+# --- input histograms (drift detection): optional, additive -----------------------------------------
+
+
+def _telemetry_with_inputs(stats: dict[str, object]) -> bytes:
+    message = json.loads(dumps(EXAMPLES[m.TelemetryMessage]))
+    message["samples"][0]["inputs"] = {"x[0]": stats}
+    return dumps(message)
+
+
+def test_telemetry_without_a_histogram_still_parses():
+    stats = {"count": 3, "mean": 0.1, "var": 0.02, "min": -1.0, "max": 1.0}
+    parsed = m.parse_telemetry(_telemetry_with_inputs(stats))
+    assert parsed.samples[0].inputs["x[0]"].hist is None
+
+
+@pytest.mark.parametrize(
+    "hist",
+    [
+        {"edges": [0.0, 1.0], "counts": [1, 2]},  # one count short of len(edges) + 1
+        {"edges": [1.0, 0.0], "counts": [1, 1, 1]},  # edges not increasing
+        {"edges": [0.0, 0.0], "counts": [1, 1, 1]},  # repeated edge
+        {"edges": [0.0, 1.0], "counts": [1, 1, 2]},  # counts add up to 4, not count (3)
+        {"edges": [], "counts": [3]},
+        {"edges": [0.0], "counts": [1, -1, 3]},
+        {"edges": [0.0, 1.0], "counts": [1, 1, 1], "extra": 1},
+    ],
+)
+def test_a_malformed_histogram_is_an_invalid_message(hist):
+    stats = {"count": 3, "mean": 0.1, "var": 0.02, "min": -1.0, "max": 1.0, "hist": hist}
+    assert reason_of(m.parse_telemetry, _telemetry_with_inputs(stats)) == "invalid_message"
+
+
+def test_default_edges_are_increasing_and_within_the_protocol_bound():
+    edges = m.DEFAULT_HIST_EDGES
+    assert all(b > a for a, b in pairwise(edges))
+    assert 1 <= len(edges) <= m.MAX_HIST_EDGES

@@ -11,8 +11,11 @@ pytestmark = pytest.mark.django_db
 
 PUBLIC = {("GET", "/api/v1/signing-keys/"), ("GET", "/api/v1/artifacts/{token}/")}
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
-# Writes an operator may make: deployments, rollouts and aliases (operators act on rollouts).
-OPERATOR_WRITES = re.compile(r"^/api/v1/(deployments|rollouts)/|^/api/v1/models/\{model_id\}/aliases/")
+# Writes an operator may make: deployments, rollouts, aliases and reference profiles (operators act on rollouts).
+OPERATOR_WRITES = re.compile(
+    r"^/api/v1/(deployments|rollouts)/|^/api/v1/models/\{model_id\}/aliases/"
+    r"|^/api/v1/models/\{model_id\}/versions/\{number\}/reference-profile/$"
+)
 # Emergency actions are admin-only even inside the operator's area.
 ADMIN_ONLY = re.compile(r"/emergency/$")
 

@@ -12,6 +12,8 @@ from audit.actors import Actor
 from models_registry import samples
 from models_registry.models import ModelVersion, RegisteredModel, Status
 from models_registry.services import alias_set, model_create, model_version_create, model_version_publish
+from telemetry.drift import profile_from_samples, reference_profile_set
+from telemetry.models import ReferenceProfile
 
 MODEL_NAME = "demo-classifier"
 
@@ -61,6 +63,13 @@ def register_samples(versions: list[samples.SampleVersion], log: Any = print) ->
         if version.status == Status.DRAFT:
             version = model_version_publish(actor=actor, version=version)
             log(f"published {model.name} v{version.number}")
+        if not ReferenceProfile.objects.filter(version=version).exists():
+            inputs = samples.training_inputs()
+            reference_profile_set(
+                actor=actor, version=version, features=profile_from_samples(inputs),
+                sample_count=len(inputs["input"]), source="synthetic:fogdeck-samples/training_inputs",
+            )  # fmt: skip
+            log(f"set the reference input profile of {model.name} v{version.number}")
         if sample.number == 1 and version.is_deployable:
             alias_set(actor=actor, model=model, name="production", version=version)
     return model
