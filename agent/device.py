@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,8 @@ class AgentConfig:
     hardware: Hardware
     runtimes: tuple[Runtime, ...]
     telemetry_interval_s: float = 60.0
+    # how applications reach POST /infer from outside (a NAT, a proxy); default: http://<http_host>:<port>/infer
+    public_url: str | None = None
 
 
 class DeviceAgent:
@@ -215,7 +218,19 @@ class DeviceAgent:
             runtimes=list(self.config.runtimes),
             slots=self.store.slots(),
             active=self.store.active(),
+            inference_url=self.inference_url,
         )
+
+    @property
+    def inference_url(self) -> str:
+        if self.config.public_url:
+            return self.config.public_url
+        host = self.config.http_host
+        if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - naming the wildcard, not binding it
+            host = socket.getfqdn()
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.http.port}/infer"
 
     def publish_state(self) -> None:
         with self._publish_lock:

@@ -26,6 +26,10 @@ app.conf.beat_schedule = {
         "task": "telemetry.tasks.enforce_retention",
         "schedule": 900.0,
     },
+    "webhooks-requeue-lost-deliveries": {
+        "task": "webhooks.tasks.requeue_webhook_deliveries",
+        "schedule": 60.0,
+    },
     "deployments-rollouts-tick": {
         "task": "deployments.tasks.rollouts_tick",
         "schedule": float(os.environ.get("ROLLOUT_TICK_SECONDS", "2")),

@@ -147,6 +147,9 @@ class StateMessage(_Message):
     runtimes: Annotated[list[Runtime], Field(max_length=32)]
     slots: Slots
     active: Annotated[dict[ModelName, ActiveModel], Field(max_length=64)]
+    # Optional (added in v1, backward compatible): where applications reach this device's `POST /infer`.
+    # The control plane's nearest-endpoint resolution hands it out; devices that omit it are not listed.
+    inference_url: HttpUrl | None = None
 
     @model_validator(mode="after")
     def _active_slots_hold_the_active_versions(self) -> StateMessage:
