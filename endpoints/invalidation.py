@@ -28,7 +28,8 @@ def resolve_cache_generation() -> int:
     return int(value)
 
 
-def _bump() -> None:
+def resolve_cache_bump() -> None:
+    """Bump the generation now (services use `resolve_cache_invalidate`, which waits for the commit)."""
     try:
         cache.incr(GENERATION_KEY)
     except ValueError:  # the key is missing: any new value invalidates
@@ -39,4 +40,4 @@ def _bump() -> None:
 
 def resolve_cache_invalidate() -> None:
     """Make every cached resolve answer stale once the current transaction commits."""
-    transaction.on_commit(_bump)
+    transaction.on_commit(resolve_cache_bump)

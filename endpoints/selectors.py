@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 from dataclasses import asdict, dataclass
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import F, IntegerField, Sum
+from django.db.models import F, IntegerField, Q, Sum
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
 from django.utils import timezone
@@ -98,18 +99,50 @@ def _aliased_version(model_name: str, alias_name: str) -> int:
     return int(number)
 
 
-def _serving_devices(model_name: str, version: int, now: dt.datetime) -> list[Device]:
-    """Online, fresh, unrevoked devices whose reported state has `model_name` active at `version`."""
+def _bounding_box(origin: Origin, radius_km: float) -> Q:
+    """Sites roughly within `radius_km` (a lat/lon box, cheap in SQL); haversine decides afterwards."""
+    dlat = radius_km / 111.0
+    cos_lat = math.cos(math.radians(origin.latitude))
+    if abs(origin.latitude) + dlat >= 89 or cos_lat < 0.02:
+        return Q(site__latitude__gte=origin.latitude - dlat)  # near a pole every longitude is close
+    dlon = min(180.0, radius_km / (111.0 * cos_lat))
+    return Q(
+        site__latitude__range=(origin.latitude - dlat, origin.latitude + dlat),
+        site__longitude__range=(origin.longitude - dlon, origin.longitude + dlon),
+    )
+
+
+def _site_gateways(origin: Origin) -> set[int]:
+    """The parents (fog gateways, usually) of the devices at the caller's site."""
+    if origin.site_id is None:
+        return set()
+    return set(
+        Device.objects.filter(site_id=origin.site_id, parent__isnull=False)
+        .values_list("parent_id", flat=True)
+        .distinct()
+    )
+
+
+def _serving_devices(
+    model_name: str, version: int, origin: Origin, gateways: set[int], now: dt.datetime
+) -> list[Device]:
+    """Online, fresh, unrevoked devices with `model_name` active at `version` that could rank at all:
+    at the caller's site, fog gateways of the site or near it, cloud nodes."""
     fresh_since = now - dt.timedelta(seconds=settings.DEVICE_STALE_AFTER_SECONDS)
     # KeyTransform takes the model name as one key, whatever characters it holds (no `__` parsing).
     active_version = Cast(
         KeyTextTransform("version", KeyTransform(model_name, KeyTransform("active", "reported_state"))),
         IntegerField(),
     )
+    could_rank = Q(tier=Tier.CLOUD) | Q(tier=Tier.FOG) & (
+        _bounding_box(origin, settings.ENDPOINTS_FOG_RADIUS_KM) | Q(pk__in=gateways)
+    )
+    if origin.site_id is not None:
+        could_rank |= Q(site_id=origin.site_id)
     return list(
         Device.objects.active()
         .online()
-        .filter(last_seen__gte=fresh_since)
+        .filter(could_rank, last_seen__gte=fresh_since)
         .exclude(inference_url="")
         .annotate(active_version=active_version)
         .filter(active_version=version)
@@ -144,16 +177,11 @@ def endpoints_resolve(*, model_name: str, alias: str, origin: Origin, now: dt.da
     """The ordered healthy endpoints serving `model_name@alias` for a caller at `origin` (uncached)."""
     now = now or timezone.now()
     version = _aliased_version(model_name, alias)
-    devices = _serving_devices(model_name, version, now)
+    gateways_of_site = _site_gateways(origin)
+    devices = _serving_devices(model_name, version, origin, gateways_of_site, now)
     health = _recent_health([d.pk for d in devices], model_name, version, now)
     max_rate = settings.ENDPOINTS_MAX_ERROR_RATE_PERMILLE / 1000
     fog_radius = settings.ENDPOINTS_FOG_RADIUS_KM
-    gateways_of_site = {d.parent_id for d in devices if d.site_id == origin.site_id and d.parent_id}
-    if origin.site_id is not None:
-        # the site's gateways also count when they are not themselves at the site
-        gateways_of_site |= set(
-            Device.objects.filter(site_id=origin.site_id, parent__isnull=False).values_list("parent_id", flat=True)
-        )
 
     ranked: list[tuple[tuple, Endpoint]] = []
     for device in devices:

@@ -17,9 +17,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -149,6 +151,7 @@ class StateMessage(_Message):
     active: Annotated[dict[ModelName, ActiveModel], Field(max_length=64)]
     # Optional (added in v1, backward compatible): where applications reach this device's `POST /infer`.
     # The control plane's nearest-endpoint resolution hands it out; devices that omit it are not listed.
+    # Left out of the wire form when unset, so such a message is byte-for-byte what it was before.
     inference_url: HttpUrl | None = None
 
     @model_validator(mode="after")
@@ -158,6 +161,13 @@ class StateMessage(_Message):
             if content is None or content.model != name or content.version != active.version:
                 raise ValueError(f"active model {name!r} v{active.version} is not in slot {active.slot}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_optional_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("inference_url") is None:
+            data.pop("inference_url", None)
+        return data
 
 
 class JobDocument(_Strict):
