@@ -118,14 +118,27 @@ def _site_gateways(origin: Origin) -> set[int]:
         return set()
     return set(
         Device.objects.filter(site_id=origin.site_id, parent__isnull=False)
+        .order_by()  # the default ordering would make DISTINCT per (parent, uid)
         .values_list("parent_id", flat=True)
         .distinct()
     )
 
 
+@dataclass(frozen=True)
+class Candidate:
+    pk: int
+    uid: str
+    tier: str
+    site_id: int
+    inference_url: str
+    site_name: str
+    latitude: float
+    longitude: float
+
+
 def _serving_devices(
     model_name: str, version: int, origin: Origin, gateways: set[int], now: dt.datetime
-) -> list[Device]:
+) -> list[Candidate]:
     """Online, fresh, unrevoked devices with `model_name` active at `version` that could rank at all:
     at the caller's site, fog gateways of the site or near it, cloud nodes."""
     fresh_since = now - dt.timedelta(seconds=settings.DEVICE_STALE_AFTER_SECONDS)
@@ -139,16 +152,17 @@ def _serving_devices(
     )
     if origin.site_id is not None:
         could_rank |= Q(site_id=origin.site_id)
-    return list(
+    rows = (
         Device.objects.active()
         .online()
         .filter(could_rank, last_seen__gte=fresh_since)
         .exclude(inference_url="")
         .annotate(active_version=active_version)
         .filter(active_version=version)
-        .select_related("site")
-        .only("pk", "uid", "tier", "parent_id", "inference_url", "site__name", "site__latitude", "site__longitude")
+        .values_list("pk", "uid", "tier", "site_id", "inference_url", "site__name", "site__latitude", "site__longitude")
     )
+    # plain tuples: building hundreds of model instances per request would cost more than the query
+    return [Candidate(*row) for row in rows]
 
 
 def _recent_health(device_ids: list[int], model_name: str, version: int, now: dt.datetime) -> dict[int, tuple]:
@@ -188,7 +202,7 @@ def endpoints_resolve(*, model_name: str, alias: str, origin: Origin, now: dt.da
         requests, errors, p95 = health.get(device.pk, (0, 0, None))
         if requests and errors / requests > max_rate:
             continue
-        distance = haversine_km(origin.latitude, origin.longitude, device.site.latitude, device.site.longitude)
+        distance = haversine_km(origin.latitude, origin.longitude, device.latitude, device.longitude)
         if origin.site_id is not None and device.site_id == origin.site_id:
             rank = RANK_SAME_SITE
         elif device.tier == Tier.FOG and (device.pk in gateways_of_site or distance <= fog_radius):
@@ -202,7 +216,7 @@ def endpoints_resolve(*, model_name: str, alias: str, origin: Origin, now: dt.da
             device_id=device.pk,
             inference_url=device.inference_url,
             tier=device.tier,
-            site=device.site.name,
+            site=device.site_name,
             rank=RANK_NAMES[rank],
             distance_km=round(distance, 3),
             p95_ms=round(p95, 2) if p95 is not None else None,
@@ -246,14 +260,15 @@ def endpoints_resolve_cached(
     Refusals (unknown model, alias or site) are not cached: they raise `ResolveRefused` every time.
     """
     point = (latitude, longitude) if latitude is not None and longitude is not None else None
-    key = _cache_key(resolve_cache_generation(), model_name, alias, site, point)
-    answer = cache.get(key)
+    ttl = settings.ENDPOINTS_CACHE_SECONDS  # 0 turns the cache off
+    key = _cache_key(resolve_cache_generation(), model_name, alias, site, point) if ttl else ""
+    answer = cache.get(key) if ttl else None
     if answer is not None:
         return answer
     origin = origin_for_site(site) if site is not None else origin_for_point(*point)  # type: ignore[misc]
     resolution = endpoints_resolve(model_name=model_name, alias=alias, origin=origin)
     answer = asdict(resolution)
     answer["resolved_at"] = timezone.now().isoformat()
-    if settings.ENDPOINTS_CACHE_SECONDS:
-        cache.set(key, answer, timeout=settings.ENDPOINTS_CACHE_SECONDS)
+    if ttl:
+        cache.set(key, answer, timeout=ttl)
     return answer
