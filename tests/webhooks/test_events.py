@@ -108,3 +108,35 @@ def test_storm_window_slides(settings):
     assert not offline_storm_check(count=3, now=start + 110)
     # but shortly after the bucket boundary most of it does: 8 * 0.9 + 3 + 1 >= 10
     assert offline_storm_check(count=1, now=start + 66)
+
+
+def test_a_failed_install_gate_produces_gate_failed_and_state_changed_deliveries(
+    published_version, receiver, eager_celery, django_capture_on_commit_callbacks
+):
+    from deployments.models import Job, JobKind, JobStatus
+    from deployments.rollout_services import rollout_advance
+    from tests.deployments.rollout_helpers import finish
+
+    webhook_create(actor=ACTOR, name="gates", url=receiver.url, event_kinds=["rollout.gate_failed"])
+    site = SiteFactory()
+    for _ in range(4):
+        DeviceFactory(site=site, tags=["gated"])
+    plan = {
+        "target": {"filter": {"tag": "gated"}},
+        "waves": [{"percent": 100}],
+        "install_gate": {"min_success_pct": 90, "max_failure_pct": 10, "min_finished": 2},
+        "health_gate": {"max_p95_latency_ratio": 2, "max_error_rate": 0.5, "bake_seconds": 1, "min_samples": 1},
+        "rate_per_minute": 6000,
+        "job_timeout_seconds": 60,
+    }
+    rollout = rollout_create(actor=ACTOR, version=published_version, plan=plan)
+    rollout_start(actor=ACTOR, rollout=rollout)
+    rollout_advance(rollout_id=rollout.pk)
+    for job in list(Job.objects.filter(rollout=rollout, kind=JobKind.INSTALL).select_related("device"))[:2]:
+        finish(job, JobStatus.FAILED)
+    with django_capture_on_commit_callbacks(execute=True):
+        rollout_advance(rollout_id=rollout.pk)
+    assert [r.document["kind"] for r in receiver.received] == ["rollout.gate_failed"]
+    data = receiver.received[0].document["data"]
+    assert data["rollout"] == rollout.pk and data["gate"] == "install" and data["action"] == "abort"
+    assert data["wave"] == 0 and data["reason"]
