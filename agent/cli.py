@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", required=True, type=Path, help="where slots and state.json live")
     parser.add_argument("--port", type=int, default=8600, help="local inference API port (default 8600)")
     parser.add_argument("--host", default="127.0.0.1", help="local inference API address (default 127.0.0.1)")
+    parser.add_argument("--public-url", help="the inference URL to advertise (default http://<host>:<port>/infer)")
     parser.add_argument("--hardware", help='JSON: {"arch","cpu","memory_mb","accelerator"} (default: detected)')
     parser.add_argument("--arch")
     parser.add_argument("--cpu")
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--secret or ${SECRET_ENV} is required")
     if not is_valid_device_uid(args.device_id):
         parser.error(f"invalid device id {args.device_id!r}")
+    if args.public_url and not args.public_url.startswith(("http://", "https://")):
+        parser.error("--public-url must be an http:// or https:// URL")
     if not 0 < args.telemetry_interval <= 86400:
         parser.error("--telemetry-interval must be in (0, 86400]")
     if args.gateway and not args.cache_max_mb > 0:
@@ -118,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.gateway
         else None,
         hist_edges=hist_edges,
+        public_url=args.public_url,
     )
     agent = DeviceAgent(config)
     stop = threading.Event()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,8 @@ class AgentConfig:
     telemetry_interval_s: float = 60.0
     gateway: GatewayConfig | None = None
     hist_edges: tuple[float, ...] = DEFAULT_HIST_EDGES  # input histogram bin edges (drift detection)
+    # how applications reach POST /infer from outside (a NAT, a proxy); default: http://<http_host>:<port>/infer
+    public_url: str | None = None
 
 
 class DeviceAgent:
@@ -249,7 +252,19 @@ class DeviceAgent:
             active=self.store.active(),
             capabilities=[CAPABILITY_ARTIFACT_MIRRORS],
             cache_url=self.gateway.url if self.gateway is not None else None,
+            inference_url=self.inference_url,
         )
+
+    @property
+    def inference_url(self) -> str:
+        if self.config.public_url:
+            return self.config.public_url
+        host = self.config.http_host
+        if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - naming the wildcard, not binding it
+            host = socket.getfqdn()
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.http.port}/infer"
 
     def publish_state(self) -> None:
         with self._publish_lock:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import resource
 import secrets
 import signal
@@ -435,8 +436,15 @@ class SimDevice:
             runtimes=[Runtime(name=n, version=v) for n, v in p.runtimes],
             slots=Slots(a=self.slots["a"], b=self.slots["b"]),
             active=dict(self.active),
+            inference_url=self.inference_url,
         )
         self.client.publish(topics.state_topic(self.uid), encode(state), qos=QOS, retain=True)
+
+    @property
+    def inference_url(self) -> str:
+        """A plausible, never-resolving address per simulated device (`.invalid` is reserved, RFC 2606)."""
+        host = re.sub(r"[^a-z0-9-]", "-", self.uid.lower())
+        return f"http://{host}.sim.fogdeck.invalid:8600/infer"
 
     def report(
         self,

@@ -30,6 +30,10 @@ app.conf.beat_schedule = {
         "task": "telemetry.tasks.evaluate_drift",
         "schedule": float(os.environ.get("DRIFT_EVALUATE_SECONDS", "300")),
     },
+    "webhooks-requeue-lost-deliveries": {
+        "task": "webhooks.tasks.requeue_webhook_deliveries",
+        "schedule": 60.0,
+    },
     "deployments-rollouts-tick": {
         "task": "deployments.tasks.rollouts_tick",
         "schedule": float(os.environ.get("ROLLOUT_TICK_SECONDS", "2")),

@@ -119,6 +119,8 @@ INSTALLED_APPS = [
     "telemetry",
     "frontend",
     "mqttbridge",
+    "endpoints",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -197,6 +199,18 @@ else:
         "store_processed": False,
     }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# The Django cache (resolve answers, offline-storm counters) lives in Redis too when it is there, so
+# every process sees the same entries and invalidations; otherwise per-process memory.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "fogdeck",
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "fogdeck"}}
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -409,3 +423,25 @@ if REDIS_URL:
     # idle websocket died with "Timeout reading from redis" after ~5 s. The layer's connections get more
     # room (this also fixes /ws/fleet/; it belongs in the redis section above when its owner agrees).
     CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [{"address": REDIS_URL, "socket_timeout": 30}]
+
+# --- nearest-endpoint resolution (endpoints/) -----------------------------------------------------
+# Cached answers live this long at most; state changes (online/offline, installs, alias moves)
+# invalidate them at once, while ageing heartbeats and telemetry health show within this delay.
+ENDPOINTS_CACHE_SECONDS = env_int("ENDPOINTS_CACHE_SECONDS", 30, minimum=0)
+# Health: a device whose error rate over the window is above this fraction (per mille) is left out.
+ENDPOINTS_HEALTH_WINDOW_SECONDS = env_int("ENDPOINTS_HEALTH_WINDOW_SECONDS", 300, minimum=1)
+ENDPOINTS_MAX_ERROR_RATE_PERMILLE = env_int("ENDPOINTS_MAX_ERROR_RATE_PERMILLE", 50, minimum=0)
+# A fog gateway this close to the caller's site counts as "the fog tier near the site".
+ENDPOINTS_FOG_RADIUS_KM = env_int("ENDPOINTS_FOG_RADIUS_KM", 100, minimum=0)
+# With lat/lon, the nearest site within this radius is the caller's site.
+ENDPOINTS_SITE_RADIUS_KM = env_int("ENDPOINTS_SITE_RADIUS_KM", 2, minimum=0)
+ENDPOINTS_MAX_RESULTS = env_int("ENDPOINTS_MAX_RESULTS", 20, minimum=1)
+
+# --- webhooks (webhooks/) and the offline-storm detector ------------------------------------------
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+# Attempts per delivery in all (the first one included); retry n waits BACKOFF * 2**(n-1) s plus jitter.
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
+WEBHOOK_BACKOFF_SECONDS = env_int("WEBHOOK_BACKOFF_SECONDS", 10, minimum=0)
+# `fleet.offline_storm` fires when this many devices go offline within the window (0 disables it).
+OFFLINE_STORM_THRESHOLD = env_int("OFFLINE_STORM_THRESHOLD", 50, minimum=0)
+OFFLINE_STORM_WINDOW_SECONDS = env_int("OFFLINE_STORM_WINDOW_SECONDS", 60, minimum=1)

@@ -12,6 +12,8 @@ api_v1 = [
     path("", include("deployments.api.urls")),
     path("", include("models_registry.api.urls")),
     path("", include("telemetry.api.urls")),
+    path("", include("endpoints.api.urls")),
+    path("", include("webhooks.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]

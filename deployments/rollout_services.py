@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from audit.actors import Actor
 from audit.services import audit_record
+from core.events import publish
 from models_registry.models import ModelVersion, RegisteredModel
 
 from . import gates
@@ -86,8 +87,22 @@ def _rollout_transition(rollout: Rollout, *, to: str, actor: Actor, reason: str 
         object_repr=str(rollout.version),
         changes={"status": {"before": rollout.status, "after": to}, **({"reason": reason} if reason else {})},
     )
+    _publish_rollout_event("rollout.state_changed", rollout, from_status=rollout.status, to_status=to,
+                           reason=reason, actor=actor, at=now)  # fmt: skip
+    if to == RolloutStatus.ROLLED_BACK:
+        _publish_rollout_event("rollout.rolled_back", rollout, from_status=rollout.status, to_status=to,
+                               reason=reason, actor=actor, at=now)  # fmt: skip
     for key, value in values.items():
         setattr(rollout, key, value)
+
+
+def _publish_rollout_event(kind: str, rollout: Rollout, *, actor: Actor, at: dt.datetime, **fields: object) -> None:
+    """Domain event (webhooks) for a rollout; sent after commit, so only what really happened goes out."""
+    version = rollout.version
+    publish(
+        kind, rollout=rollout.pk, name=rollout.name, model=version.model.name, version=version.number,
+        actor=actor.label, at=at.isoformat(), **fields,
+    )  # fmt: skip
 
 
 def _wave_transition(wave: Wave, *, to: str, actor: Actor, reason: str = "", **fields: Any) -> None:
@@ -514,6 +529,8 @@ def _fail_rollout(rollout: Rollout, wave: Wave, *, gate: str, actor: Actor, reas
     _wave_transition(wave, to=WaveStatus.FAILED, actor=actor, reason=reason)
     on_failure = rollout.plan.get("on_install_failure", "abort") if gate == GateKind.INSTALL else "rollback"
     text = f"{gate} gate failed at wave {wave.index}: {reason}"
+    _publish_rollout_event("rollout.gate_failed", rollout, gate=gate, wave=wave.index, reason=reason,
+                           action=on_failure, actor=actor, at=timezone.now())  # fmt: skip
     if on_failure == "rollback":
         _rollout_transition(rollout, to=RolloutStatus.ROLLING_BACK, actor=actor, reason=text)
     else:

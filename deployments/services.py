@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from audit.actors import Actor
 from audit.services import audit_record
+from endpoints.invalidation import resolve_cache_invalidate
 from fleet.models import Device
 from models_registry.compatibility import incompatibility_reasons, profile_of, requirements_of
 from models_registry.models import ModelVersion
@@ -189,6 +190,7 @@ def _transition(
 def _record_installation(job: Job, at: dt.datetime) -> None:
     Installation.objects.filter(device=job.device, model=job.model, until__isnull=True).update(until=at)
     Installation.objects.create(device=job.device, model=job.model, version=job.version, job=job, since=at)
+    resolve_cache_invalidate()
 
 
 class ForeignJob(Exception):

@@ -94,6 +94,9 @@ class Device(models.Model):
     last_seen = models.DateTimeField(null=True, blank=True)
     reported_state = models.JSONField(default=dict, blank=True, help_text="the agent's last reported state")
     reported_at = models.DateTimeField(null=True, blank=True)
+    inference_url = models.CharField(
+        max_length=500, blank=True, help_text="where applications call the device's POST /infer (reported state)"
+    )
     credential_hash = models.CharField(max_length=200, blank=True, help_text="Mosquitto $7$ PBKDF2-SHA512 hash")
     credential_issued_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)

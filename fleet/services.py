@@ -15,8 +15,10 @@ from django.utils import timezone
 from audit.actors import Actor
 from audit.services import audit_record, diff, snapshot
 from broker.passwords import generate_secret, hash_secret
+from endpoints.invalidation import resolve_cache_invalidate
 from protocol.streams import DEVICE_STATUS_EVENT, FLEET_GROUP
 
+from . import storms
 from .exceptions import DeviceRevoked
 from .models import ConnectionStatus, Device, DeviceGroup, DeviceRuntime, DeviceTag, GroupKind, Site
 
@@ -59,6 +61,7 @@ def site_update(*, actor: Actor, site: Site, **fields: Any) -> Site:
     site.save()
     changes = diff(before, snapshot(site, SITE_FIELDS))
     if changes:
+        resolve_cache_invalidate()
         audit_record(
             actor=actor,
             action="site.update",
@@ -153,6 +156,7 @@ def device_update(
     device = Device.objects.with_inventory().get(pk=device.pk)
     changes = diff(before, _device_state(device))
     if changes:
+        resolve_cache_invalidate()
         audit_record(
             actor=actor,
             action="device.update",
@@ -169,6 +173,7 @@ def device_delete(*, actor: Actor, device: Device) -> None:
     before = _device_state(device)
     pk, uid = device.pk, device.uid
     device.delete()
+    resolve_cache_invalidate()
     audit_record(
         actor=actor,
         action="device.delete",
@@ -226,6 +231,7 @@ def device_revoke(*, actor: Actor, device: Device, reason: str = "") -> Device:
     device.credential_hash = ""
     device.status = ConnectionStatus.OFFLINE
     device.save(update_fields=["revoked_at", "credential_hash", "status", "updated_at"])
+    resolve_cache_invalidate()
     audit_record(
         actor=actor,
         action="device.revoke",
@@ -271,6 +277,9 @@ def device_mark_seen(*, actor: Actor, uid: str, online: bool, at: dt.datetime | 
                 "last_seen": device.last_seen.isoformat(),
             }
             transaction.on_commit(lambda: _broadcast_device_status(payload))
+            resolve_cache_invalidate()
+            if new_status == ConnectionStatus.OFFLINE:
+                storms.offline_storm_observe(count=1)
     return device
 
 
@@ -291,12 +300,18 @@ def device_report_state(*, actor: Actor, uid: str, state: dict[str, Any], agent_
         if device.is_revoked:
             raise DeviceRevoked(uid)
         before_active = device.reported_state.get("active", {})
+        before_url = device.inference_url
         device.reported_state = state
         device.reported_at = timezone.now()
         device.last_seen = device.reported_at
         device.agent_version = agent_version[:40]
-        device.save(update_fields=["reported_state", "reported_at", "last_seen", "agent_version", "updated_at"])
+        device.inference_url = state.get("inference_url") or ""
+        device.save(
+            update_fields=["reported_state", "reported_at", "last_seen", "agent_version", "inference_url", "updated_at"]
+        )
         after_active = state.get("active", {})
+        if before_active != after_active or before_url != device.inference_url:
+            resolve_cache_invalidate()
         if before_active != after_active:
             audit_record(
                 actor=actor,
@@ -322,6 +337,8 @@ def devices_mark_stale_offline(*, actor: Actor, now: dt.datetime | None = None) 
         return []
     Device.objects.filter(pk__in=[pk for pk, _ in stale]).update(status=ConnectionStatus.OFFLINE)
     uids = [uid for _, uid in stale]
+    resolve_cache_invalidate()
+    storms.offline_storm_observe(count=len(uids))
     audit_record(
         actor=actor,
         action="device.mark_stale_offline",

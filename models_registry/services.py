@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from audit.actors import Actor
 from audit.services import audit_record, diff, snapshot
+from endpoints.invalidation import resolve_cache_invalidate
 from protocol import signing
 
 from . import keys
@@ -372,6 +373,7 @@ def _simple_transition(
             Alias.objects.filter(version=current).delete()
             if removed:
                 changes["aliases_removed"] = removed
+                resolve_cache_invalidate()
         audit_record(
             actor=actor, action=f"model_version.{verb}", object_type="model_version", object_id=current.pk,
             object_repr=str(current), changes=changes,
@@ -421,6 +423,7 @@ def alias_set(*, actor: Actor, model: RegisteredModel, name: str, version: Model
         alias.full_clean()
     alias.version = locked
     alias.save()
+    resolve_cache_invalidate()
     audit_record(
         actor=actor, action="model.alias_set", object_type="model", object_id=model.pk, object_repr=model.name,
         changes={"alias": name, "version": {"before": previous, "after": locked.number}},
@@ -436,6 +439,7 @@ def alias_delete(*, actor: Actor, model: RegisteredModel, name: str) -> bool:
         return False
     number = alias.version.number
     alias.delete()
+    resolve_cache_invalidate()
     audit_record(
         actor=actor, action="model.alias_delete", object_type="model", object_id=model.pk, object_repr=model.name,
         changes={"alias": name, "version": {"before": number, "after": None}},

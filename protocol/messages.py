@@ -190,8 +190,11 @@ class StateMessage(_Message):
     # additive: what this agent understands, and the artifact cache it serves when it is a gateway
     capabilities: Annotated[list[ShortText], Field(max_length=32)] | None = None
     cache_url: HttpUrl | None = None
+    # additive: where applications reach this device's `POST /infer` (nearest-endpoint resolution);
+    # devices that omit it are not listed by resolve.
+    inference_url: HttpUrl | None = None
 
-    _ADDITIONS = ("capabilities", "cache_url")
+    _ADDITIONS = ("capabilities", "cache_url", "inference_url")
 
     @model_validator(mode="after")
     def _active_slots_hold_the_active_versions(self) -> StateMessage:

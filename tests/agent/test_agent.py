@@ -58,6 +58,7 @@ def test_agent_says_online_reports_state_and_asks_for_jobs_on_connect(bridge, st
     assert state.hardware.cpu == "test cpu x2"
     assert state.active == {}
     assert [r.name for r in state.runtimes] == ["onnxruntime"]
+    assert state.inference_url == f"http://127.0.0.1:{agent.http_port}/infer"  # where resolve sends callers
     status, code = agent.infer({"x": X})
     assert (status, code) == (503, {"error": "no model is active"})
 

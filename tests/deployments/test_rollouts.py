@@ -118,7 +118,8 @@ def test_start_dispatches_the_canary_once_even_when_ticked_twice(
     rollout = rollout_create(actor=OPERATOR, version=published_version, plan=plan())
     with django_capture_on_commit_callbacks() as callbacks:
         rollout_start(actor=OPERATOR, rollout=rollout)
-    assert len(callbacks) == 1  # the first tick is queued after commit, not before
+    # the first tick is queued after commit, not before (and so is the rollout.state_changed domain event)
+    assert len(callbacks) == 2
     assert_audited("rollout", rollout.pk, "rollout.running", actor="system:tests")
     assert rollout_advance(rollout_id=rollout.pk) == RolloutStatus.RUNNING
     jobs = wave_jobs(rollout, 0)
@@ -192,7 +193,7 @@ def test_install_failures_above_the_threshold_abort_and_cancel_queued_jobs(
         rollout_advance(rollout_id=rollout.pk)
     rollout.refresh_from_db()
     assert rollout.status == RolloutStatus.ABORTED and "install gate failed" in rollout.status_reason
-    assert len(callbacks) == 1
+    assert len(callbacks) == 3  # the job cancellation, and the rollout.gate_failed and state_changed events
     assert rollout_cancel_jobs(actor=OPERATOR, rollout_id=rollout.pk) == len(jobs) - 2
     assert rollout_cancel_jobs(actor=OPERATOR, rollout_id=rollout.pk) == 0
     gate = GateEvaluation.objects.get(rollout=rollout, gate="install")

@@ -45,7 +45,7 @@ def test_mark_seen_schedules_the_broadcast_on_commit(django_capture_on_commit_ca
     device = DeviceFactory()
     with django_capture_on_commit_callbacks() as callbacks:
         device_mark_seen(actor=Actor.device(device.uid), uid=device.uid, online=True)
-    assert len(callbacks) == 1
+    assert len(callbacks) == 2  # the broadcast and the resolve-cache invalidation
     assert_audited("device", device.pk, "device.online", actor=f"device:{device.uid}")
     with django_capture_on_commit_callbacks() as callbacks:  # a heartbeat that changes nothing broadcasts nothing
         device_mark_seen(actor=Actor.device(device.uid), uid=device.uid, online=True)

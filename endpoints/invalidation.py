@@ -1,0 +1,43 @@
+"""The resolve cache's generation counter: one key every cached answer is filed under.
+
+Services whose changes alter which endpoints a resolve would return (a device going online or
+offline, a new active model or inference URL, an install, an alias moving, a site moving) call
+`resolve_cache_invalidate()`. It bumps the counter once their transaction commits, so every cached
+answer becomes unreachable at once (and expires on its own); a reader racing the commit can only
+file the old answer under the old generation.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.cache import cache
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+GENERATION_KEY = "fogdeck:endpoints:generation"
+
+
+def resolve_cache_generation() -> int:
+    value = cache.get(GENERATION_KEY)
+    if value is None:
+        # first use (or the cache was flushed): start a generation no earlier answer was filed under
+        cache.add(GENERATION_KEY, 1, timeout=None)
+        value = cache.get(GENERATION_KEY, 1)
+    return int(value)
+
+
+def resolve_cache_bump() -> None:
+    """Bump the generation now (services use `resolve_cache_invalidate`, which waits for the commit)."""
+    try:
+        cache.incr(GENERATION_KEY)
+    except ValueError:  # the key is missing: any new value invalidates
+        cache.add(GENERATION_KEY, 1, timeout=None)
+    except Exception:  # a cache outage must not fail a committed change; answers expire by TTL anyway
+        logger.warning("could not bump the resolve cache generation", exc_info=True)
+
+
+def resolve_cache_invalidate() -> None:
+    """Make every cached resolve answer stale once the current transaction commits."""
+    transaction.on_commit(resolve_cache_bump)

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+
+
+@pytest.fixture(autouse=True)
+def empty_cache() -> Any:
+    """Each test starts with no cached answers (the test database is rolled back, the cache is not)."""
+    cache.clear()
+    yield
+    cache.clear()
