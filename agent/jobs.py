@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.inference import LoadedModel
+from agent.pipeline import install_pipeline
 from agent.policy import JobRefused, SigningKeys, check_version, verify_download
 from agent.state import StateStore
 from protocol.messages import JobDocument, JobStatus, JobStep, JobUpdate, SlotContent, utc_now
@@ -133,6 +134,10 @@ class JobRunner:
         download = self.downloads / f"{job.job_id}.part"
         try:
             check_version(job, self._store.active_version(job.model))
+            if job.is_pipeline:
+                install_pipeline(self, job, deadline)  # every stage, activated together (agent/pipeline.py)
+                self._report(job.job_id, "SUCCEEDED")
+                return
             self._report(job.job_id, "IN_PROGRESS", step="downloading", progress=0.0)
             reused = self._reusable_slot(job)
             if reused is not None:

@@ -9,10 +9,14 @@ from __future__ import annotations
 import random
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from protocol.messages import FeatureStats, LatencySummary, TelemetrySample
+from protocol.messages import FeatureStats, LatencySummary, StageLatency, TelemetrySample
+
+if TYPE_CHECKING:
+    from agent.pipeline import StageRun
 
 MAX_FEATURES = 256  # the protocol's bound per sample
 _LATENCY_RESERVOIR = 20_000
@@ -55,12 +59,22 @@ def _rows(array: np.ndarray) -> np.ndarray | None:
 
 
 @dataclass
+class _StageSeries:
+    model: str
+    version: int
+    requests: int = 0
+    skipped: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+@dataclass
 class _Series:
     requests: int = 0
     errors: int = 0
     seen: int = 0  # successful requests, for reservoir sampling of latencies
     latencies: list[float] = field(default_factory=list)
     inputs: dict[str, _Moments] = field(default_factory=dict)
+    stages: dict[str, _StageSeries] | None = None  # a pipeline's, in stage order
 
 
 class TelemetryRecorder:
@@ -106,6 +120,21 @@ class TelemetryRecorder:
             for value in latencies_ms:
                 self._add_latency(series, float(value))
 
+    def record_stages(self, model: str, version: int, runs: list[StageRun]) -> None:
+        """What each stage of a pipeline did for one request (ran with its latency, or skipped)."""
+        with self._lock:
+            series = self._get(model, version)
+            if series.stages is None:
+                series.stages = {}
+            for run in runs:
+                stage = series.stages.setdefault(run.name, _StageSeries(run.model, run.version))
+                if not run.ran or run.latency_ms is None:
+                    stage.skipped += 1
+                    continue
+                stage.requests += 1
+                if len(stage.latencies) < _LATENCY_RESERVOIR:
+                    stage.latencies.append(run.latency_ms)
+
     def record_error(self, model: str, version: int) -> None:
         with self._lock:
             series = self._get(model, version)
@@ -128,12 +157,15 @@ class TelemetryRecorder:
         return [_sample(model, version, s) for (model, version), s in series.items()]
 
 
+def _summary(latencies: list[float]) -> LatencySummary:
+    if not latencies:
+        return LatencySummary(p50=0.0, p95=0.0, p99=0.0, max=0.0)
+    p50, p95, p99 = (float(v) for v in np.percentile(latencies, [50, 95, 99]))
+    return LatencySummary(p50=p50, p95=p95, p99=p99, max=float(max(latencies)))
+
+
 def _sample(model: str, version: int, series: _Series) -> TelemetrySample:
-    if series.latencies:
-        p50, p95, p99 = (float(v) for v in np.percentile(series.latencies, [50, 95, 99]))
-        latency = LatencySummary(p50=p50, p95=p95, p99=p99, max=float(max(series.latencies)))
-    else:
-        latency = LatencySummary(p50=0.0, p95=0.0, p99=0.0, max=0.0)
+    latency = _summary(series.latencies)
     features: dict[str, FeatureStats] = {}
     for name, moments in series.inputs.items():
         columns = len(moments.mean)
@@ -153,4 +185,17 @@ def _sample(model: str, version: int, series: _Series) -> TelemetrySample:
         errors=series.errors,
         latency_ms=latency,
         inputs=features,
+        stages=None
+        if series.stages is None
+        else [
+            StageLatency(
+                name=name[:64],
+                model=stage.model,
+                version=stage.version,
+                requests=stage.requests,
+                skipped=stage.skipped,
+                latency_ms=_summary(stage.latencies) if stage.latencies else None,
+            )
+            for name, stage in list(series.stages.items())[:8]
+        ],
     )

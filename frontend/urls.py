@@ -4,7 +4,7 @@ import plotly
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import views
+from . import pipeline_views, views
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(template_name="frontend/login.html"), name="login"),
@@ -21,5 +21,7 @@ urlpatterns = [
     # The rollout pages (/rollouts/, /rollouts/new/, /rollouts/<id>/) are added by the rollouts work;
     # base.html shows their nav entry once a page URL named "rollouts-page" exists
     # (not "rollout-list": that name is the API router's /api/v1/rollouts/).
+    path("pipelines/", pipeline_views.pipeline_list, name="pipeline-list-page"),
+    path("pipelines/<int:pipeline_id>/", pipeline_views.pipeline_detail, name="pipeline-detail-page"),
     path(f"vendor/plotly-{plotly.__version__}.min.js", views.plotly_js, name="plotly-js"),
 ]

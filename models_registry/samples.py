@@ -24,9 +24,7 @@ OPSET = 13  # runs on onnxruntime >= 1.8, i.e. on older edge devices too
 IR_VERSION = 8
 FEATURES = 4
 CLASSES = 3
-CENTROIDS = np.array(
-    [[1.0, 0.0, 0.0, 0.5], [0.0, 1.0, 0.0, 0.5], [0.0, 0.0, 1.0, -0.5]], dtype=np.float32
-)
+CENTROIDS = np.array([[1.0, 0.0, 0.0, 0.5], [0.0, 1.0, 0.0, 0.5], [0.0, 0.0, 1.0, -0.5]], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -51,8 +49,13 @@ def _less_accurate_centroids() -> np.ndarray:
     return centroids
 
 
-def build_classifier(*, centroids: np.ndarray = CENTROIDS, slow_layers: int = 0, hidden: int = 256,
-                     name: str = "fogdeck-sample-classifier") -> bytes:
+def build_classifier(
+    *,
+    centroids: np.ndarray = CENTROIDS,
+    slow_layers: int = 0,
+    hidden: int = 256,
+    name: str = "fogdeck-sample-classifier",
+) -> bytes:
     """The serialized ONNX model. `slow_layers` identity MatMuls of `hidden` x `hidden` add cost, not change."""
     weights, bias = _linear_weights(centroids)
     initializers = [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "B")]
@@ -122,8 +125,49 @@ def sample_versions(*, slow_layers: int = 24, hidden: int = 256) -> list[SampleV
     return [
         SampleVersion(1, "1.0.0", "reference classifier", build_classifier(), accuracy_of(CENTROIDS)),
         SampleVersion(
-            2, "1.1.0", "same outputs, deliberately slower (identity MatMul chain)",
-            build_classifier(slow_layers=slow_layers, hidden=hidden), accuracy_of(CENTROIDS),
+            2,
+            "1.1.0",
+            "same outputs, deliberately slower (identity MatMul chain)",
+            build_classifier(slow_layers=slow_layers, hidden=hidden),
+            accuracy_of(CENTROIDS),
         ),
         SampleVersion(3, "1.2.0", "less accurate centroids", build_classifier(centroids=worse), accuracy_of(worse)),
     ]
+
+
+# --- a two-stage pipeline: a motion detector gates the classifier --------------------------------------
+
+DETECTOR_IO_SIGNATURE = {
+    "inputs": [{"name": "input", "dtype": "float32", "shape": ["N", FEATURES]}],
+    "outputs": [{"name": "score", "dtype": "float32", "shape": ["N", 1]}],
+}
+# the classifier runs only on frames the detector flags
+PIPELINE_CONDITION = {"output": "score", "op": ">=", "value": 0.5}
+
+
+def build_motion_detector(*, gain: float = 2.0, threshold: float = 0.5) -> bytes:
+    """A "motion" score of 4 features: sigmoid(gain * (|x|^2 - threshold)), float32 [N, 1] named "score".
+
+    All-zero input scores sigmoid(-1) = 0.27 (no motion); every class centroid scores above 0.5.
+    """
+    ones = np.full((FEATURES, 1), gain, dtype=np.float32)
+    bias = np.array([-gain * threshold], dtype=np.float32)
+    nodes = [
+        helper.make_node("Mul", ["input", "input"], ["squares"], name="square"),
+        helper.make_node("MatMul", ["squares", "gain"], ["energy"], name="energy"),
+        helper.make_node("Add", ["energy", "offset"], ["logit"], name="offset"),
+        helper.make_node("Sigmoid", ["logit"], ["score"], name="sigmoid"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fogdeck-sample-motion-detector",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", FEATURES])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
+        initializer=[numpy_helper.from_array(ones, "gain"), numpy_helper.from_array(bias, "offset")],
+    )
+    model = helper.make_model(
+        graph, producer_name="fogdeck-samples", producer_version="1", opset_imports=[helper.make_opsetid("", OPSET)]
+    )
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

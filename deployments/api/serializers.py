@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from deployments.models import GateEvaluation, Installation, Job, JobEvent, JobKind, Rollout, RolloutEvent, Wave
 from fleet.models import Device, Tier
-from models_registry.models import ModelVersion
+from models_registry.models import ModelVersion, PipelineVersion
 
 
 class JobEventSerializer(serializers.ModelSerializer):
@@ -20,8 +20,12 @@ class JobEventSerializer(serializers.ModelSerializer):
 
 class DeploymentSerializer(serializers.ModelSerializer):
     device_uid = serializers.CharField(source="device.uid", read_only=True)
-    model_name = serializers.CharField(source="model.name", read_only=True)
-    version_number = serializers.IntegerField(source="version.number", read_only=True)
+    model_name = serializers.CharField(source="model.name", read_only=True, allow_null=True, default=None)
+    version_number = serializers.IntegerField(source="version.number", read_only=True, allow_null=True, default=None)
+    pipeline_name = serializers.CharField(source="pipeline.name", read_only=True, allow_null=True, default=None)
+    pipeline_version_number = serializers.IntegerField(
+        source="pipeline_version.number", read_only=True, allow_null=True, default=None
+    )
     events = JobEventSerializer(many=True, read_only=True)
 
     class Meta:
@@ -34,6 +38,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "model_name",
             "version",
             "version_number",
+            "pipeline",
+            "pipeline_name",
+            "pipeline_version",
+            "pipeline_version_number",
             "kind",
             "status",
             "step",
@@ -52,9 +60,21 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
 class DeploymentCreateSerializer(serializers.Serializer):
     device = serializers.PrimaryKeyRelatedField(queryset=Device.objects.all())
-    version = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.select_related("model"))
+    version = serializers.PrimaryKeyRelatedField(
+        queryset=ModelVersion.objects.select_related("model"), required=False, help_text="a model version's id"
+    )
+    pipeline_version = serializers.PrimaryKeyRelatedField(
+        queryset=PipelineVersion.objects.select_related("pipeline"),
+        required=False,
+        help_text="a pipeline version's id (instead of version): every stage is installed as one unit",
+    )
     kind = serializers.ChoiceField(choices=JobKind.choices, default=JobKind.INSTALL)
     timeout_seconds = serializers.IntegerField(min_value=5, max_value=7 * 24 * 3600, required=False)
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if ("version" in data) == ("pipeline_version" in data):
+            raise serializers.ValidationError({"version": ["give exactly one of version and pipeline_version"]})
+        return data
 
 
 class CancelInputSerializer(serializers.Serializer):

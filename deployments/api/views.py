@@ -49,7 +49,9 @@ class DeploymentViewSet(
 ):
     """Single-device deployments (jobs). Operators create and cancel them; every role reads them."""
 
-    queryset = Job.objects.select_related("device", "model", "version").prefetch_related("events")
+    queryset = Job.objects.select_related(
+        "device", "model", "version", "pipeline", "pipeline_version"
+    ).prefetch_related("events")
     serializer_class = DeploymentSerializer
     filterset_class = DeploymentFilter
     ordering_fields = ["created_at", "status"]

@@ -1,0 +1,83 @@
+"""Issue 8 (pipelines) end to end: a two-stage pipeline deployed to real agents (processes, own Mosquitto)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from deployments.models import Installation
+from deployments.services import deployment_create
+from fleet.models import Device
+from models_registry.samples import build_classifier, build_motion_detector
+from telemetry.models import TelemetrySample
+from tests.e2e.test_device_roundtrip import ACTOR, control_plane, infer, job_status, provision, start_agent  # noqa: F401
+from tests.pipeline_helpers import publish_sample_pipeline
+from tests.processes import free_port, wait_until
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+MOTION = [[1.0, 0.0, 0.0, 0.5]]  # scores 0.82: the classifier runs
+STILL = [[0.0, 0.0, 0.0, 0.0]]  # scores 0.27: the classifier is skipped
+
+
+def _reference(onnx_bytes: bytes, points: list[list[float]]) -> np.ndarray:
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": np.array(points, dtype=np.float32)})[0]
+
+
+def test_pipeline_installs_on_real_agents_runs_both_stages_skips_on_a_false_condition_and_reports_stage_latency(
+    control_plane,  # noqa: F811 - the fixture imported from test_device_roundtrip
+    settings,
+    tmp_path,
+):
+    settings.SIGNING_KEY_DIR = tmp_path / "keys"
+    pipeline_version = publish_sample_pipeline()
+    agents = []
+    for index in range(2):
+        device, secret = provision(control_plane)
+        port = free_port()
+        agent = start_agent(control_plane, device, secret, tmp_path / f"agent-{index}", port)
+        agents.append((device, port, agent))
+    for device, _port, agent in agents:
+        wait_until(lambda d=device: Device.objects.get(pk=d.pk).status == "online", 30, lambda a=agent: a.output())
+    jobs = [
+        deployment_create(actor=ACTOR, device=device, pipeline_version=pipeline_version, timeout_seconds=120)
+        for device, _port, _agent in agents
+    ]
+    for job, (_device, _port, agent) in zip(jobs, agents, strict=True):
+        wait_until(
+            lambda j=job: job_status(j) in {"SUCCEEDED", "FAILED", "REJECTED"},
+            60,
+            lambda a=agent: a.output()[-1500:] + control_plane["bridge"].output()[-3000:],
+        )
+        assert job.status == "SUCCEEDED", job.reason
+    device, port, _agent = agents[0]
+
+    both = infer(port, MOTION)
+    assert both["model"] == "motion-then-classify" and both["version"] == pipeline_version.number
+    assert [(s["name"], s["status"]) for s in both["stages"]] == [("detect", "ran"), ("classify", "ran")]
+    assert both["stages"][1]["condition_value"] == pytest.approx(0.8176, abs=1e-3)
+    assert np.allclose(both["outputs"]["probabilities"], _reference(build_classifier(), MOTION), atol=1e-5)
+
+    skipped = infer(port, STILL)
+    assert [(s["name"], s["status"]) for s in skipped["stages"]] == [("detect", "ran"), ("classify", "skipped")]
+    assert skipped["stages"][1]["condition_value"] == pytest.approx(0.2689, abs=1e-3)
+    assert skipped["stages"][1]["latency_ms"] is None
+    assert np.allclose(skipped["outputs"]["score"], _reference(build_motion_detector(), STILL), atol=1e-5)
+
+    current = Installation.objects.get(device=device, until__isnull=True)
+    assert current.pipeline_version_id == pipeline_version.pk
+    state = Device.objects.get(pk=device.pk).reported_state
+    assert state["active"]["motion-then-classify"]["version"] == pipeline_version.number
+
+    def stage_sample() -> TelemetrySample | None:
+        return TelemetrySample.objects.filter(device=device, model_name="motion-then-classify", requests__gt=0).first()
+
+    wait_until(lambda: stage_sample() is not None, 30, "pipeline telemetry")
+    sample = stage_sample()
+    assert sample.version_number == pipeline_version.number and sample.requests == 2
+    stages = {stage["name"]: stage for stage in sample.stages}
+    assert stages["detect"]["requests"] == 2 and stages["detect"]["skipped"] == 0
+    assert stages["classify"]["requests"] == 1 and stages["classify"]["skipped"] == 1
+    assert stages["classify"]["model"] == "frame-classifier" and stages["classify"]["latency_ms"]["p95"] > 0
