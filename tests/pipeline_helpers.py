@@ -6,7 +6,7 @@ import io
 from typing import Any
 
 from audit.actors import Actor
-from models_registry.models import ModelVersion, PipelineVersion
+from models_registry.models import ModelVersion, PipelineVersion, RegisteredModel
 from models_registry.pipeline_services import pipeline_create, pipeline_version_create, pipeline_version_publish
 from models_registry.samples import (
     DETECTOR_IO_SIGNATURE,
@@ -30,6 +30,20 @@ def publish_model(name: str, onnx_bytes: bytes, io_signature: dict[str, Any], **
         framework="other",
         io_signature=io_signature,
         requirements={"runtime": "onnxruntime", **requirements},
+    )
+    return model_version_publish(actor=ACTOR, version=version)
+
+
+def publish_model_version(model: RegisteredModel, onnx_bytes: bytes) -> ModelVersion:
+    """A further published version of an existing stage model (same signature)."""
+    version = model_version_create(
+        actor=ACTOR,
+        model=model,
+        artifact=io.BytesIO(onnx_bytes),
+        format="onnx",
+        framework="other",
+        io_signature=IO_SIGNATURE,
+        requirements={"runtime": "onnxruntime"},
     )
     return model_version_publish(actor=ACTOR, version=version)
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+from django.core.files.storage import default_storage
 
 from deployments.models import Installation
 from deployments.services import deployment_create
 from fleet.models import Device
-from models_registry.samples import build_classifier, build_motion_detector
+from models_registry.pipeline_services import pipeline_version_create, pipeline_version_publish
+from models_registry.samples import PIPELINE_CONDITION, build_classifier, build_motion_detector
 from telemetry.models import TelemetrySample
 from tests.e2e.test_device_roundtrip import ACTOR, control_plane, infer, job_status, provision, start_agent  # noqa: F401
-from tests.pipeline_helpers import publish_sample_pipeline
+from tests.pipeline_helpers import publish_model_version, publish_sample_pipeline
 from tests.processes import free_port, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -81,3 +83,41 @@ def test_pipeline_installs_on_real_agents_runs_both_stages_skips_on_a_false_cond
     assert stages["detect"]["requests"] == 2 and stages["detect"]["skipped"] == 0
     assert stages["classify"]["requests"] == 1 and stages["classify"]["skipped"] == 1
     assert stages["classify"]["model"] == "frame-classifier" and stages["classify"]["latency_ms"]["p95"] > 0
+
+
+def test_a_tampered_stage_rejects_the_whole_pipeline_and_the_previous_one_keeps_serving(
+    control_plane,  # noqa: F811 - the fixture imported from test_device_roundtrip
+    settings,
+    tmp_path,
+):
+    settings.SIGNING_KEY_DIR = tmp_path / "keys"
+    first = publish_sample_pipeline()
+    device, secret = provision(control_plane)
+    port = free_port()
+    agent = start_agent(control_plane, device, secret, tmp_path / "agent", port)
+    wait_until(lambda: Device.objects.get(pk=device.pk).status == "online", 30, agent.output)
+    job = deployment_create(actor=ACTOR, device=device, pipeline_version=first, timeout_seconds=120)
+    wait_until(lambda: job_status(job) == "SUCCEEDED", 60, lambda: agent.output()[-2000:])
+
+    # v2 swaps the classifier for a new version whose stored bytes are then tampered with
+    stages = first.ordered_stages()
+    newer = publish_model_version(stages[1].version.model, build_classifier(slow_layers=2, hidden=16))
+    second = pipeline_version_publish(
+        actor=ACTOR,
+        version=pipeline_version_create(
+            actor=ACTOR, pipeline=first.pipeline,
+            stages=[{"name": "detect", "version": stages[0].version, "condition": None},
+                    {"name": "classify", "version": newer, "condition": dict(PIPELINE_CONDITION)}],
+        ),
+    )  # fmt: skip
+    with default_storage.open(newer.artifact_key, "wb") as handle:
+        handle.write(b"x" * newer.size)
+    rejected = deployment_create(actor=ACTOR, device=device, pipeline_version=second, timeout_seconds=120)
+    wait_until(lambda: job_status(rejected) in {"REJECTED", "FAILED"}, 60, lambda: agent.output()[-2000:])
+    assert rejected.status == "REJECTED"
+    assert rejected.reason.startswith("stage 2 (classify): sha256 mismatch")
+
+    answer = infer(port, MOTION)
+    assert answer["version"] == first.number
+    assert [s["status"] for s in answer["stages"]] == ["ran", "ran"]
+    assert Installation.objects.get(device=device, until__isnull=True).pipeline_version_id == first.pk
