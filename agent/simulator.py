@@ -519,6 +519,9 @@ class SimDevice:
         try:
             active = self.active.get(job.model)
             check_version(job, active.version if active else None)
+            if job.is_pipeline:
+                # not simulated yet (agent/pipeline.py runs them on real agents): refuse at once, don't time out
+                raise JobRefused("REJECTED", "the fleet simulator does not simulate pipeline jobs yet")
             self.report(job.job_id, "IN_PROGRESS", step="downloading", progress=0.0)
             fetched = artifacts.download(job)
             # The bytes travel once; each device still takes as long as its link needs.
