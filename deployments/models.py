@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.db import models
 
@@ -277,11 +278,24 @@ class RolloutQuerySet(models.QuerySet["Rollout"]):
 
 
 class Rollout(models.Model):
-    """One version over a target in waves; `plan` is the validated plan, frozen when the rollout starts."""
+    """One version (or one pipeline version) over a target in waves; `plan` is frozen when it starts.
+
+    Exactly one of `version` and `pipeline_version` is set; `subject` is whichever it is.
+    """
 
     name = models.CharField(max_length=200, blank=True)
-    model = models.ForeignKey("models_registry.RegisteredModel", on_delete=models.PROTECT, related_name="rollouts")
-    version = models.ForeignKey("models_registry.ModelVersion", on_delete=models.PROTECT, related_name="rollouts")
+    model = models.ForeignKey(
+        "models_registry.RegisteredModel", null=True, blank=True, on_delete=models.PROTECT, related_name="rollouts"
+    )
+    version = models.ForeignKey(
+        "models_registry.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="rollouts"
+    )
+    pipeline = models.ForeignKey(
+        "models_registry.Pipeline", null=True, blank=True, on_delete=models.PROTECT, related_name="rollouts"
+    )
+    pipeline_version = models.ForeignKey(
+        "models_registry.PipelineVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="rollouts"
+    )
     status = models.CharField(max_length=12, choices=RolloutStatus.choices, default=RolloutStatus.DRAFT)
     status_reason = models.TextField(blank=True)
     plan = models.JSONField(default=dict)
@@ -301,9 +315,28 @@ class Rollout(models.Model):
         ordering = ["-created_at"]
         # the beat tick: rollouts by status
         indexes = [models.Index(fields=["status"], name="rollout_status_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(version__isnull=False, model__isnull=False, pipeline_version__isnull=True)
+                    | models.Q(version__isnull=True, pipeline_version__isnull=False, pipeline__isnull=False)
+                ),
+                name="rollout_targets_a_version_or_a_pipeline_version",
+            )
+        ]
 
     def __str__(self) -> str:
-        return f"rollout {self.pk} of {self.version_id}: {self.status}"
+        return f"rollout {self.pk} of {self.subject}: {self.status}"
+
+    @property
+    def subject(self) -> Any:
+        """What is rolled out: the ModelVersion or the PipelineVersion (both have number, status, is_deployable)."""
+        return self.pipeline_version if self.pipeline_version_id else self.version
+
+    @property
+    def subject_name(self) -> str:
+        """The name devices report and telemetry stores it under (the model's or the pipeline's)."""
+        return self.pipeline.name if self.pipeline_id else self.model.name  # type: ignore[union-attr]
 
 
 class Wave(models.Model):
@@ -338,6 +371,10 @@ class RolloutTarget(models.Model):
     baseline_version = models.ForeignKey(
         "models_registry.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
+    baseline_pipeline_version = models.ForeignKey(
+        "models_registry.PipelineVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="in a pipeline rollout: the pipeline version the device ran before",
+    )
     profile = models.CharField(max_length=200, help_text="hardware profile: arch|cpu|accelerator")
     site_id = models.BigIntegerField(null=True)
     tier = models.CharField(max_length=8)
@@ -363,6 +400,14 @@ class RolloutTarget(models.Model):
     @property
     def is_excluded(self) -> bool:
         return bool(self.excluded_reasons)
+
+    @property
+    def baseline(self) -> Any:
+        return self.baseline_pipeline_version if self.baseline_pipeline_version_id else self.baseline_version
+
+
+# a target with a baseline to compare with and go back to (either kind of rollout)
+HAS_BASELINE = models.Q(baseline_version__isnull=False) | models.Q(baseline_pipeline_version__isnull=False)
 
 
 class RolloutEvent(models.Model):

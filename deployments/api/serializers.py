@@ -150,7 +150,13 @@ class MaintenanceWindowSerializer(serializers.Serializer):
 
 
 class RolloutPlanSerializer(serializers.Serializer):
-    version = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.select_related("model"))
+    version = serializers.PrimaryKeyRelatedField(
+        queryset=ModelVersion.objects.select_related("model"), required=False, help_text="a model version's id"
+    )
+    pipeline_version = serializers.PrimaryKeyRelatedField(
+        queryset=PipelineVersion.objects.select_related("pipeline"), required=False,
+        help_text="a pipeline version's id (instead of version): rolled out as one unit",
+    )
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     target = RolloutTargetInputSerializer()
     waves = WaveInputSerializer(many=True, min_length=1, max_length=20)
@@ -171,6 +177,16 @@ class RolloutPlanSerializer(serializers.Serializer):
             raise serializers.ValidationError(f"version {version} is {version.status}: it cannot be rolled out")
         return version
 
+    def validate_pipeline_version(self, version: PipelineVersion) -> PipelineVersion:
+        if not version.is_deployable:
+            raise serializers.ValidationError(f"version {version} is {version.status}: it cannot be rolled out")
+        return version
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if ("version" in data) == ("pipeline_version" in data):
+            raise serializers.ValidationError({"version": ["give exactly one of version and pipeline_version"]})
+        return data
+
     def validate_waves(self, waves: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in ("percent", "count"):
             values = [w[key] for w in waves if key in w]
@@ -184,9 +200,10 @@ class RolloutPlanSerializer(serializers.Serializer):
             raise serializers.ValidationError(f"give at least one threshold: {', '.join(keys)}")
         return gate
 
-    def to_plan(self) -> tuple[ModelVersion, str, dict[str, Any]]:
+    def to_plan(self) -> tuple[ModelVersion | PipelineVersion, str, dict[str, Any]]:
         data = dict(self.validated_data)
-        version, name = data.pop("version"), data.pop("name")
+        version = data.pop("version", None) or data.pop("pipeline_version")
+        name = data.pop("name")
         data.setdefault("install_gate", InstallGateSerializer(data={}).run_validation({}))
         data["waves"] = [{k: v for k, v in w.items() if k != "approval" or v} for w in data["waves"]]
         if "start_at" in data:
@@ -235,12 +252,17 @@ class RolloutEventSerializer(serializers.ModelSerializer):
 
 
 class RolloutSerializer(serializers.ModelSerializer):
-    model_name = serializers.CharField(source="model.name", read_only=True)
-    version_number = serializers.IntegerField(source="version.number", read_only=True)
+    model_name = serializers.CharField(source="model.name", read_only=True, allow_null=True, default=None)
+    version_number = serializers.IntegerField(source="version.number", read_only=True, allow_null=True, default=None)
+    pipeline_name = serializers.CharField(source="pipeline.name", read_only=True, allow_null=True, default=None)
+    pipeline_version_number = serializers.IntegerField(
+        source="pipeline_version.number", read_only=True, allow_null=True, default=None
+    )
 
     class Meta:
         model = Rollout
-        fields = ["id", "name", "model", "model_name", "version", "version_number", "status", "status_reason",
+        fields = ["id", "name", "model", "model_name", "version", "version_number", "pipeline", "pipeline_name",
+                  "pipeline_version", "pipeline_version_number", "status", "status_reason",
                   "current_wave", "skip_gates", "created_by", "created_at", "started_at", "finished_at"]  # fmt: skip
         read_only_fields = fields
 

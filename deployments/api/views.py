@@ -91,16 +91,16 @@ class RolloutViewSet(
 ):
     """Staged canary rollouts. Operators plan, start and steer them; the emergency path is for admins."""
 
-    queryset = Rollout.objects.select_related("model", "version")
+    queryset = Rollout.objects.select_related("model", "version", "pipeline", "pipeline_version")
     serializer_class = RolloutSerializer
-    filterset_fields = ["status", "model", "version"]
+    filterset_fields = ["status", "model", "version", "pipeline", "pipeline_version"]
     ordering_fields = ["created_at", "status"]
     write_role = roles.OPERATOR
     action_roles = {"emergency": roles.ADMIN}
 
     def _detail(self, rollout: Rollout, code: int = status.HTTP_200_OK) -> Response:
         rollout = (
-            Rollout.objects.select_related("model", "version")
+            Rollout.objects.select_related("model", "version", "pipeline", "pipeline_version")
             .prefetch_related("gate_results__wave", "events__wave", "waves")
             .get(pk=rollout.pk)
         )

@@ -7,7 +7,8 @@ import onnxruntime as ort
 import pytest
 from django.core.files.storage import default_storage
 
-from deployments.models import Installation
+from deployments.models import Installation, Job
+from deployments.rollout_services import rollout_advance, rollout_create, rollout_start
 from deployments.services import deployment_create
 from fleet.models import Device
 from models_registry.pipeline_services import pipeline_version_create, pipeline_version_publish
@@ -43,17 +44,23 @@ def test_pipeline_installs_on_real_agents_runs_both_stages_skips_on_a_false_cond
         agents.append((device, port, agent))
     for device, _port, agent in agents:
         wait_until(lambda d=device: Device.objects.get(pk=d.pk).status == "online", 30, lambda a=agent: a.output())
-    jobs = [
-        deployment_create(actor=ACTOR, device=device, pipeline_version=pipeline_version, timeout_seconds=120)
-        for device, _port, _agent in agents
-    ]
-    for job, (_device, _port, agent) in zip(jobs, agents, strict=True):
-        wait_until(
-            lambda j=job: job_status(j) in {"SUCCEEDED", "FAILED", "REJECTED"},
-            60,
-            lambda a=agent: a.output()[-1500:] + control_plane["bridge"].output()[-3000:],
-        )
-        assert job.status == "SUCCEEDED", job.reason
+    # one rollout, two waves (a canary of one device, then both), the gates as for any version
+    plan = {
+        "target": {"devices": [device.pk for device, _port, _agent in agents]},
+        "waves": [{"count": 1}, {"count": 2}],
+        "install_gate": {"min_success_pct": 100, "max_failure_pct": 0, "min_finished": 1},
+        "rate_per_minute": 600, "job_timeout_seconds": 120, "seed": 1,
+    }  # fmt: skip
+    rollout = rollout_start(actor=ACTOR, rollout=rollout_create(actor=ACTOR, version=pipeline_version, plan=plan))
+    assert rollout.pipeline_version_id == pipeline_version.pk and rollout.version_id is None
+
+    def completed() -> bool:
+        return rollout_advance(rollout_id=rollout.pk) == "completed"
+
+    wait_until(completed, 90, lambda: "\n".join(a.output()[-1500:] for _d, _p, a in agents))
+    jobs = Job.objects.filter(rollout=rollout)
+    assert sorted(job.status for job in jobs) == ["SUCCEEDED", "SUCCEEDED"]
+    assert {job.pipeline_version_id for job in jobs} == {pipeline_version.pk}
     device, port, _agent = agents[0]
 
     both = infer(port, MOTION)
