@@ -135,6 +135,28 @@ class TelemetryRecorder:
                 if len(stage.latencies) < _LATENCY_RESERVOIR:
                     stage.latencies.append(run.latency_ms)
 
+    def record_stage_latencies(
+        self,
+        model: str,
+        version: int,
+        name: str,
+        stage_model: str,
+        stage_version: int,
+        latencies_ms: np.ndarray,
+        *,
+        skipped: int = 0,
+    ) -> None:
+        """A batch of one pipeline stage's runs and skips at once (the simulator)."""
+        with self._lock:
+            series = self._get(model, version)
+            if series.stages is None:
+                series.stages = {}
+            stage = series.stages.setdefault(name, _StageSeries(stage_model, stage_version))
+            stage.requests += len(latencies_ms)
+            stage.skipped += skipped
+            room = _LATENCY_RESERVOIR - len(stage.latencies)
+            stage.latencies.extend(float(v) for v in latencies_ms[: max(0, room)])
+
     def record_error(self, model: str, version: int) -> None:
         with self._lock:
             series = self._get(model, version)

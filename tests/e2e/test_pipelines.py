@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -128,3 +130,45 @@ def test_a_tampered_stage_rejects_the_whole_pipeline_and_the_previous_one_keeps_
     assert answer["version"] == first.number
     assert [s["status"] for s in answer["stages"]] == ["ran", "ran"]
     assert Installation.objects.get(device=device, until__isnull=True).pipeline_version_id == first.pk
+
+
+def test_the_fleet_simulator_installs_a_pipeline_and_reports_per_stage_latency(
+    control_plane,  # noqa: F811 - the fixture imported from test_device_roundtrip
+    settings,
+    tmp_path,
+):
+    settings.SIGNING_KEY_DIR = tmp_path / "keys"
+    pipeline_version = publish_sample_pipeline()
+    specs = []
+    for _ in range(2):
+        device, secret = provision(control_plane)
+        specs.append({"uid": device.uid, "secret": secret, "profile": "rpi4"})
+    devices_file = tmp_path / "devices.json"
+    devices_file.write_text(json.dumps(specs))
+    sim = control_plane["start"](
+        "sim", "-m", "agent.simulator", "--api", control_plane["api"],
+        "--mqtt", f"mqtt://127.0.0.1:{control_plane['mosquitto'].port}",
+        "--devices", "2", "--devices-file", str(devices_file), "--duration", "120",
+        "--telemetry-interval", "1", "--seed", "5",
+    )  # fmt: skip
+    wait_until(lambda: Device.objects.online().count() == 2, 60, sim.output)
+    jobs = [
+        deployment_create(actor=ACTOR, device=Device.objects.get(uid=spec["uid"]), pipeline_version=pipeline_version)
+        for spec in specs
+    ]
+    for job in jobs:
+        wait_until(lambda j=job: job_status(j) in {"SUCCEEDED", "FAILED", "REJECTED"}, 60, sim.output)
+        assert job.status == "SUCCEEDED", job.reason
+
+    def staged() -> TelemetrySample | None:
+        return (
+            TelemetrySample.objects.filter(model_name="motion-then-classify", requests__gt=5).exclude(stages=[]).first()
+        )
+
+    wait_until(lambda: staged() is not None, 60, sim.output)
+    stages = {stage["name"]: stage for stage in staged().stages}
+    assert set(stages) == {"detect", "classify"}
+    # every request runs the detector; the classifier only when its condition held (half the time, simulated)
+    assert stages["detect"]["skipped"] == 0 and stages["classify"]["skipped"] > 0
+    assert stages["detect"]["requests"] == stages["classify"]["requests"] + stages["classify"]["skipped"]
+    assert stages["classify"]["latency_ms"]["p95"] > 0
