@@ -130,11 +130,7 @@ class ModelVersion(models.Model):
 
     # lineage
     parent = models.ForeignKey(
-        "self",
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="children",
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children",
         help_text="the version this one was derived from (same model)",
     )
     training_data = models.CharField(max_length=500, blank=True, help_text="dataset reference (URI, DVC tag …)")
@@ -142,9 +138,7 @@ class ModelVersion(models.Model):
 
     # what a device needs (see compatibility.py)
     runtime = models.CharField(
-        max_length=40,
-        blank=True,
-        validators=[validate_runtime_name],
+        max_length=40, blank=True, validators=[validate_runtime_name],
         help_text="narrows the runtimes the format allows",
     )
     min_runtime_version = models.CharField(max_length=40, blank=True, validators=[validate_runtime_version])

@@ -24,7 +24,9 @@ OPSET = 13  # runs on onnxruntime >= 1.8, i.e. on older edge devices too
 IR_VERSION = 8
 FEATURES = 4
 CLASSES = 3
-CENTROIDS = np.array([[1.0, 0.0, 0.0, 0.5], [0.0, 1.0, 0.0, 0.5], [0.0, 0.0, 1.0, -0.5]], dtype=np.float32)
+CENTROIDS = np.array(
+    [[1.0, 0.0, 0.0, 0.5], [0.0, 1.0, 0.0, 0.5], [0.0, 0.0, 1.0, -0.5]], dtype=np.float32
+)
 
 
 @dataclass(frozen=True)
@@ -49,13 +51,8 @@ def _less_accurate_centroids() -> np.ndarray:
     return centroids
 
 
-def build_classifier(
-    *,
-    centroids: np.ndarray = CENTROIDS,
-    slow_layers: int = 0,
-    hidden: int = 256,
-    name: str = "fogdeck-sample-classifier",
-) -> bytes:
+def build_classifier(*, centroids: np.ndarray = CENTROIDS, slow_layers: int = 0, hidden: int = 256,
+                     name: str = "fogdeck-sample-classifier") -> bytes:
     """The serialized ONNX model. `slow_layers` identity MatMuls of `hidden` x `hidden` add cost, not change."""
     weights, bias = _linear_weights(centroids)
     initializers = [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "B")]
@@ -125,11 +122,8 @@ def sample_versions(*, slow_layers: int = 24, hidden: int = 256) -> list[SampleV
     return [
         SampleVersion(1, "1.0.0", "reference classifier", build_classifier(), accuracy_of(CENTROIDS)),
         SampleVersion(
-            2,
-            "1.1.0",
-            "same outputs, deliberately slower (identity MatMul chain)",
-            build_classifier(slow_layers=slow_layers, hidden=hidden),
-            accuracy_of(CENTROIDS),
+            2, "1.1.0", "same outputs, deliberately slower (identity MatMul chain)",
+            build_classifier(slow_layers=slow_layers, hidden=hidden), accuracy_of(CENTROIDS),
         ),
         SampleVersion(3, "1.2.0", "less accurate centroids", build_classifier(centroids=worse), accuracy_of(worse)),
     ]

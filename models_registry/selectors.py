@@ -19,29 +19,16 @@ def version_history(version: ModelVersion) -> list[dict[str, Any]]:
     """The version's timeline, oldest first: its status events and every audit entry about it."""
     items: list[dict[str, Any]] = [
         {
-            "source": "event",
-            "at": e.at,
-            "action": f"status.{e.to_status}",
-            "actor": e.actor,
-            "from_status": e.from_status,
-            "to_status": e.to_status,
-            "reason": e.reason,
-            "changes": {},
+            "source": "event", "at": e.at, "action": f"status.{e.to_status}", "actor": e.actor,
+            "from_status": e.from_status, "to_status": e.to_status, "reason": e.reason, "changes": {},
             "request_id": "",
         }
         for e in version.events.all()
     ]
     items += [
         {
-            "source": "audit",
-            "at": a.created_at,
-            "action": a.action,
-            "actor": a.actor,
-            "from_status": "",
-            "to_status": "",
-            "reason": "",
-            "changes": a.changes,
-            "request_id": a.request_id,
+            "source": "audit", "at": a.created_at, "action": a.action, "actor": a.actor, "from_status": "",
+            "to_status": "", "reason": "", "changes": a.changes, "request_id": a.request_id,
         }
         for a in AuditEntry.objects.for_object("model_version", version.pk).order_by("id")
     ]

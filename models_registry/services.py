@@ -46,22 +46,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_FIELDS = ("name", "task", "description", "owner")
 VERSION_FIELDS = (
-    "label",
-    "framework",
-    "format",
-    "artifact_key",
-    "size",
-    "sha256",
-    "io_signature",
-    "metrics",
-    "parent",
-    "training_data",
-    "code_commit",
-    "runtime",
-    "min_runtime_version",
-    "archs",
-    "min_memory_mb",
-    "accelerator",
+    "label", "framework", "format", "artifact_key", "size", "sha256", "io_signature", "metrics", "parent",
+    "training_data", "code_commit", "runtime", "min_runtime_version", "archs", "min_memory_mb", "accelerator",
 )
 # Fields a draft edit may change (the artifact is replaced through `artifact=`, the number never changes).
 EDITABLE_FIELDS = frozenset(VERSION_FIELDS) - {"artifact_key", "size", "sha256"}
@@ -83,11 +69,7 @@ def model_create(
     model.full_clean()
     model.save()
     audit_record(
-        actor=actor,
-        action="model.create",
-        object_type="model",
-        object_id=model.pk,
-        object_repr=model.name,
+        actor=actor, action="model.create", object_type="model", object_id=model.pk, object_repr=model.name,
         changes=diff({}, snapshot(model, MODEL_FIELDS)),
     )
     return model
@@ -103,11 +85,7 @@ def model_update(*, actor: Actor, model: RegisteredModel, **fields: Any) -> Regi
     changes = diff(before, snapshot(model, MODEL_FIELDS))
     if changes:
         audit_record(
-            actor=actor,
-            action="model.update",
-            object_type="model",
-            object_id=model.pk,
-            object_repr=model.name,
+            actor=actor, action="model.update", object_type="model", object_id=model.pk, object_repr=model.name,
             changes=changes,
         )
     return model
@@ -120,11 +98,7 @@ def model_delete(*, actor: Actor, model: RegisteredModel) -> None:
     pk, name = model.pk, model.name
     model.delete()
     audit_record(
-        actor=actor,
-        action="model.delete",
-        object_type="model",
-        object_id=pk,
-        object_repr=name,
+        actor=actor, action="model.delete", object_type="model", object_id=pk, object_repr=name,
         changes=diff(before, {}),
     )
 
@@ -177,11 +151,7 @@ def _stored_artifact(model: RegisteredModel, artifact: IO[bytes], format: str) -
 # --- versions -------------------------------------------------------------------------------------
 def _event(version: ModelVersion, *, actor: Actor, from_status: str, to_status: str, reason: str = "") -> None:
     VersionEvent.objects.create(
-        version=version,
-        from_status=from_status,
-        to_status=to_status,
-        actor=actor.label[:200],
-        reason=reason,
+        version=version, from_status=from_status, to_status=to_status, actor=actor.label[:200], reason=reason,
         at=timezone.now(),
     )
 
@@ -198,11 +168,7 @@ def _schedule_broadcast(version: ModelVersion) -> None:
 
 
 _REQUIREMENT_DEFAULTS: dict[str, Any] = {
-    "runtime": "",
-    "min_runtime_version": "",
-    "archs": [],
-    "min_memory_mb": None,
-    "accelerator": "",
+    "runtime": "", "min_runtime_version": "", "archs": [], "min_memory_mb": None, "accelerator": "",
 }
 
 
@@ -240,30 +206,17 @@ def model_version_create(
         RegisteredModel.objects.select_for_update().filter(pk=model.pk).get()
         number = (model.versions.aggregate(n=Max("number"))["n"] or 0) + 1
         version = ModelVersion(
-            model=model,
-            number=number,
-            label=label,
-            framework=framework,
-            format=format,
-            artifact_key=key,
-            size=size,
-            sha256=sha256,
-            metrics=metrics or {},
-            io_signature=io_signature or {},
-            created_by=created_by,
-            **_split_nested(requirements, lineage),
+            model=model, number=number, label=label, framework=framework, format=format,
+            artifact_key=key, size=size, sha256=sha256, metrics=metrics or {}, io_signature=io_signature or {},
+            created_by=created_by, **_split_nested(requirements, lineage),
         )
         _check_parent(version)
         version.full_clean()
         version.save()
         _event(version, actor=actor, from_status="", to_status=Status.DRAFT)
         audit_record(
-            actor=actor,
-            action="model_version.create",
-            object_type="model_version",
-            object_id=version.pk,
-            object_repr=str(version),
-            changes={"number": number, **diff({}, snapshot(version, VERSION_FIELDS))},
+            actor=actor, action="model_version.create", object_type="model_version", object_id=version.pk,
+            object_repr=str(version), changes={"number": number, **diff({}, snapshot(version, VERSION_FIELDS))},
         )
         _schedule_broadcast(version)
     return version
@@ -319,12 +272,8 @@ def _apply_draft_edit(*, actor: Actor, version: ModelVersion, fields: dict[str, 
     changes = diff(before, snapshot(locked, VERSION_FIELDS))
     if changes:
         audit_record(
-            actor=actor,
-            action="model_version.update",
-            object_type="model_version",
-            object_id=locked.pk,
-            object_repr=str(locked),
-            changes=changes,
+            actor=actor, action="model_version.update", object_type="model_version", object_id=locked.pk,
+            object_repr=str(locked), changes=changes,
         )
     if locked.artifact_key != old_key:
         transaction.on_commit(lambda: _delete_if_unreferenced(old_key))
@@ -386,39 +335,23 @@ def model_version_publish(*, actor: Actor, version: ModelVersion) -> ModelVersio
         manifest_text = signing.canonical_text(build_manifest(locked, now))
         signature = signing.sign(key.private_key, manifest_text)
         ModelVersion.objects.filter(pk=locked.pk, status__in=allowed_from(Status.PUBLISHED)).update(
-            status=Status.PUBLISHED,
-            published_at=now,
-            manifest=manifest_text,
-            signature=signature,
-            key_id=key.key_id,
-            updated_at=now,
+            status=Status.PUBLISHED, published_at=now, manifest=manifest_text, signature=signature,
+            key_id=key.key_id, updated_at=now,
         )
         locked.refresh_from_db()
         _event(locked, actor=actor, from_status=Status.DRAFT, to_status=Status.PUBLISHED)
         audit_record(
-            actor=actor,
-            action="model_version.publish",
-            object_type="model_version",
-            object_id=locked.pk,
+            actor=actor, action="model_version.publish", object_type="model_version", object_id=locked.pk,
             object_repr=str(locked),
-            changes={
-                "status": {"before": Status.DRAFT, "after": Status.PUBLISHED},
-                "key_id": key.key_id,
-                "sha256": locked.sha256,
-            },
+            changes={"status": {"before": Status.DRAFT, "after": Status.PUBLISHED}, "key_id": key.key_id,
+                     "sha256": locked.sha256},
         )
         _schedule_broadcast(locked)
     return locked
 
 
 def _simple_transition(
-    *,
-    actor: Actor,
-    version: ModelVersion,
-    target: str,
-    verb: str,
-    reason: str,
-    stamp: str,
+    *, actor: Actor, version: ModelVersion, target: str, verb: str, reason: str, stamp: str,
     extra: dict[str, Any] | None = None,
 ) -> ModelVersion:
     with transaction.atomic():
@@ -443,12 +376,8 @@ def _simple_transition(
             if removed:
                 changes["aliases_removed"] = removed
         audit_record(
-            actor=actor,
-            action=f"model_version.{verb}",
-            object_type="model_version",
-            object_id=current.pk,
-            object_repr=str(current),
-            changes=changes,
+            actor=actor, action=f"model_version.{verb}", object_type="model_version", object_id=current.pk,
+            object_repr=str(current), changes=changes,
         )
         _schedule_broadcast(current)
     return current
@@ -457,11 +386,7 @@ def _simple_transition(
 def model_version_deprecate(*, actor: Actor, version: ModelVersion, reason: str = "") -> ModelVersion:
     """Published -> deprecated: devices keep running it, no new deployment may pick it. Idempotent."""
     return _simple_transition(
-        actor=actor,
-        version=version,
-        target=Status.DEPRECATED,
-        verb="deprecate",
-        reason=reason,
+        actor=actor, version=version, target=Status.DEPRECATED, verb="deprecate", reason=reason,
         stamp="deprecated_at",
     )
 
@@ -474,13 +399,8 @@ def model_version_revoke(*, actor: Actor, version: ModelVersion, reason: str) ->
     if not reason.strip():
         raise ValueError("a revocation needs a reason")
     return _simple_transition(
-        actor=actor,
-        version=version,
-        target=Status.REVOKED,
-        verb="revoke",
-        reason=reason,
-        stamp="revoked_at",
-        extra={"revoked_reason": reason},
+        actor=actor, version=version, target=Status.REVOKED, verb="revoke", reason=reason,
+        stamp="revoked_at", extra={"revoked_reason": reason},
     )
 
 
@@ -505,11 +425,7 @@ def alias_set(*, actor: Actor, model: RegisteredModel, name: str, version: Model
     alias.version = locked
     alias.save()
     audit_record(
-        actor=actor,
-        action="model.alias_set",
-        object_type="model",
-        object_id=model.pk,
-        object_repr=model.name,
+        actor=actor, action="model.alias_set", object_type="model", object_id=model.pk, object_repr=model.name,
         changes={"alias": name, "version": {"before": previous, "after": locked.number}},
     )
     return alias
@@ -524,11 +440,7 @@ def alias_delete(*, actor: Actor, model: RegisteredModel, name: str) -> bool:
     number = alias.version.number
     alias.delete()
     audit_record(
-        actor=actor,
-        action="model.alias_delete",
-        object_type="model",
-        object_id=model.pk,
-        object_repr=model.name,
+        actor=actor, action="model.alias_delete", object_type="model", object_id=model.pk, object_repr=model.name,
         changes={"alias": name, "version": {"before": number, "after": None}},
     )
     return True
@@ -565,11 +477,7 @@ def model_version_download_url(*, actor: Actor, version: ModelVersion, ttl: int 
         url = reverse("artifact-download", kwargs={"token": sign_local_download(version.artifact_key, version.pk, ttl)})
     with transaction.atomic():
         audit_record(
-            actor=actor,
-            action="model_version.download",
-            object_type="model_version",
-            object_id=version.pk,
-            object_repr=str(version),
-            changes={"ttl_seconds": ttl, "sha256": version.sha256},
+            actor=actor, action="model_version.download", object_type="model_version", object_id=version.pk,
+            object_repr=str(version), changes={"ttl_seconds": ttl, "sha256": version.sha256},
         )
     return url
