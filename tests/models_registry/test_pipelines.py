@@ -125,3 +125,14 @@ def test_a_pipeline_cannot_take_a_model_name():
 
     with pytest.raises(ValidationError, match="a model is already named"):
         pipeline_create(actor=ACTOR, name="motion-detector")
+
+
+def test_the_admin_shows_pipeline_versions_with_their_stages_read_only(client):
+    from django.contrib.auth import get_user_model
+
+    version = publish_sample_pipeline()
+    client.force_login(get_user_model().objects.create_superuser("root-admin", password="x-not-used-1!"))
+    page = client.get(f"/admin/models_registry/pipelineversion/{version.pk}/change/")
+    assert page.status_code == 200
+    assert "frame-classifier v1" in page.content.decode()
+    assert client.get("/admin/models_registry/pipelineversion/add/").status_code == 403
