@@ -22,6 +22,7 @@ from agent.http_api import InferenceServer
 from agent.inference import LoadedModel
 from agent.jobs import JobRunner, slot_path
 from agent.mqtt_url import parse_mqtt_url
+from agent.pipeline import load_slot
 from agent.policy import SigningKeys
 from agent.state import StateStore
 from agent.telemetry import TelemetryRecorder
@@ -160,9 +161,10 @@ class DeviceAgent:
         for name, entry in self.store.active().items():
             content = getattr(slots, entry.slot)
             try:
-                self.model = LoadedModel(
-                    slot_path(self.store.dir, entry.slot), model=name, version=entry.version, sha256=content.sha256
-                )
+                path = slot_path(self.store.dir, entry.slot)
+                self.model = load_slot(
+                    path.parent, model=name, version=entry.version, sha256=content.sha256
+                ) or LoadedModel(path, model=name, version=entry.version, sha256=content.sha256)
                 logger.info("serving %s v%s from slot %s", name, entry.version, entry.slot)
             except Exception:
                 logger.exception("active model %s v%s in slot %s does not load", name, entry.version, entry.slot)

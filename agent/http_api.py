@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from agent.inference import BadInput, LoadedModel
+from agent.pipeline import LoadedPipeline, StageRun
 from agent.telemetry import TelemetryRecorder
 
 logger = logging.getLogger("fogdeck.agent.http")
@@ -29,7 +30,7 @@ class InferenceServer:
         *,
         host: str,
         port: int,
-        current_model: Callable[[], LoadedModel | None],
+        current_model: Callable[[], LoadedModel | LoadedPipeline | None],
         telemetry: TelemetryRecorder,
         health: Callable[[], dict[str, Any]],
     ) -> None:
@@ -114,8 +115,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, reason[:500])
             return
         started = time.perf_counter()
+        runs: list[StageRun] | None = None
         try:
-            outputs = model.run(feeds)
+            if isinstance(model, LoadedPipeline):
+                outputs, runs = model.infer(feeds)
+            else:
+                outputs = model.run(feeds)
+        except BadInput as exc:
+            recorder.record_error(model.model, model.version)
+            self._error(HTTPStatus.BAD_REQUEST, str(exc)[:500])
+            return
         except Exception as exc:
             # onnxruntime reports shape/type problems it found in the graph as its own errors.
             recorder.record_error(model.model, model.version)
@@ -125,14 +134,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         latency_ms = (time.perf_counter() - started) * 1000
         recorder.record_success(model.model, model.version, latency_ms, feeds)
-        self._answer(
-            HTTPStatus.OK,
-            {
-                "outputs": {name: _jsonable(value) for name, value in outputs.items()},
-                "model": model.model,
-                "version": model.version,
-            },
-        )
+        body: dict[str, Any] = {
+            "outputs": {name: _jsonable(value) for name, value in outputs.items()},
+            "model": model.model,
+            "version": model.version,
+        }
+        if runs is not None:
+            recorder.record_stages(model.model, model.version, runs)
+            body["stages"] = [run.as_json() for run in runs]
+        self._answer(HTTPStatus.OK, body)
 
 
 def _jsonable(value: np.ndarray) -> Any:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.inference import LoadedModel
+from agent.pipeline import install_pipeline
 from agent.policy import JobRefused, SigningKeys, check_artifact, check_version, verify_download
 from agent.state import StateStore
 from protocol.messages import (
@@ -170,6 +171,10 @@ class JobRunner:
         transfer = ArtifactTransfer()
         try:
             check_version(job, self._store.active_version(job.model))
+            if job.is_pipeline:
+                install_pipeline(self, job, deadline)  # every stage, activated together (agent/pipeline.py)
+                self._report(job.job_id, "SUCCEEDED")
+                return
             self._report(job.job_id, "IN_PROGRESS", step="downloading", progress=0.0)
             reused = self._reusable_slot(job)
             if reused is not None:

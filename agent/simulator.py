@@ -44,6 +44,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent import AGENT_VERSION
 from agent.inference import LoadedModel
 from agent.mqtt_url import parse_mqtt_url
+from agent.pipeline import manifest_digest, verify_pipeline_manifest
 from agent.policy import JobRefused, SigningKeys, check_version, verify_download
 from agent.telemetry import TelemetryRecorder
 from protocol import device_topics as topics
@@ -203,9 +204,18 @@ class PahoDriver:
 
 
 @dataclass
+class StageBench:
+    name: str
+    model: str
+    version: int
+    bench: Bench
+
+
+@dataclass
 class Bench:
     base_ms: float
     feature_widths: dict[str, int]  # input name -> last-axis width, for synthetic input statistics
+    stages: list[StageBench] | None = None  # a pipeline's, in order
 
 
 class Artifacts:
@@ -297,6 +307,8 @@ class SimConfig:
     seed: int | None = None
     drift_site: str | None = None  # devices at this site get shifted input distributions
     drift_shift: float = 0.0  # added to the mean of every input feature there
+    # in a pipeline, the chance that a stage's condition on the previous stage's output holds
+    pipeline_pass_rate: float = 0.5
 
 
 class SimDevice:
@@ -464,6 +476,67 @@ class SimDevice:
         if status in TERMINAL_JOB_STATUSES:
             self.finished[job_id] = (status, reason)
 
+    async def _execute_pipeline(self, job: JobDocument, deadline: float) -> None:
+        """Every stage downloaded, verified and benchmarked (shared work, like a model's), then activated at once.
+
+        The same checks as agent/pipeline.py; a refusal names the stage. Raises JobRefused.
+        """
+        artifacts, stages = self.sim.artifacts, job.stages or []
+        self.report(job.job_id, "IN_PROGRESS", step="verifying")
+        await asyncio.to_thread(lambda: verify_pipeline_manifest(job, artifacts.keys.public_key(job.key_id)))
+        self.report(job.job_id, "IN_PROGRESS", step="downloading", progress=0.0)
+        fetched = [artifacts.download(stage) for stage in stages]  # type: ignore[arg-type]
+        transfer_s = sum(stage.size for stage in stages) * 8 / (self.profile.link_mbps * 1e6)
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < transfer_s:
+            await asyncio.sleep(min(1.0, transfer_s - elapsed))
+            self._checkpoint(job, deadline)
+        benches: list[StageBench] = []
+        for position, (stage, task) in enumerate(zip(stages, fetched, strict=True)):
+            try:
+                path, size, sha256 = await task
+                await artifacts.verify(stage, size, sha256)  # type: ignore[arg-type]
+                bench = await artifacts.bench(stage, path)  # type: ignore[arg-type]
+            except JobRefused as refused:
+                raise JobRefused(refused.status, f"stage {position + 1} ({stage.name}): {refused.reason}") from None
+            benches.append(StageBench(stage.name, stage.model, stage.version, bench))
+            self._checkpoint(job, deadline)
+        self.report(job.job_id, "IN_PROGRESS", step="activating")
+        if self.rng.random() < self.sim.config.crash_during_activation:
+            self.interrupted = job.job_id
+            self.drop()
+            return
+        if self.rng.random() < self.sim.config.install_failure_rate:
+            raise JobRefused("FAILED", "simulated install failure")
+        digest = manifest_digest(job.manifest)
+        slot = "b" if any(a.slot == "a" for a in self.active.values()) else "a"
+        self.slots[slot] = SlotContent(model=job.model, version=job.version, sha256=digest)
+        self.active = {job.model: ActiveModel(version=job.version, slot=slot)}
+        total = sum(stage.bench.base_ms for stage in benches)
+        self.benches = {digest: Bench(base_ms=total, feature_widths=benches[0].bench.feature_widths, stages=benches)}
+        self.report(job.job_id, "SUCCEEDED")
+        self.publish_state()
+
+    def _simulate_pipeline(self, name: str, version: int, bench: Bench, count: int, errors: int,
+                           gen: np.random.Generator) -> None:  # fmt: skip
+        """Each request runs stage 1, and each later stage while the previous condition held (pass rate)."""
+        stages = bench.stages or []
+        ok = count - errors
+        reach = np.ones(ok, dtype=bool)
+        totals = np.zeros(ok)
+        for index, stage in enumerate(stages):
+            if index > 0:
+                reach &= gen.random(ok) < self.sim.config.pipeline_pass_rate
+            scale = stage.bench.base_ms * self.profile.factor_for(stage.model, stage.version)
+            latencies = scale * gen.lognormal(0.0, 0.25, size=int(reach.sum()))
+            totals[reach] += latencies
+            self.telemetry.record_stage_latencies(
+                name, version, stage.name, stage.model, stage.version, latencies, skipped=int(ok - reach.sum())
+            )
+        # stage factors already apply; an override for the pipeline itself (e.g. "name@2") multiplies on top
+        extra = self.profile.version_factors.get(f"{name}@{version}", 1.0)
+        self.telemetry.record_latencies(name, version, totals * extra, errors)
+
     def publish_telemetry(self, interval_s: float) -> None:
         for name, entry in self.active.items():
             content = self.slots[entry.slot]
@@ -471,6 +544,12 @@ class SimDevice:
             if bench is None:
                 continue
             config = self.sim.config
+            if bench.stages:
+                gen = np.random.default_rng(self.rng.getrandbits(32))
+                count = int(gen.poisson(config.requests_per_s * interval_s))
+                errors = sum(1 for _ in range(count) if self.rng.random() < config.error_rate)
+                self._simulate_pipeline(name, entry.version, bench, count, errors, gen)
+                continue
             count = int(np.random.default_rng(self.rng.getrandbits(32)).poisson(config.requests_per_s * interval_s))
             errors = sum(1 for _ in range(count) if self.rng.random() < config.error_rate)
             scale = bench.base_ms * self.profile.factor_for(name, entry.version)
@@ -539,6 +618,9 @@ class SimDevice:
         try:
             active = self.active.get(job.model)
             check_version(job, active.version if active else None)
+            if job.is_pipeline:
+                await self._execute_pipeline(job, deadline)
+                return
             self.report(job.job_id, "IN_PROGRESS", step="downloading", progress=0.0)
             fetched = artifacts.download(job)
             # The bytes travel once; each device still takes as long as its link needs.

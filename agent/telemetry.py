@@ -11,6 +11,7 @@ import random
 import threading
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,9 +21,13 @@ from protocol.messages import (
     FeatureHistogram,
     FeatureStats,
     LatencySummary,
+    StageLatency,
     TelemetrySample,
     feature_key,
 )
+
+if TYPE_CHECKING:
+    from agent.pipeline import StageRun
 
 MAX_FEATURES = 256  # the protocol's bound per sample
 # Histograms for the first 64 features only: 256 of them (~450 bytes each) could push a message with
@@ -98,12 +103,22 @@ def _rows(array: np.ndarray) -> np.ndarray | None:
 
 
 @dataclass
+class _StageSeries:
+    model: str
+    version: int
+    requests: int = 0
+    skipped: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+@dataclass
 class _Series:
     requests: int = 0
     errors: int = 0
     seen: int = 0  # successful requests, for reservoir sampling of latencies
     latencies: list[float] = field(default_factory=list)
     inputs: dict[str, _Moments] = field(default_factory=dict)
+    stages: dict[str, _StageSeries] | None = None  # a pipeline's, in stage order
 
 
 class TelemetryRecorder:
@@ -150,6 +165,43 @@ class TelemetryRecorder:
             for value in latencies_ms:
                 self._add_latency(series, float(value))
 
+    def record_stages(self, model: str, version: int, runs: list[StageRun]) -> None:
+        """What each stage of a pipeline did for one request (ran with its latency, or skipped)."""
+        with self._lock:
+            series = self._get(model, version)
+            if series.stages is None:
+                series.stages = {}
+            for run in runs:
+                stage = series.stages.setdefault(run.name, _StageSeries(run.model, run.version))
+                if not run.ran or run.latency_ms is None:
+                    stage.skipped += 1
+                    continue
+                stage.requests += 1
+                if len(stage.latencies) < _LATENCY_RESERVOIR:
+                    stage.latencies.append(run.latency_ms)
+
+    def record_stage_latencies(
+        self,
+        model: str,
+        version: int,
+        name: str,
+        stage_model: str,
+        stage_version: int,
+        latencies_ms: np.ndarray,
+        *,
+        skipped: int = 0,
+    ) -> None:
+        """A batch of one pipeline stage's runs and skips at once (the simulator)."""
+        with self._lock:
+            series = self._get(model, version)
+            if series.stages is None:
+                series.stages = {}
+            stage = series.stages.setdefault(name, _StageSeries(stage_model, stage_version))
+            stage.requests += len(latencies_ms)
+            stage.skipped += skipped
+            room = _LATENCY_RESERVOIR - len(stage.latencies)
+            stage.latencies.extend(float(v) for v in latencies_ms[: max(0, room)])
+
     def record_error(self, model: str, version: int) -> None:
         with self._lock:
             series = self._get(model, version)
@@ -173,12 +225,15 @@ class TelemetryRecorder:
         return [_sample(model, version, s, edges) for (model, version), s in series.items()]
 
 
+def _summary(latencies: list[float]) -> LatencySummary:
+    if not latencies:
+        return LatencySummary(p50=0.0, p95=0.0, p99=0.0, max=0.0)
+    p50, p95, p99 = (float(v) for v in np.percentile(latencies, [50, 95, 99]))
+    return LatencySummary(p50=p50, p95=p95, p99=p99, max=float(max(latencies)))
+
+
 def _sample(model: str, version: int, series: _Series, edges: list[float]) -> TelemetrySample:
-    if series.latencies:
-        p50, p95, p99 = (float(v) for v in np.percentile(series.latencies, [50, 95, 99]))
-        latency = LatencySummary(p50=p50, p95=p95, p99=p99, max=float(max(series.latencies)))
-    else:
-        latency = LatencySummary(p50=0.0, p95=0.0, p99=0.0, max=0.0)
+    latency = _summary(series.latencies)
     features: dict[str, FeatureStats] = {}
     for name, moments in series.inputs.items():
         columns = len(moments.mean)
@@ -203,4 +258,17 @@ def _sample(model: str, version: int, series: _Series, edges: list[float]) -> Te
         errors=series.errors,
         latency_ms=latency,
         inputs=features,
+        stages=None
+        if series.stages is None
+        else [
+            StageLatency(
+                name=name[:64],
+                model=stage.model,
+                version=stage.version,
+                requests=stage.requests,
+                skipped=stage.skipped,
+                latency_ms=_summary(stage.latencies) if stage.latencies else None,
+            )
+            for name, stage in list(series.stages.items())[:8]
+        ],
     )

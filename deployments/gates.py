@@ -22,7 +22,7 @@ from django.db.models import Avg, Count, Max, Sum
 
 from telemetry.models import TelemetrySample
 
-from .models import JobStatus, Rollout, RolloutTarget, Wave
+from .models import HAS_BASELINE, JobStatus, Rollout, RolloutTarget, Wave
 
 FAILED_FOR_GOOD = (JobStatus.FAILED, JobStatus.REJECTED, JobStatus.TIMED_OUT, JobStatus.CANCELED)
 
@@ -128,7 +128,8 @@ def health_gate(rollout: Rollout, wave: Wave, *, since: dt.datetime, until: dt.d
     max_p99_ms = gate.get("max_p99_ms")
     min_samples = int(gate.get("min_samples", 100))
     min_baseline = int(gate.get("min_baseline_samples", max(1, min_samples // 4)))
-    model_name, number = rollout.model.name, rollout.version.number
+    # a pipeline's samples are end to end, under its name: the gate compares the pipeline's latency
+    model_name, number = rollout.subject_name, rollout.subject.number
     inputs = {
         **gate,
         "window": [since.isoformat(), until.isoformat()],
@@ -137,7 +138,7 @@ def health_gate(rollout: Rollout, wave: Wave, *, since: dt.datetime, until: dt.d
     }
     wave_devices = RolloutTarget.objects.filter(wave=wave, install_job__status=JobStatus.SUCCEEDED).values("device_id")
     baseline_devices = (
-        RolloutTarget.objects.filter(rollout=rollout, excluded_reasons=[], baseline_version__isnull=False)
+        RolloutTarget.objects.filter(HAS_BASELINE, rollout=rollout, excluded_reasons=[])
         .exclude(install_job__status=JobStatus.SUCCEEDED)
         .values("device_id")
     )

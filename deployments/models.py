@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.db import models
 
@@ -48,12 +49,25 @@ class JobQuerySet(models.QuerySet["Job"]):
 
 
 class Job(models.Model):
-    """One model version to install on one device: the primitive that rollouts are built from."""
+    """One model version (or one pipeline version) to install on one device: what rollouts are built from.
+
+    Exactly one of `version` and `pipeline_version` is set (a check constraint); `model`/`pipeline` follow it.
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     device = models.ForeignKey("fleet.Device", on_delete=models.CASCADE, related_name="jobs")
-    model = models.ForeignKey("models_registry.RegisteredModel", on_delete=models.PROTECT, related_name="jobs")
-    version = models.ForeignKey("models_registry.ModelVersion", on_delete=models.PROTECT, related_name="jobs")
+    model = models.ForeignKey(
+        "models_registry.RegisteredModel", null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
+    )
+    version = models.ForeignKey(
+        "models_registry.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
+    )
+    pipeline = models.ForeignKey(
+        "models_registry.Pipeline", null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
+    )
+    pipeline_version = models.ForeignKey(
+        "models_registry.PipelineVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
+    )
     kind = models.CharField(max_length=10, choices=JobKind.choices, default=JobKind.INSTALL)
     status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED)
     step = models.CharField(max_length=12, choices=JobStep.choices, blank=True)
@@ -82,6 +96,18 @@ class Job(models.Model):
                 condition=models.Q(status__in=[JobStatus.QUEUED, JobStatus.IN_PROGRESS]),
                 name="one_active_job_per_device_and_model",
             ),
+            models.UniqueConstraint(
+                fields=["device", "pipeline"],
+                condition=models.Q(status__in=[JobStatus.QUEUED, JobStatus.IN_PROGRESS]),
+                name="one_active_job_per_device_and_pipeline",
+            ),
+            models.CheckConstraint(
+                condition=(
+                    models.Q(version__isnull=False, model__isnull=False, pipeline_version__isnull=True)
+                    | models.Q(version__isnull=True, pipeline_version__isnull=False, pipeline__isnull=False)
+                ),
+                name="job_targets_a_version_or_a_pipeline_version",
+            ),
             # a rollout sends a device one execution per wave, kind and attempt, even if a worker dies mid-wave
             models.UniqueConstraint(
                 fields=["rollout", "wave", "device", "kind", "attempt"],
@@ -97,11 +123,16 @@ class Job(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"job {self.id} {self.kind} v{self.version_id} on {self.device_id}: {self.status}"
+        return f"job {self.id} {self.kind} {self.target} on {self.device_id}: {self.status}"
 
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def target(self) -> object:
+        """What the job installs: the model version or the pipeline version."""
+        return self.pipeline_version if self.pipeline_version_id else self.version
 
 
 class JobEvent(models.Model):
@@ -124,11 +155,29 @@ class JobEvent(models.Model):
 
 
 class Installation(models.Model):
-    """Which version ran on which device, from when to when, and the job that put it there."""
+    """Which version (or pipeline version) ran on which device, from when to when, and the job that put it there."""
 
     device = models.ForeignKey("fleet.Device", on_delete=models.CASCADE, related_name="installations")
-    model = models.ForeignKey("models_registry.RegisteredModel", on_delete=models.PROTECT, related_name="installations")
-    version = models.ForeignKey("models_registry.ModelVersion", on_delete=models.PROTECT, related_name="installations")
+    model = models.ForeignKey(
+        "models_registry.RegisteredModel",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="installations",
+    )
+    version = models.ForeignKey(
+        "models_registry.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="installations"
+    )
+    pipeline = models.ForeignKey(
+        "models_registry.Pipeline", null=True, blank=True, on_delete=models.PROTECT, related_name="installations"
+    )
+    pipeline_version = models.ForeignKey(
+        "models_registry.PipelineVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="installations",
+    )
     job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="installations")
     since = models.DateTimeField()
     until = models.DateTimeField(null=True, blank=True)
@@ -138,13 +187,19 @@ class Installation(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["device", "model"], condition=models.Q(until__isnull=True), name="one_current_installation"
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["device", "pipeline"],
+                condition=models.Q(until__isnull=True),
+                name="one_current_pipeline_installation",
+            ),
         ]
         # a device's history and what is installed now
         indexes = [models.Index(fields=["device", "model", "since"], name="installation_device_idx")]
 
     def __str__(self) -> str:
-        return f"{self.device_id} {self.model_id} v{self.version_id} since {self.since:%Y-%m-%d %H:%M}"
+        what = f"pipeline {self.pipeline_version_id}" if self.pipeline_version_id else f"v{self.version_id}"
+        return f"{self.device_id} {what} since {self.since:%Y-%m-%d %H:%M}"
 
 
 # --- staged rollouts ------------------------------------------------------------------------------
@@ -223,11 +278,24 @@ class RolloutQuerySet(models.QuerySet["Rollout"]):
 
 
 class Rollout(models.Model):
-    """One version over a target in waves; `plan` is the validated plan, frozen when the rollout starts."""
+    """One version (or one pipeline version) over a target in waves; `plan` is frozen when it starts.
+
+    Exactly one of `version` and `pipeline_version` is set; `subject` is whichever it is.
+    """
 
     name = models.CharField(max_length=200, blank=True)
-    model = models.ForeignKey("models_registry.RegisteredModel", on_delete=models.PROTECT, related_name="rollouts")
-    version = models.ForeignKey("models_registry.ModelVersion", on_delete=models.PROTECT, related_name="rollouts")
+    model = models.ForeignKey(
+        "models_registry.RegisteredModel", null=True, blank=True, on_delete=models.PROTECT, related_name="rollouts"
+    )
+    version = models.ForeignKey(
+        "models_registry.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="rollouts"
+    )
+    pipeline = models.ForeignKey(
+        "models_registry.Pipeline", null=True, blank=True, on_delete=models.PROTECT, related_name="rollouts"
+    )
+    pipeline_version = models.ForeignKey(
+        "models_registry.PipelineVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="rollouts"
+    )
     status = models.CharField(max_length=12, choices=RolloutStatus.choices, default=RolloutStatus.DRAFT)
     status_reason = models.TextField(blank=True)
     plan = models.JSONField(default=dict)
@@ -247,9 +315,28 @@ class Rollout(models.Model):
         ordering = ["-created_at"]
         # the beat tick: rollouts by status
         indexes = [models.Index(fields=["status"], name="rollout_status_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(version__isnull=False, model__isnull=False, pipeline_version__isnull=True)
+                    | models.Q(version__isnull=True, pipeline_version__isnull=False, pipeline__isnull=False)
+                ),
+                name="rollout_targets_a_version_or_a_pipeline_version",
+            )
+        ]
 
     def __str__(self) -> str:
-        return f"rollout {self.pk} of {self.version_id}: {self.status}"
+        return f"rollout {self.pk} of {self.subject}: {self.status}"
+
+    @property
+    def subject(self) -> Any:
+        """What is rolled out: the ModelVersion or the PipelineVersion (both have number, status, is_deployable)."""
+        return self.pipeline_version if self.pipeline_version_id else self.version
+
+    @property
+    def subject_name(self) -> str:
+        """The name devices report and telemetry stores it under (the model's or the pipeline's)."""
+        return self.pipeline.name if self.pipeline_id else self.model.name  # type: ignore[union-attr]
 
 
 class Wave(models.Model):
@@ -284,6 +371,10 @@ class RolloutTarget(models.Model):
     baseline_version = models.ForeignKey(
         "models_registry.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
+    baseline_pipeline_version = models.ForeignKey(
+        "models_registry.PipelineVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="in a pipeline rollout: the pipeline version the device ran before",
+    )
     profile = models.CharField(max_length=200, help_text="hardware profile: arch|cpu|accelerator")
     site_id = models.BigIntegerField(null=True)
     tier = models.CharField(max_length=8)
@@ -309,6 +400,14 @@ class RolloutTarget(models.Model):
     @property
     def is_excluded(self) -> bool:
         return bool(self.excluded_reasons)
+
+    @property
+    def baseline(self) -> Any:
+        return self.baseline_pipeline_version if self.baseline_pipeline_version_id else self.baseline_version
+
+
+# a target with a baseline to compare with and go back to (either kind of rollout)
+HAS_BASELINE = models.Q(baseline_version__isnull=False) | models.Q(baseline_pipeline_version__isnull=False)
 
 
 class RolloutEvent(models.Model):

@@ -20,8 +20,14 @@ from django.db.models import QuerySet
 
 from fleet.models import Device, DeviceGroup
 from fleet.selectors import devices_matching, group_members
-from models_registry.compatibility import incompatibility_reasons, profile_of, requirements_of
-from models_registry.models import ModelVersion
+from models_registry.compatibility import (
+    Requirements,
+    pipeline_requirements_of,
+    profile_of,
+    reasons_for,
+    requirements_of,
+)
+from models_registry.models import ModelVersion, PipelineVersion
 
 from .exceptions import PlanInvalid
 from .models import Installation
@@ -69,7 +75,7 @@ def resolve_target(target: dict[str, Any]) -> QuerySet[Device]:
 class PlannedDevice:
     device: Device
     profile: str
-    baseline: ModelVersion | None = None
+    baseline: ModelVersion | PipelineVersion | None = None
     wave: int | None = None
     order: int = 0
     excluded: list[str] = field(default_factory=list)
@@ -97,21 +103,47 @@ class Plan:
         }
 
 
-def _baselines(devices: Sequence[Device], version: ModelVersion) -> dict[int, ModelVersion | None]:
+# What a rollout can carry: a model version or a pipeline version (both have number, status, is_deployable).
+Subject = ModelVersion | PipelineVersion
+
+
+def subject_requirements(subject: Subject) -> Requirements:
+    """The one compatibility input for either kind (a pipeline needs every stage)."""
+    if isinstance(subject, PipelineVersion):
+        return pipeline_requirements_of(PipelineVersion.objects.with_stages().get(pk=subject.pk).ordered_stages())
+    return requirements_of(subject)
+
+
+def _baselines(devices: Sequence[Device], subject: Subject) -> dict[int, Subject | None]:
     """What each device runs now: its current Installation row, else the version its agent reports."""
-    current = {
-        inst.device_id: inst.version
-        for inst in Installation.objects.filter(
-            device__in=[d.pk for d in devices], model_id=version.model_id, until__isnull=True
-        ).select_related("version")
-    }
-    by_number = {v.number: v for v in ModelVersion.objects.filter(model_id=version.model_id)}
-    out: dict[int, ModelVersion | None] = {}
+    ids = [d.pk for d in devices]
+    current: dict[int, Subject]
+    if isinstance(subject, PipelineVersion):
+        name = subject.pipeline.name
+        current = {
+            inst.device_id: inst.pipeline_version
+            for inst in Installation.objects.filter(
+                device__in=ids, pipeline_id=subject.pipeline_id, until__isnull=True
+            ).select_related("pipeline_version")
+        }
+        by_number: dict[int, Subject] = {
+            v.number: v for v in PipelineVersion.objects.filter(pipeline_id=subject.pipeline_id)
+        }
+    else:
+        name = subject.model.name
+        current = {
+            inst.device_id: inst.version
+            for inst in Installation.objects.filter(
+                device__in=ids, model_id=subject.model_id, until__isnull=True
+            ).select_related("version")
+        }
+        by_number = {v.number: v for v in ModelVersion.objects.filter(model_id=subject.model_id)}
+    out: dict[int, Subject | None] = {}
     for device in devices:
         if device.pk in current:
             out[device.pk] = current[device.pk]
             continue
-        active = (device.reported_state or {}).get("active", {}).get(version.model.name)
+        active = (device.reported_state or {}).get("active", {}).get(name)
         number = active.get("version") if isinstance(active, dict) else None
         out[device.pk] = by_number.get(number) if isinstance(number, int) else None
     return out
@@ -179,7 +211,7 @@ def _pin_matches(spec: WaveSpec, planned: PlannedDevice, group_ids: dict[int, se
 
 def plan_rollout(
     *,
-    version: ModelVersion,
+    version: Subject,
     devices: Iterable[Device],
     waves: Sequence[WaveSpec],
     seed: int,
@@ -190,7 +222,7 @@ def plan_rollout(
     With `tier_aware`, cloud nodes and fog gateways fill the earliest waves and are dispatched first, so a
     gateway is never updated after the edge devices behind it.
     """
-    requirements = requirements_of(version)
+    requirements = subject_requirements(version)
     devices = list(devices)
     baselines = _baselines(devices, version)
     included: list[PlannedDevice] = []
@@ -201,7 +233,7 @@ def plan_rollout(
         compat = profile_of(device, device.runtimes.all())
         reasons = cache.get(compat)
         if reasons is None:
-            reasons = cache[compat] = incompatibility_reasons(requirements, compat)
+            reasons = cache[compat] = reasons_for(requirements, compat)
         planned.excluded = list(reasons)
         if planned.baseline is not None and planned.baseline.number == version.number:
             planned.excluded.append(f"already runs version {version.number}")

@@ -29,12 +29,13 @@ from django.utils import timezone
 from audit.actors import Actor
 from audit.services import audit_record
 from core.events import publish
-from models_registry.models import ModelVersion, RegisteredModel
+from models_registry.models import ModelVersion, Pipeline, PipelineVersion, RegisteredModel
 
 from . import gates
 from .exceptions import DeploymentRefused, InvalidTransition, PlanInvalid
 from .models import (
     ACTIVE,
+    HAS_BASELINE,
     ROLLOUT_ACTIVE,
     ROLLOUT_TICKED,
     ROLLOUT_TRANSITIONS,
@@ -53,7 +54,7 @@ from .models import (
     Wave,
     WaveStatus,
 )
-from .rollout_plan import Plan, plan_rollout, resolve_target
+from .rollout_plan import Plan, Subject, plan_rollout, resolve_target
 from .services import deployment_create, job_cancel
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def _rollout_transition(rollout: Rollout, *, to: str, actor: Actor, reason: str 
         action=f"rollout.{to}",
         object_type="rollout",
         object_id=rollout.pk,
-        object_repr=str(rollout.version),
+        object_repr=str(rollout.subject),
         changes={"status": {"before": rollout.status, "after": to}, **({"reason": reason} if reason else {})},
     )
     _publish_rollout_event("rollout.state_changed", rollout, from_status=rollout.status, to_status=to,
@@ -173,14 +174,18 @@ def _after_commit(task_name: str, rollout_id: int) -> None:
 # --- planning ------------------------------------------------------------------------------------
 
 
-def _check_version(version: ModelVersion) -> None:
+def _check_version(version: Subject) -> None:
     if not version.is_deployable:
-        raise PlanInvalid(
-            f"version {version} is {version.status}: only published versions are rolled out", field="version"
-        )
+        field = "pipeline_version" if isinstance(version, PipelineVersion) else "version"
+        raise PlanInvalid(f"version {version} is {version.status}: only published versions are rolled out", field=field)
 
 
-def rollout_preview(*, version: ModelVersion, plan: dict[str, Any]) -> Plan:
+def _deploy_kwargs(subject: Subject) -> dict[str, Any]:
+    """`deployment_create`'s argument for either kind of subject."""
+    return {"pipeline_version": subject} if isinstance(subject, PipelineVersion) else {"version": subject}
+
+
+def rollout_preview(*, version: Subject, plan: dict[str, Any]) -> Plan:
     """What a rollout with this plan would do now: waves' sizes and excluded devices. Writes nothing."""
     _check_version(version)
     devices = resolve_target(plan["target"]).with_inventory().select_related("site")
@@ -197,7 +202,7 @@ def rollout_preview(*, version: ModelVersion, plan: dict[str, Any]) -> Plan:
 
 
 def _store_targets(rollout: Rollout) -> Plan:
-    planned = rollout_preview(version=rollout.version, plan={**rollout.plan, "seed": rollout.seed})
+    planned = rollout_preview(version=rollout.subject, plan={**rollout.plan, "seed": rollout.seed})
     RolloutTarget.objects.filter(rollout=rollout).delete()
     waves = {w.index: w for w in rollout.waves.all()}
     for index, size in enumerate(planned.wave_sizes):
@@ -208,7 +213,8 @@ def _store_targets(rollout: Rollout) -> Plan:
             device=p.device,
             wave=waves[p.wave] if p.wave is not None else None,
             excluded_reasons=p.excluded,
-            baseline_version=p.baseline,
+            baseline_version=p.baseline if isinstance(p.baseline, ModelVersion) else None,
+            baseline_pipeline_version=p.baseline if isinstance(p.baseline, PipelineVersion) else None,
             profile=p.profile,
             site_id=p.device.site_id,
             tier=p.device.tier,
@@ -221,17 +227,21 @@ def _store_targets(rollout: Rollout) -> Plan:
 
 
 @transaction.atomic
-def rollout_create(*, actor: Actor, version: ModelVersion, plan: dict[str, Any], name: str = "") -> Rollout:
-    """A draft rollout: plan stored, targets resolved, incompatible devices excluded with their reasons.
+def rollout_create(*, actor: Actor, version: Subject, plan: dict[str, Any], name: str = "") -> Rollout:
+    """A draft rollout of a model version or a pipeline version: plan stored, targets resolved, incompatible
+    devices excluded with their reasons (for a pipeline, every stage's).
 
     Nothing is sent until `rollout_start`. PlanInvalid (400) names the wrong field.
     """
     _check_version(version)
     seed = int(plan["seed"]) if plan.get("seed") is not None else random.SystemRandom().randrange(2**31)
+    is_pipeline = isinstance(version, PipelineVersion)
     rollout = Rollout.objects.create(
-        name=name or f"{version.model.name} v{version.number}",
-        model_id=version.model_id,
-        version=version,
+        name=name or f"{version.pipeline.name if is_pipeline else version.model.name} v{version.number}",  # type: ignore[union-attr]
+        model_id=None if is_pipeline else version.model_id,  # type: ignore[union-attr]
+        version=None if is_pipeline else version,
+        pipeline_id=version.pipeline_id if is_pipeline else None,  # type: ignore[union-attr]
+        pipeline_version=version if is_pipeline else None,
         plan={**plan, "seed": seed},
         seed=seed,
         created_by=actor.label,
@@ -250,14 +260,19 @@ def rollout_create(*, actor: Actor, version: ModelVersion, plan: dict[str, Any],
         object_type="rollout",
         object_id=rollout.pk,
         object_repr=str(version),
-        changes={"version": str(version), "plan": rollout.plan, "wave_sizes": planned.wave_sizes,
-                 "excluded": len(planned.excluded)},
+        changes={("pipeline_version" if is_pipeline else "version"): str(version), "plan": rollout.plan,
+                 "wave_sizes": planned.wave_sizes, "excluded": len(planned.excluded)},
     )  # fmt: skip
     return rollout
 
 
+# the rollout row only: its version columns are outer joins (either may be NULL), which PostgreSQL cannot lock
+_ROLLOUT_LOCK = ("self",)
+_ROLLOUT_RELATED = ("version__model", "model", "pipeline_version__pipeline", "pipeline")
+
+
 def _lock(rollout: Rollout) -> Rollout:
-    return Rollout.objects.select_for_update().select_related("version__model", "model").get(pk=rollout.pk)
+    return Rollout.objects.select_for_update(of=_ROLLOUT_LOCK).select_related(*_ROLLOUT_RELATED).get(pk=rollout.pk)
 
 
 # --- operator actions ----------------------------------------------------------------------------
@@ -267,17 +282,20 @@ def _lock(rollout: Rollout) -> Rollout:
 def rollout_start(*, actor: Actor, rollout: Rollout) -> Rollout:
     """Start a draft: re-resolve targets and baselines now, refuse conflicts (DeploymentRefused, 409).
 
-    A device can be in one active rollout per model; starts of the same model are serialized by
-    locking the model row.
+    A device can be in one active rollout per model (or pipeline); starts of the same model (or pipeline)
+    are serialized by locking its row.
     """
-    RegisteredModel.objects.select_for_update().filter(pk=rollout.model_id).first()
+    if rollout.pipeline_id is not None:
+        Pipeline.objects.select_for_update().filter(pk=rollout.pipeline_id).first()
+    else:
+        RegisteredModel.objects.select_for_update().filter(pk=rollout.model_id).first()
     rollout = _lock(rollout)
     if rollout.status != RolloutStatus.DRAFT:
         if rollout.status == RolloutStatus.RUNNING:
             return rollout
         raise InvalidTransition(f"rollout {rollout.pk} is {rollout.status}; only a draft can be started")
-    if not rollout.version.is_deployable:
-        raise DeploymentRefused(f"version {rollout.version} is {rollout.version.status}: it cannot be rolled out")
+    if not rollout.subject.is_deployable:
+        raise DeploymentRefused(f"version {rollout.subject} is {rollout.subject.status}: it cannot be rolled out")
     try:
         _store_targets(rollout)
     except PlanInvalid as exc:
@@ -285,7 +303,11 @@ def rollout_start(*, actor: Actor, rollout: Rollout) -> Rollout:
     included = RolloutTarget.objects.filter(rollout=rollout, wave__isnull=False)
     busy = (
         RolloutTarget.objects.filter(
-            rollout__model_id=rollout.model_id,
+            **(
+                {"rollout__pipeline_id": rollout.pipeline_id}
+                if rollout.pipeline_id is not None
+                else {"rollout__model_id": rollout.model_id}
+            ),
             rollout__status__in=ROLLOUT_ACTIVE,
             wave__isnull=False,
             device_id__in=included.values("device_id"),
@@ -301,7 +323,7 @@ def rollout_start(*, actor: Actor, rollout: Rollout) -> Rollout:
             .count()
         )
         raise DeploymentRefused(
-            f"{count} devices are already in active rollouts of {rollout.model.name}: {sorted(busy)}", field="target"
+            f"{count} devices are already in active rollouts of {rollout.subject_name}: {sorted(busy)}", field="target"
         )
     if not included.exists():
         raise DeploymentRefused("no device of the target can get this version any more", field="target")
@@ -357,7 +379,7 @@ def rollout_approve(*, actor: Actor, rollout: Rollout, reason: str = "") -> Roll
     else:
         raise InvalidTransition(f"wave {wave.index} is {wave.status}: it is not waiting for approval")
     audit_record(actor=actor, action="rollout.approve", object_type="rollout", object_id=rollout.pk,
-                 object_repr=str(rollout.version), changes={"wave": wave.index, "reason": reason})  # fmt: skip
+                 object_repr=str(rollout.subject), changes={"wave": wave.index, "reason": reason})  # fmt: skip
     if rollout.status == RolloutStatus.PAUSED:
         _rollout_transition(rollout, to=RolloutStatus.RUNNING, actor=actor, reason=f"wave {wave.index} approved")
     _after_commit("rollout_advance_task", rollout.pk)
@@ -418,7 +440,7 @@ def rollout_skip_gates(*, actor: Actor, rollout: Rollout, reason: str) -> Rollou
     RolloutEvent.objects.create(rollout=rollout, from_status=rollout.status, to_status=rollout.status,
                                 reason=f"emergency: remaining gates skipped: {reason}", actor=actor.label)  # fmt: skip
     audit_record(actor=actor, action="rollout.skip_gates", object_type="rollout", object_id=rollout.pk,
-                 object_repr=str(rollout.version), changes={"reason": reason})  # fmt: skip
+                 object_repr=str(rollout.subject), changes={"reason": reason})  # fmt: skip
     wave = _current_wave(rollout)
     if wave is not None and wave.status == WaveStatus.HELD:
         _wave_transition(wave, to=WaveStatus.PASSED, actor=actor, reason=f"emergency: {reason}")
@@ -512,7 +534,7 @@ def _dispatch(rollout: Rollout, wave: Wave, actor: Actor, now: dt.datetime) -> i
     for target in due:
         try:
             job = deployment_create(
-                actor=actor, device=target.device, version=rollout.version, timeout_seconds=timeout,
+                actor=actor, device=target.device, **_deploy_kwargs(rollout.subject), timeout_seconds=timeout,
                 rollout_id=rollout.pk, wave_id=wave.pk, attempt=target.attempts + 1,
             )  # fmt: skip
         except DeploymentRefused as exc:
@@ -642,11 +664,11 @@ def _advance_rollback(rollout: Rollout, now: dt.datetime) -> None:
     actor = Actor.system("rollouts:rollback")
     due = list(
         RolloutTarget.objects.select_for_update(skip_locked=True, of=("self",))
-        .select_related("device", "baseline_version__model")
+        .select_related("device", "baseline_version__model", "baseline_pipeline_version__pipeline")
+        .filter(HAS_BASELINE)
         .filter(
             rollout=rollout,
             install_job__status=JobStatus.SUCCEEDED,
-            baseline_version__isnull=False,
             rollback_job__isnull=True,
             skip_reason="",
         )
@@ -654,12 +676,12 @@ def _advance_rollback(rollout: Rollout, now: dt.datetime) -> None:
     )
     timeout = int(rollout.plan.get("job_timeout_seconds") or settings.JOB_TIMEOUT_SECONDS)
     for target in due:
-        baseline = target.baseline_version
+        baseline = target.baseline
         if baseline is None:  # excluded by the query; narrows the type
             continue
         try:
             job = deployment_create(
-                actor=actor, device=target.device, version=baseline, kind=JobKind.ROLLBACK,
+                actor=actor, device=target.device, **_deploy_kwargs(baseline), kind=JobKind.ROLLBACK,
                 timeout_seconds=timeout, rollout_id=rollout.pk, wave_id=target.wave_id, attempt=1,
             )  # fmt: skip
         except DeploymentRefused as exc:
@@ -680,9 +702,11 @@ def _advance_rollback(rollout: Rollout, now: dt.datetime) -> None:
         .filter(skip_reason__startswith="rollback:")
         .count()
     )
-    kept = RolloutTarget.objects.filter(
-        rollout=rollout, install_job__status=JobStatus.SUCCEEDED, baseline_version__isnull=True
-    ).count()
+    kept = (
+        RolloutTarget.objects.filter(rollout=rollout, install_job__status=JobStatus.SUCCEEDED)
+        .exclude(HAS_BASELINE)
+        .count()
+    )
     _rollout_transition(
         rollout, to=RolloutStatus.ROLLED_BACK, actor=actor,
         reason=f"{rolled} devices back on their baseline; {failed} rollbacks failed; "
@@ -697,8 +721,8 @@ def rollout_advance(*, rollout_id: int, now: dt.datetime | None = None) -> str |
     """
     with transaction.atomic():
         rollout = (
-            Rollout.objects.select_for_update(skip_locked=True)
-            .select_related("version__model", "model")
+            Rollout.objects.select_for_update(skip_locked=True, of=_ROLLOUT_LOCK)
+            .select_related(*_ROLLOUT_RELATED)
             .filter(pk=rollout_id, status__in=ROLLOUT_TICKED)
             .first()
         )

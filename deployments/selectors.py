@@ -49,7 +49,10 @@ def device_history(
     device: Device, *, model_id: int | None = None, version_id: int | None = None
 ) -> QuerySet[Installation]:
     """Which version ran on the device, from when to when, and the job (and rollout) that put it there."""
-    rows = Installation.objects.filter(device=device).select_related("model", "version", "job__rollout", "job__wave")
+    # model versions only: pipeline installations are listed by device_installed
+    rows = Installation.objects.filter(device=device, version__isnull=False).select_related(
+        "model", "version", "job__rollout", "job__wave"
+    )
     if model_id is not None:
         rows = rows.filter(model_id=model_id)
     if version_id is not None:
@@ -61,8 +64,16 @@ def device_installed(device: Device) -> list[dict[str, Any]]:
     """What runs on the device now, per model (current Installation rows)."""
     current = getattr(device, "current_installations", None)
     if current is None:
-        current = Installation.objects.filter(device=device, until__isnull=True).select_related("model", "version")
-    return [{"model": i.model.name, "version": i.version.number, "since": i.since} for i in current]
+        current = Installation.objects.filter(device=device, until__isnull=True).select_related(
+            "model", "version", "pipeline", "pipeline_version"
+        )
+    # a pipeline is listed under its name, as devices and telemetry know it
+    return [
+        {"model": i.pipeline.name, "version": i.pipeline_version.number, "since": i.since}
+        if i.pipeline_version_id
+        else {"model": i.model.name, "version": i.version.number, "since": i.since}
+        for i in current
+    ]
 
 
 def artifact_transfer_summary(rollout: Rollout) -> dict[str, Any]:
@@ -96,5 +107,7 @@ def artifact_transfer_summary(rollout: Rollout) -> dict[str, Any]:
     summary["refused_gateway_copies"] = ArtifactTransfer.objects.filter(
         rollout_id=rollout.pk, refused__contains=[{"source": "gateway"}]
     ).count()
-    summary["gateway_fill_bytes_max"] = len(summary["gateways"]) * rollout.version.size
+    # a pipeline rollout has no single artifact (its stages are fetched from the cloud, see protocol.md)
+    artifact_size = rollout.version.size if rollout.version_id else 0
+    summary["gateway_fill_bytes_max"] = len(summary["gateways"]) * artifact_size
     return summary

@@ -19,12 +19,27 @@ from audit.actors import Actor
 from audit.services import audit_record
 from endpoints.invalidation import resolve_cache_invalidate
 from fleet.models import Device
-from models_registry.compatibility import incompatibility_reasons, profile_of, requirements_of
-from models_registry.models import ModelVersion
+from models_registry.compatibility import (
+    Requirements,
+    pipeline_requirements_of,
+    profile_of,
+    reasons_for,
+    requirements_of,
+)
+from models_registry.models import ModelVersion, PipelineVersion
 from models_registry.services import model_version_download_url
 from mqttbridge.outbox import outbox_enqueue
 from protocol.device_topics import jobs_get_accepted_topic, jobs_notify_topic
-from protocol.messages import JobDocument, JobsGetAccepted, JobsNotify, JobUpdate, encode
+from protocol.messages import (
+    JobDocument,
+    JobsGetAccepted,
+    JobsNotify,
+    JobUpdate,
+    PipelineStageDocument,
+    StageCondition,
+    encode,
+)
+from protocol.pipelines import PIPELINE_FORMAT
 
 from .artifact_mirrors import job_artifact_mirrors
 from .exceptions import DeploymentRefused, InvalidTransition
@@ -37,10 +52,50 @@ def _device_artifact_url(version: ModelVersion, ttl: int) -> str:
     return url if url.startswith(("http://", "https://")) else settings.PUBLIC_BASE_URL.rstrip("/") + url
 
 
+def _pipeline_job_document(job: Job, pipeline_version: PipelineVersion, ttl: int) -> JobDocument:
+    """The pipeline's signed manifest and, per stage, the stage version's own manifest and a fresh URL."""
+    stages = [
+        PipelineStageDocument(
+            name=stage.name,
+            model=stage.version.model.name,
+            model_id=stage.version.model_id,
+            version=stage.version.number,
+            version_id=stage.version.pk,
+            format=stage.version.format,
+            artifact_url=_device_artifact_url(stage.version, ttl),
+            sha256=stage.version.sha256,
+            size=stage.version.size,
+            manifest=stage.version.manifest,
+            signature=stage.version.signature,
+            key_id=stage.version.key_id,
+            condition=StageCondition(**stage.condition) if stage.condition else None,
+        )
+        for stage in PipelineVersion.objects.with_stages().get(pk=pipeline_version.pk).ordered_stages()
+    ]
+    return JobDocument(
+        job_id=str(job.id),
+        kind=job.kind,
+        model=pipeline_version.pipeline.name,
+        model_id=pipeline_version.pipeline_id,
+        version=pipeline_version.number,
+        version_id=pipeline_version.pk,
+        format=PIPELINE_FORMAT,
+        manifest=pipeline_version.manifest,
+        signature=pipeline_version.signature,
+        key_id=pipeline_version.key_id,
+        timeout_seconds=job.timeout_seconds,
+        created_at=job.created_at,
+        stages=stages,
+    )
+
+
 def job_document(job: Job) -> JobDocument:
-    """What the device receives: the signed manifest and a fresh time-limited artifact URL."""
-    version = job.version
+    """What the device receives: the signed manifest and a fresh time-limited artifact URL (per stage
+    for a pipeline job)."""
     ttl = max(settings.ARTIFACT_URL_TTL_SECONDS, job.timeout_seconds)
+    if job.pipeline_version_id is not None:
+        return _pipeline_job_document(job, job.pipeline_version, ttl)
+    version = job.version
     artifact_url = _device_artifact_url(version, ttl)
     return JobDocument(
         job_id=str(job.id),
@@ -73,36 +128,53 @@ def deployment_create(
     *,
     actor: Actor,
     device: Device,
-    version: ModelVersion,
+    version: ModelVersion | None = None,
+    pipeline_version: PipelineVersion | None = None,
     kind: str = JobKind.INSTALL,
     timeout_seconds: int | None = None,
     rollout_id: int | None = None,
     wave_id: int | None = None,
     attempt: int = 1,
 ) -> Job:
-    """Create a job installing `version` on `device` and queue its notification.
+    """Create a job installing `version` (or `pipeline_version`: every stage) on `device`; queue its notification.
 
     Refuses (DeploymentRefused) a version that is not deployable, a device that cannot run it (with
-    every reason), a revoked or unprovisioned device, and a second active job for the same model.
+    every reason; for a pipeline, every stage's, named by stage), a revoked or unprovisioned device, and a
+    second active job for the same model or pipeline.
     A rollout passes its ids: the job then counts in that wave, at most once per device and attempt.
     """
-    if not version.is_deployable:
+    if (version is None) == (pipeline_version is None):
+        raise ValueError("give exactly one of version and pipeline_version")
+    target: ModelVersion | PipelineVersion
+    requirements: Requirements
+    if pipeline_version is not None:
+        target = PipelineVersion.objects.with_stages().get(pk=pipeline_version.pk)
+        requirements = pipeline_requirements_of(target.ordered_stages())
+        family, family_name = {"pipeline_id": target.pipeline_id}, f"pipeline {target.pipeline.name}"
+    else:
+        assert version is not None  # noqa: S101 - checked above
+        target, requirements = version, requirements_of(version)
+        family, family_name = {"model_id": version.model_id}, f"model {version.model.name}"
+    if not target.is_deployable:
         raise DeploymentRefused(
-            f"version {version} is {version.status}: only published versions are deployed", field="version"
+            f"version {target} is {target.status}: only published versions are deployed",
+            field="pipeline_version" if pipeline_version is not None else "version",
         )
     if device.is_revoked:
         raise DeploymentRefused(f"device {device.uid} is revoked", field="device")
     device = Device.objects.with_inventory().get(pk=device.pk)
-    reasons = incompatibility_reasons(requirements_of(version), profile_of(device, device.runtimes.all()))
+    reasons = reasons_for(requirements, profile_of(device, device.runtimes.all()))
     if reasons:
-        raise DeploymentRefused(f"device {device.uid} cannot run {version}: {'; '.join(reasons)}", field="device")
+        raise DeploymentRefused(f"device {device.uid} cannot run {target}: {'; '.join(reasons)}", field="device")
     timeout = timeout_seconds or settings.JOB_TIMEOUT_SECONDS
     now = timezone.now()
     job = Job(
         id=uuid.uuid4(),
         device=device,
-        model_id=version.model_id,
+        model_id=version.model_id if version is not None else None,
         version=version,
+        pipeline_id=target.pipeline_id if isinstance(target, PipelineVersion) else None,
+        pipeline_version=target if isinstance(target, PipelineVersion) else None,
         kind=kind,
         timeout_seconds=timeout,
         deadline_at=now + dt.timedelta(seconds=timeout),
@@ -115,9 +187,9 @@ def deployment_create(
         with transaction.atomic():
             job.save(force_insert=True)
     except IntegrityError:
-        active = Job.objects.active().filter(device=device, model_id=version.model_id).first()
+        active = Job.objects.active().filter(device=device, **family).first()
         raise DeploymentRefused(
-            f"device {device.uid} already has an active job for model {version.model.name}"
+            f"device {device.uid} already has an active job for {family_name}"
             + (f": {active.id} ({active.status})" if active else ""),
             field="device",
         ) from None
@@ -127,10 +199,10 @@ def deployment_create(
         action="job.create",
         object_type="job",
         object_id=job.pk,
-        object_repr=f"{version} on {device.uid}",
+        object_repr=f"{target} on {device.uid}",
         changes={
             "device": device.uid,
-            "version": str(version),
+            ("pipeline_version" if pipeline_version is not None else "version"): str(target),
             "kind": kind,
             "timeout_seconds": timeout,
             **({"rollout": rollout_id, "wave": wave_id, "attempt": attempt} if rollout_id else {}),
@@ -177,7 +249,7 @@ def _transition(
         action=f"job.{to.lower()}",
         object_type="job",
         object_id=job.pk,
-        object_repr=f"{job.version} on {job.device.uid}",
+        object_repr=f"{job.target} on {job.device.uid}",
         changes={"status": {"before": job.status, "after": to}, **({"reason": reason} if reason else {})},
     )
     if to == JobStatus.SUCCEEDED:
@@ -188,9 +260,24 @@ def _transition(
 
 
 def _record_installation(job: Job, at: dt.datetime) -> None:
+    if job.pipeline_version_id is not None:
+        Installation.objects.filter(device=job.device, pipeline_id=job.pipeline_id, until__isnull=True).update(until=at)
+        Installation.objects.create(
+            device=job.device,
+            pipeline_id=job.pipeline_id,
+            pipeline_version_id=job.pipeline_version_id,
+            job=job,
+            since=at,
+        )
+        return
     Installation.objects.filter(device=job.device, model=job.model, until__isnull=True).update(until=at)
     Installation.objects.create(device=job.device, model=job.model, version=job.version, job=job, since=at)
     resolve_cache_invalidate()
+
+
+# The job and its device rows; a job's version or pipeline version is an outer join now (either may be
+# NULL), and PostgreSQL cannot lock the nullable side of one. Published versions are immutable anyway.
+_JOB_LOCK = ("self", "device")
 
 
 class ForeignJob(Exception):
@@ -206,7 +293,12 @@ class UpdateOutcome:
 @transaction.atomic
 def job_apply_device_update(*, uid: str, update: JobUpdate) -> UpdateOutcome:
     """Apply a device's job update monotonically: duplicates, stale `seq` and backward moves change nothing."""
-    job = Job.objects.select_for_update().select_related("device", "version__model").filter(pk=update.job_id).first()
+    job = (
+        Job.objects.select_for_update(of=_JOB_LOCK)
+        .select_related("device", "version__model", "pipeline_version__pipeline")
+        .filter(pk=update.job_id)
+        .first()
+    )
     if job is None:
         return UpdateOutcome(False, "unknown_job")
     if job.device.uid != uid:
@@ -242,7 +334,7 @@ def jobs_answer_pending(*, uid: str, request_id: str) -> int:
     jobs = list(
         Job.objects.active()
         .for_device_uid(uid)
-        .select_related("device__parent", "version__model")
+        .select_related("device__parent", "version__model", "pipeline_version__pipeline")
         .order_by("created_at")
     )
     reply = JobsGetAccepted(schema_version=1, request_id=request_id, jobs=[job_document(j) for j in jobs])
@@ -253,7 +345,11 @@ def jobs_answer_pending(*, uid: str, request_id: str) -> int:
 @transaction.atomic
 def job_cancel(*, actor: Actor, job: Job, reason: str) -> Job:
     """Cancel an active job and tell the device; a terminal job cannot be canceled (InvalidTransition)."""
-    job = Job.objects.select_for_update().select_related("device", "version__model").get(pk=job.pk)
+    job = (
+        Job.objects.select_for_update(of=_JOB_LOCK)
+        .select_related("device", "version__model", "pipeline_version__pipeline")
+        .get(pk=job.pk)
+    )
     if job.status == JobStatus.CANCELED:
         return job
     _transition(job, to=JobStatus.CANCELED, actor=actor, reason=reason or "canceled")
@@ -272,8 +368,8 @@ def jobs_sweep_timeouts(*, actor: Actor, now: dt.datetime | None = None, limit: 
     for job_id in due:
         with transaction.atomic():
             job = (
-                Job.objects.select_for_update(skip_locked=True)
-                .select_related("device", "version__model")
+                Job.objects.select_for_update(skip_locked=True, of=_JOB_LOCK)
+                .select_related("device", "version__model", "pipeline_version__pipeline")
                 .filter(pk=job_id, status__in=ACTIVE)
                 .first()
             )

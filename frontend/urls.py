@@ -4,7 +4,7 @@ import plotly
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import views, webhook_views
+from . import pipeline_views, views, webhook_views
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(template_name="frontend/login.html"), name="login"),
@@ -23,5 +23,7 @@ urlpatterns = [
     # (not "rollout-list": that name is the API router's /api/v1/rollouts/).
     path("webhooks/", webhook_views.webhook_list, name="webhooks-page"),
     path("webhooks/<int:subscription_id>/<str:verb>/", webhook_views.webhook_action, name="webhook-action"),
+    path("pipelines/", pipeline_views.pipeline_list, name="pipeline-list-page"),
+    path("pipelines/<int:pipeline_id>/", pipeline_views.pipeline_detail, name="pipeline-detail-page"),
     path(f"vendor/plotly-{plotly.__version__}.min.js", views.plotly_js, name="plotly-js"),
 ]

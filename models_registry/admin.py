@@ -9,7 +9,7 @@ from django.contrib import admin
 
 from audit.admin_mixins import AuditedAdminMixin
 
-from .models import Alias, ModelVersion, RegisteredModel, VersionEvent
+from .models import Alias, ModelVersion, Pipeline, PipelineStage, PipelineVersion, RegisteredModel, VersionEvent
 
 
 @admin.register(RegisteredModel)
@@ -56,3 +56,30 @@ class ModelVersionAdmin(ReadOnlyAdmin):
 class AliasAdmin(ReadOnlyAdmin):
     list_display = ["model", "name", "version", "updated_at"]
     list_select_related = ["model", "version"]
+
+
+# Pipelines: read-only here; their versions and lifecycle change only through the API's audited services.
+@admin.register(Pipeline)
+class PipelineAdmin(ReadOnlyAdmin):
+    list_display = ["name", "owner", "created_at"]
+    search_fields = ["name", "description"]
+
+
+class PipelineStageInline(admin.TabularInline):
+    model = PipelineStage
+    extra = 0
+    fields = ["position", "name", "version", "condition"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(PipelineVersion)
+class PipelineVersionAdmin(ReadOnlyAdmin):
+    list_display = ["pipeline", "number", "status", "published_at"]
+    list_filter = ["status"]
+    search_fields = ["pipeline__name"]
+    list_select_related = ["pipeline"]
+    inlines = [PipelineStageInline]

@@ -94,6 +94,22 @@ def requirements_of(version: _VersionLike) -> VersionRequirements:
     )
 
 
+class _StageLike(Protocol):
+    position: int
+    name: str
+    version: _VersionLike
+
+
+def pipeline_requirements_of(stages: Iterable[_StageLike]) -> PipelineRequirements:
+    """Pass a pipeline version's stages with their versions (and models) loaded."""
+    return PipelineRequirements(
+        tuple(
+            (f"stage {stage.position + 1} ({stage.name}: {stage.version})", requirements_of(stage.version))
+            for stage in sorted(stages, key=lambda stage: stage.position)
+        )
+    )
+
+
 def profile_of(device: _DeviceLike, runtimes: Iterable[_RuntimeRow]) -> DeviceProfile:
     """Pass `device.runtimes.all()` on a prefetched queryset: no query per device."""
     return DeviceProfile(
@@ -139,6 +155,27 @@ def incompatibility_reasons(req: VersionRequirements, device: DeviceProfile) -> 
 
 
 @dataclass(frozen=True)
+class PipelineRequirements:
+    """A pipeline version's needs: every stage's, labelled `"stage 2 (classify: sample v1)"`."""
+
+    stages: tuple[tuple[str, VersionRequirements], ...]
+
+
+Requirements = VersionRequirements | PipelineRequirements
+
+
+def reasons_for(req: Requirements, device: DeviceProfile) -> list[str]:
+    """The one decision: every reason `device` cannot run a version or a pipeline version; empty means it can.
+
+    A pipeline needs every stage: each stage's reasons are prefixed with the stage's label, so the
+    summary says which stage a device fails on ("stage 2 (classify: sample v1): needs 2048 MB …").
+    """
+    if isinstance(req, VersionRequirements):
+        return incompatibility_reasons(req, device)
+    return [f"{label}: {reason}" for label, stage in req.stages for reason in incompatibility_reasons(stage, device)]
+
+
+@dataclass(frozen=True)
 class CompatibilitySummary:
     compatible: int
     incompatible: int
@@ -149,7 +186,7 @@ class CompatibilitySummary:
         return self.compatible + self.incompatible
 
 
-def summarize(req: VersionRequirements, devices: Iterable[DeviceProfile]) -> CompatibilitySummary:
+def summarize(req: Requirements, devices: Iterable[DeviceProfile]) -> CompatibilitySummary:
     """Count compatible devices and how often each reason occurs (a device may have several)."""
     compatible = incompatible = 0
     counts: Counter[str] = Counter()
@@ -157,7 +194,7 @@ def summarize(req: VersionRequirements, devices: Iterable[DeviceProfile]) -> Com
     for profile in devices:
         reasons = cache.get(profile)
         if reasons is None:
-            reasons = cache[profile] = incompatibility_reasons(req, profile)
+            reasons = cache[profile] = reasons_for(req, profile)
         if reasons:
             incompatible += 1
             counts.update(reasons)

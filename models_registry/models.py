@@ -246,3 +246,122 @@ class Alias(models.Model):
     def __str__(self) -> str:
         return f"{self.model.name}@{self.name}"
 
+
+# --- pipelines ------------------------------------------------------------------------------------
+# A pipeline version has the same lifecycle as a model version (Status, TRANSITIONS, allowed_from).
+
+
+class Pipeline(models.Model):
+    """An ordered chain of model versions deployed as one unit (e.g. a motion detector, then a classifier).
+
+    Its name shares the namespace of model names: devices report and telemetry stores a pipeline under
+    its name, as a model's (services refuse a pipeline named like a model and the other way round).
+    """
+
+    name = models.CharField(max_length=120, unique=True, validators=[slug_validator])
+    description = models.TextField(blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="owned_pipelines"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PipelineVersionQuerySet(models.QuerySet["PipelineVersion"]):
+    def deployable(self) -> PipelineVersionQuerySet:
+        return self.filter(status=Status.PUBLISHED)
+
+    def with_stages(self) -> PipelineVersionQuerySet:
+        return self.select_related("pipeline").prefetch_related(
+            models.Prefetch("stages", queryset=PipelineStage.objects.select_related("version__model"))
+        )
+
+
+class PipelineVersion(models.Model):
+    """An immutable chain of published model versions; its signed manifest covers every stage's sha256."""
+
+    pipeline = models.ForeignKey(Pipeline, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField(help_text="1, 2, 3 … per pipeline, never reused")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.DRAFT)
+    manifest = models.TextField(blank=True, help_text="the exact canonical JSON text that was signed")
+    signature = models.TextField(blank=True, help_text="base64 Ed25519 signature of `manifest`")
+    key_id = models.CharField(max_length=16, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    deprecated_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_reason = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = PipelineVersionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["pipeline", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["pipeline", "number"], name="pipeline_version_number_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.pipeline.name} v{self.number}"
+
+    @property
+    def is_deployable(self) -> bool:
+        return self.status == Status.PUBLISHED
+
+    @property
+    def name(self) -> str:
+        """The name devices and telemetry know it by (the pipeline's)."""
+        return self.pipeline.name
+
+    def ordered_stages(self) -> list[PipelineStage]:
+        return sorted(self.stages.all(), key=lambda stage: stage.position)
+
+
+class PipelineStage(models.Model):
+    """Stage `position` (0-based) of a pipeline version: a published model version and an optional condition.
+
+    `condition` ({"output", "op", "value"}) is evaluated on the previous stage's output; when false the
+    stage and every later one are skipped for that request. The first stage has none.
+    """
+
+    pipeline_version = models.ForeignKey(PipelineVersion, on_delete=models.CASCADE, related_name="stages")
+    position = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=64, validators=[slug_validator], help_text="e.g. detect, classify")
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="pipeline_stages")
+    condition = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["pipeline_version", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["pipeline_version", "position"], name="pipeline_stage_position_unique"),
+            models.UniqueConstraint(fields=["pipeline_version", "name"], name="pipeline_stage_name_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.pipeline_version_id}[{self.position}] {self.name}"
+
+
+class PipelineEvent(models.Model):
+    """One status change of a pipeline version (and its creation): its timeline."""
+
+    pipeline_version = models.ForeignKey(PipelineVersion, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=12, choices=Status.choices, blank=True)
+    to_status = models.CharField(max_length=12, choices=Status.choices)
+    actor = models.CharField(max_length=200)
+    reason = models.TextField(blank=True)
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.pipeline_version_id}: {self.from_status or '-'} -> {self.to_status}"

@@ -133,3 +133,41 @@ def sample_versions(*, slow_layers: int = 24, hidden: int = 256) -> list[SampleV
         ),
         SampleVersion(3, "1.2.0", "less accurate centroids", build_classifier(centroids=worse), accuracy_of(worse)),
     ]
+
+
+# --- a two-stage pipeline: a motion detector gates the classifier --------------------------------------
+
+DETECTOR_IO_SIGNATURE = {
+    "inputs": [{"name": "input", "dtype": "float32", "shape": ["N", FEATURES]}],
+    "outputs": [{"name": "score", "dtype": "float32", "shape": ["N", 1]}],
+}
+# the classifier runs only on frames the detector flags
+PIPELINE_CONDITION = {"output": "score", "op": ">=", "value": 0.5}
+
+
+def build_motion_detector(*, gain: float = 2.0, threshold: float = 0.5) -> bytes:
+    """A "motion" score of 4 features: sigmoid(gain * (|x|^2 - threshold)), float32 [N, 1] named "score".
+
+    All-zero input scores sigmoid(-1) = 0.27 (no motion); every class centroid scores above 0.5.
+    """
+    ones = np.full((FEATURES, 1), gain, dtype=np.float32)
+    bias = np.array([-gain * threshold], dtype=np.float32)
+    nodes = [
+        helper.make_node("Mul", ["input", "input"], ["squares"], name="square"),
+        helper.make_node("MatMul", ["squares", "gain"], ["energy"], name="energy"),
+        helper.make_node("Add", ["energy", "offset"], ["logit"], name="offset"),
+        helper.make_node("Sigmoid", ["logit"], ["score"], name="sigmoid"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fogdeck-sample-motion-detector",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", FEATURES])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
+        initializer=[numpy_helper.from_array(ones, "gain"), numpy_helper.from_array(bias, "offset")],
+    )
+    model = helper.make_model(
+        graph, producer_name="fogdeck-samples", producer_version="1", opset_imports=[helper.make_opsetid("", OPSET)]
+    )
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

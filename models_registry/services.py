@@ -35,6 +35,7 @@ from .models import (
     FORMAT_EXTENSIONS,
     Alias,
     ModelVersion,
+    Pipeline,
     RegisteredModel,
     Status,
     VersionEvent,
@@ -63,6 +64,8 @@ DOWNLOAD_SALT = "fogdeck.models_registry.artifact-download"
 def model_create(
     *, actor: Actor, name: str, task: str = "", description: str = "", owner: Any = None
 ) -> RegisteredModel:
+    if Pipeline.objects.filter(name=name).exists():
+        raise ValidationError({"name": [f"a pipeline is already named {name!r}; pipelines and models share names"]})
     model = RegisteredModel(name=name, task=task, description=description, owner=owner)
     model.full_clean()
     model.save()

@@ -80,6 +80,14 @@ JobStep = Literal["downloading", "verifying", "activating"]
 TERMINAL_JOB_STATUSES: frozenset[str] = frozenset({"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED"})
 
 
+def _drop_absent(data: dict[str, Any], *optional: str) -> dict[str, Any]:
+    """Leave unset optional fields added after v1 out of the wire form, so older peers still parse it."""
+    for name in optional:
+        if data.get(name) is None:
+            data.pop(name, None)
+    return data
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -205,15 +213,18 @@ class StateMessage(_Message):
         return self
 
 
-class JobDocument(_OmitsAbsentAdditions):
-    """One command for a device. `manifest` is the exact signed text; the agent checks it against the job.
+class StageCondition(_Strict):
+    """Run the stage only when the largest element of the previous stage's `output` passes `op value`."""
 
-    `mirrors` (additive) lists where to download from, in order (a gateway's cache, then the cloud);
-    it is only sent to agents whose state lists the `artifact_mirrors` capability.
-    """
+    output: FeatureName
+    op: Literal[">=", ">", "<=", "<", "==", "!="]
+    value: Finite
 
-    job_id: JobId
-    kind: JobKind
+
+class PipelineStageDocument(_Strict):
+    """One stage of a pipeline job: a model version's artifact and its own signed manifest."""
+
+    name: ShortText
     model: ModelName
     model_id: DbId
     version: ModelVersion
@@ -225,11 +236,55 @@ class JobDocument(_OmitsAbsentAdditions):
     manifest: Annotated[str, StringConstraints(min_length=2, max_length=16 * 1024)]
     signature: Base64
     key_id: KeyId
+    condition: StageCondition | None = None
+
+
+class JobDocument(_OmitsAbsentAdditions):
+    """One command for a device. `manifest` is the exact signed text; the agent checks it against the job.
+
+    `mirrors` (additive) lists where to download from, in order (a gateway's cache, then the cloud);
+    it is only sent to agents whose state lists the `artifact_mirrors` capability.
+
+    A pipeline job (`format` "pipeline") names the pipeline in `model`/`model_id`, its version number in
+    `version`, carries the pipeline's signed manifest and the ordered `stages`, and has no top-level artifact.
+    """
+
+    job_id: JobId
+    kind: JobKind
+    model: ModelName
+    model_id: DbId
+    version: ModelVersion
+    version_id: DbId
+    format: ShortText
+    artifact_url: HttpUrl | None = None
+    sha256: Sha256Hex | None = None
+    size: Annotated[int, Field(ge=1, le=2**40)] | None = None
+    manifest: Annotated[str, StringConstraints(min_length=2, max_length=16 * 1024)]
+    signature: Base64
+    key_id: KeyId
     timeout_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)]
     created_at: AwareDatetime
     mirrors: Annotated[list[ArtifactMirror], Field(min_length=1, max_length=8)] | None = None
+    stages: Annotated[list[PipelineStageDocument], Field(min_length=1, max_length=8)] | None = None
 
-    _ADDITIONS = ("mirrors",)
+    _ADDITIONS = ("mirrors", "stages")
+
+    @model_validator(mode="after")
+    def _an_artifact_or_stages(self) -> JobDocument:
+        artifact = (self.artifact_url, self.sha256, self.size)
+        if self.stages is None and None in artifact:
+            raise ValueError("a model job needs artifact_url, sha256 and size")
+        if self.stages is not None and artifact != (None, None, None):
+            raise ValueError("a pipeline job carries its artifacts in stages, not at the top level")
+        if (self.stages is not None) != (self.format == "pipeline"):
+            raise ValueError('stages go with format "pipeline" and only with it')
+        if self.stages is not None and self.mirrors is not None:
+            raise ValueError("a pipeline job's stages are fetched from their own URLs, without mirrors")
+        return self
+
+    @property
+    def is_pipeline(self) -> bool:
+        return self.stages is not None
 
 
 class JobsNotify(_Message):
@@ -338,13 +393,32 @@ class FeatureStats(_Strict):
         return self
 
 
+class StageLatency(_Strict):
+    """One pipeline stage over the interval: how often it ran, was skipped or failed, and its latency."""
+
+    name: ShortText
+    model: ModelName
+    version: ModelVersion
+    requests: Count
+    skipped: Count = 0
+    errors: Count = 0
+    latency_ms: LatencySummary | None = None  # None when the stage never ran in the interval
+
+
 class TelemetrySample(_Strict):
+    """Per (model or pipeline, version). A pipeline's sample is end to end, with `stages` per stage."""
+
     model: ModelName
     version: ModelVersion
     requests: Count
     errors: Count
     latency_ms: LatencySummary
     inputs: Annotated[dict[FeatureName, FeatureStats], Field(max_length=256)] = {}
+    stages: Annotated[list[StageLatency], Field(max_length=8)] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_stages(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_absent(handler(self), "stages")
 
     @model_validator(mode="after")
     def _errors_are_requests(self) -> TelemetrySample:

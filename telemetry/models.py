@@ -20,6 +20,12 @@ class TelemetrySample(models.Model):
     p99_ms = models.FloatField()
     max_ms = models.FloatField()
     inputs = models.JSONField(default=dict, blank=True)
+    stages = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="a pipeline's per-stage figures: name, model, version, requests, "
+        "skipped, errors, latency_ms {p50, p95, p99, max}; empty for a single model",
+    )
     received_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -43,8 +43,8 @@ class _Profile:
     accelerator: str
 
 
-# (device_id, model, version, ts, interval_s, requests, errors, p50, p95, p99, max, inputs-json)
-_Row = tuple[int, str, int, dt.datetime, float, int, int, float, float, float, float, str]
+# (device_id, model, version, ts, interval_s, requests, errors, p50, p95, p99, max, inputs-json, stages-json)
+_Row = tuple[int, str, int, dt.datetime, float, int, int, float, float, float, float, str, str]
 _RAW_COLUMNS = (
     "device_id",
     "model_name",
@@ -58,6 +58,7 @@ _RAW_COLUMNS = (
     "p99_ms",
     "max_ms",
     "inputs",
+    "stages",
 )
 _ROLLUP_KEY = ("model_name", "version_number", "minute", "site_id", "arch", "cpu", "accelerator")
 _ROLLUP_SUMS = ("samples", "requests", "errors", "p50_wsum", "p95_wsum", "p99_wsum")
@@ -105,6 +106,7 @@ def telemetry_ingest_batch(envelopes: Sequence[TelemetryEnvelope]) -> int:
                     lat.p99,
                     lat.max,
                     json.dumps({name: stats.model_dump() for name, stats in s.inputs.items()}),
+                    json.dumps([stage.model_dump() for stage in s.stages or []]),
                 )
             )
             key = (s.model, s.version, minute, profile.site_id, profile.arch, profile.cpu, profile.accelerator)
@@ -151,7 +153,12 @@ def _store_raw(rows: list[_Row]) -> None:
                 copy.write_row((*row, received_at))
         return
     TelemetrySample.objects.bulk_create(
-        [TelemetrySample(**dict(zip(_RAW_COLUMNS, (*row[:-1], json.loads(row[-1])), strict=True))) for row in rows],
+        [
+            TelemetrySample(
+                **dict(zip(_RAW_COLUMNS, (*row[:-2], json.loads(row[-2]), json.loads(row[-1])), strict=True))
+            )
+            for row in rows
+        ],
         batch_size=1000,
     )
 

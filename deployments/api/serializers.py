@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from deployments.models import GateEvaluation, Installation, Job, JobEvent, JobKind, Rollout, RolloutEvent, Wave
 from fleet.models import Device, Site, Tier
-from models_registry.models import ModelVersion
+from models_registry.models import ModelVersion, PipelineVersion
 
 
 class JobEventSerializer(serializers.ModelSerializer):
@@ -20,8 +20,12 @@ class JobEventSerializer(serializers.ModelSerializer):
 
 class DeploymentSerializer(serializers.ModelSerializer):
     device_uid = serializers.CharField(source="device.uid", read_only=True)
-    model_name = serializers.CharField(source="model.name", read_only=True)
-    version_number = serializers.IntegerField(source="version.number", read_only=True)
+    model_name = serializers.CharField(source="model.name", read_only=True, allow_null=True, default=None)
+    version_number = serializers.IntegerField(source="version.number", read_only=True, allow_null=True, default=None)
+    pipeline_name = serializers.CharField(source="pipeline.name", read_only=True, allow_null=True, default=None)
+    pipeline_version_number = serializers.IntegerField(
+        source="pipeline_version.number", read_only=True, allow_null=True, default=None
+    )
     events = JobEventSerializer(many=True, read_only=True)
 
     class Meta:
@@ -34,6 +38,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "model_name",
             "version",
             "version_number",
+            "pipeline",
+            "pipeline_name",
+            "pipeline_version",
+            "pipeline_version_number",
             "kind",
             "status",
             "step",
@@ -52,9 +60,21 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
 class DeploymentCreateSerializer(serializers.Serializer):
     device = serializers.PrimaryKeyRelatedField(queryset=Device.objects.all())
-    version = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.select_related("model"))
+    version = serializers.PrimaryKeyRelatedField(
+        queryset=ModelVersion.objects.select_related("model"), required=False, help_text="a model version's id"
+    )
+    pipeline_version = serializers.PrimaryKeyRelatedField(
+        queryset=PipelineVersion.objects.select_related("pipeline"),
+        required=False,
+        help_text="a pipeline version's id (instead of version): every stage is installed as one unit",
+    )
     kind = serializers.ChoiceField(choices=JobKind.choices, default=JobKind.INSTALL)
     timeout_seconds = serializers.IntegerField(min_value=5, max_value=7 * 24 * 3600, required=False)
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if ("version" in data) == ("pipeline_version" in data):
+            raise serializers.ValidationError({"version": ["give exactly one of version and pipeline_version"]})
+        return data
 
 
 class CancelInputSerializer(serializers.Serializer):
@@ -136,7 +156,13 @@ class MaintenanceWindowSerializer(serializers.Serializer):
 
 
 class RolloutPlanSerializer(serializers.Serializer):
-    version = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.select_related("model"))
+    version = serializers.PrimaryKeyRelatedField(
+        queryset=ModelVersion.objects.select_related("model"), required=False, help_text="a model version's id"
+    )
+    pipeline_version = serializers.PrimaryKeyRelatedField(
+        queryset=PipelineVersion.objects.select_related("pipeline"), required=False,
+        help_text="a pipeline version's id (instead of version): rolled out as one unit",
+    )
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     target = RolloutTargetInputSerializer()
     waves = WaveInputSerializer(many=True, min_length=1, max_length=20)
@@ -157,6 +183,16 @@ class RolloutPlanSerializer(serializers.Serializer):
             raise serializers.ValidationError(f"version {version} is {version.status}: it cannot be rolled out")
         return version
 
+    def validate_pipeline_version(self, version: PipelineVersion) -> PipelineVersion:
+        if not version.is_deployable:
+            raise serializers.ValidationError(f"version {version} is {version.status}: it cannot be rolled out")
+        return version
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if ("version" in data) == ("pipeline_version" in data):
+            raise serializers.ValidationError({"version": ["give exactly one of version and pipeline_version"]})
+        return data
+
     def validate_waves(self, waves: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in ("percent", "count"):
             values = [w[key] for w in waves if key in w]
@@ -170,9 +206,10 @@ class RolloutPlanSerializer(serializers.Serializer):
             raise serializers.ValidationError(f"give at least one threshold: {', '.join(keys)}")
         return gate
 
-    def to_plan(self) -> tuple[ModelVersion, str, dict[str, Any]]:
+    def to_plan(self) -> tuple[ModelVersion | PipelineVersion, str, dict[str, Any]]:
         data = dict(self.validated_data)
-        version, name = data.pop("version"), data.pop("name")
+        version = data.pop("version", None) or data.pop("pipeline_version")
+        name = data.pop("name")
         data.setdefault("install_gate", InstallGateSerializer(data={}).run_validation({}))
         data["waves"] = [{k: v for k, v in w.items() if k != "approval" or v} for w in data["waves"]]
         if "start_at" in data:
@@ -221,12 +258,17 @@ class RolloutEventSerializer(serializers.ModelSerializer):
 
 
 class RolloutSerializer(serializers.ModelSerializer):
-    model_name = serializers.CharField(source="model.name", read_only=True)
-    version_number = serializers.IntegerField(source="version.number", read_only=True)
+    model_name = serializers.CharField(source="model.name", read_only=True, allow_null=True, default=None)
+    version_number = serializers.IntegerField(source="version.number", read_only=True, allow_null=True, default=None)
+    pipeline_name = serializers.CharField(source="pipeline.name", read_only=True, allow_null=True, default=None)
+    pipeline_version_number = serializers.IntegerField(
+        source="pipeline_version.number", read_only=True, allow_null=True, default=None
+    )
 
     class Meta:
         model = Rollout
-        fields = ["id", "name", "model", "model_name", "version", "version_number", "status", "status_reason",
+        fields = ["id", "name", "model", "model_name", "version", "version_number", "pipeline", "pipeline_name",
+                  "pipeline_version", "pipeline_version_number", "status", "status_reason",
                   "current_wave", "skip_gates", "created_by", "created_at", "started_at", "finished_at"]  # fmt: skip
         read_only_fields = fields
 

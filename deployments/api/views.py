@@ -49,7 +49,9 @@ class DeploymentViewSet(
 ):
     """Single-device deployments (jobs). Operators create and cancel them; every role reads them."""
 
-    queryset = Job.objects.select_related("device", "model", "version").prefetch_related("events")
+    queryset = Job.objects.select_related(
+        "device", "model", "version", "pipeline", "pipeline_version"
+    ).prefetch_related("events")
     serializer_class = DeploymentSerializer
     filterset_class = DeploymentFilter
     ordering_fields = ["created_at", "status"]
@@ -89,16 +91,16 @@ class RolloutViewSet(
 ):
     """Staged canary rollouts. Operators plan, start and steer them; the emergency path is for admins."""
 
-    queryset = Rollout.objects.select_related("model", "version")
+    queryset = Rollout.objects.select_related("model", "version", "pipeline", "pipeline_version")
     serializer_class = RolloutSerializer
-    filterset_fields = ["status", "model", "version"]
+    filterset_fields = ["status", "model", "version", "pipeline", "pipeline_version"]
     ordering_fields = ["created_at", "status"]
     write_role = roles.OPERATOR
     action_roles = {"emergency": roles.ADMIN}
 
     def _detail(self, rollout: Rollout, code: int = status.HTTP_200_OK) -> Response:
         rollout = (
-            Rollout.objects.select_related("model", "version")
+            Rollout.objects.select_related("model", "version", "pipeline", "pipeline_version")
             .prefetch_related("gate_results__wave", "events__wave", "waves")
             .get(pk=rollout.pk)
         )

@@ -94,7 +94,9 @@ class DeviceViewSet(viewsets.ModelViewSet):
 
     def get_queryset(self) -> QuerySet[Device]:
         # `installed` in one query for the page, not one per device
-        current = Installation.objects.filter(until__isnull=True).select_related("model", "version")
+        current = Installation.objects.filter(until__isnull=True).select_related(
+            "model", "version", "pipeline", "pipeline_version"
+        )
         return (
             super()
             .get_queryset()

@@ -3,12 +3,15 @@ from __future__ import annotations
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
+from .pipeline_views import PipelineVersionViewSet, PipelineViewSet
 from .views import ArtifactDownloadView, ModelVersionViewSet, RegisteredModelViewSet, SigningKeysView
 
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False  # fleet's router already serves the API root
 router.register("models", RegisteredModelViewSet, basename="model")
 router.register(r"models/(?P<model_id>[0-9]+)/versions", ModelVersionViewSet, basename="model-version")
+router.register("pipelines", PipelineViewSet, basename="pipeline")
+router.register(r"pipelines/(?P<pipeline_id>[0-9]+)/versions", PipelineVersionViewSet, basename="pipeline-version")
 
 urlpatterns = [
     *router.urls,

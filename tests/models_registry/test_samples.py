@@ -10,7 +10,7 @@ import pytest
 from django.core.management import call_command
 
 from models_registry import samples
-from models_registry.models import Alias, ModelVersion, RegisteredModel
+from models_registry.models import Alias, ModelVersion, PipelineVersion, RegisteredModel
 from protocol import signing
 
 pytestmark = pytest.mark.django_db
@@ -59,7 +59,7 @@ def test_same_arguments_give_the_same_bytes(versions):
 def test_sample_models_command_writes_and_registers_idempotently(tmp_path, assert_audited):
     call_command("sample_models", out=tmp_path / "out", register=True)
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["classifier-v1.onnx", "classifier-v2.onnx", "classifier-v3.onnx"]
+    assert written == ["classifier-v1.onnx", "classifier-v2.onnx", "classifier-v3.onnx", "motion-detector-v1.onnx"]
     model = RegisteredModel.objects.get(name="demo-classifier")
     versions = list(ModelVersion.objects.filter(model=model).order_by("number"))
     assert [(v.number, v.status) for v in versions] == [(1, "published"), (2, "published"), (3, "published")]
@@ -69,5 +69,12 @@ def test_sample_models_command_writes_and_registers_idempotently(tmp_path, asser
     assert signing.manifest_version(versions[2].manifest) == 3
     assert_audited("model_version", versions[1].pk, "model_version.publish", actor="system:sample_models")
 
+    pipeline = PipelineVersion.objects.with_stages().get(pipeline__name="demo-motion-then-classify")
+    assert pipeline.status == "published"
+    assert [(s.name, str(s.version)) for s in pipeline.ordered_stages()] == [
+        ("detect", "demo-motion-detector v1"), ("classify", "demo-classifier v1"),
+    ]  # fmt: skip
+
     call_command("sample_models", register=True)  # a re-run changes nothing
     assert ModelVersion.objects.filter(model=model).count() == 3
+    assert PipelineVersion.objects.count() == 1

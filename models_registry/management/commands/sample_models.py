@@ -10,18 +10,21 @@ from django.db import transaction
 
 from audit.actors import Actor
 from models_registry import samples
-from models_registry.models import ModelVersion, RegisteredModel, Status
+from models_registry.models import ModelVersion, Pipeline, PipelineVersion, RegisteredModel, Status
+from models_registry.pipeline_services import pipeline_create, pipeline_version_create, pipeline_version_publish
 from models_registry.services import alias_set, model_create, model_version_create, model_version_publish
 from telemetry.drift import profile_from_samples, reference_profile_set
 from telemetry.models import ReferenceProfile
 
 MODEL_NAME = "demo-classifier"
+DETECTOR_NAME = "demo-motion-detector"
+PIPELINE_NAME = "demo-motion-then-classify"
 
 
 class Command(BaseCommand):
     help = (
         "Write the tiny sample ONNX classifiers (v1 reference, v2 slower, v3 less accurate); "
-        "--register uploads and publishes them."
+        "--register uploads and publishes them, and the two-stage sample pipeline (motion detector -> classifier)."
     )
 
     def add_arguments(self, parser: Any) -> None:
@@ -36,8 +39,13 @@ class Command(BaseCommand):
                 path = out / f"classifier-v{sample.number}.onnx"
                 path.write_bytes(sample.onnx_bytes)
                 self.stdout.write(f"wrote {path} ({len(sample.onnx_bytes)} bytes, accuracy {sample.accuracy})")
+        if out is not None:
+            path = out / "motion-detector-v1.onnx"
+            path.write_bytes(samples.build_motion_detector())
+            self.stdout.write(f"wrote {path} (stage 1 of the sample pipeline)")
         if register:
-            register_samples(versions, log=self.stdout.write)
+            classifier = register_samples(versions, log=self.stdout.write)
+            register_sample_pipeline(classifier, log=self.stdout.write)
 
 
 def register_samples(versions: list[samples.SampleVersion], log: Any = print) -> RegisteredModel:
@@ -74,3 +82,53 @@ def register_samples(versions: list[samples.SampleVersion], log: Any = print) ->
             alias_set(actor=actor, model=model, name="production", version=version)
     return model
 
+
+def register_sample_pipeline(classifier: RegisteredModel, log: Any = print) -> PipelineVersion:
+    """The sample pipeline: the motion detector, then the classifier only on frames scoring >= 0.5. Idempotent."""
+    actor = Actor.system("sample_models")
+    onnx_bytes = samples.build_motion_detector()
+    sha256 = hashlib.sha256(onnx_bytes).hexdigest()
+    with transaction.atomic():
+        detector_model = RegisteredModel.objects.filter(name=DETECTOR_NAME).first() or model_create(
+            actor=actor,
+            name=DETECTOR_NAME,
+            task="detection",
+            description="motion score of 4 features; stage 1 of the sample pipeline (generated, no external weights)",
+        )
+    detector = ModelVersion.objects.filter(model=detector_model, sha256=sha256).order_by("number").first()
+    if detector is None:
+        detector = model_version_create(
+            actor=actor,
+            model=detector_model,
+            artifact=io.BytesIO(onnx_bytes),
+            format="onnx",
+            framework="other",
+            label="1.0.0",
+            io_signature=samples.DETECTOR_IO_SIGNATURE,
+            requirements={"runtime": "onnxruntime", "min_runtime_version": "1.16", "min_memory_mb": 256},
+        )
+        log(f"registered {DETECTOR_NAME} v{detector.number}")
+    if detector.status == Status.DRAFT:
+        detector = model_version_publish(actor=actor, version=detector)
+    stage_two = ModelVersion.objects.get(model=classifier, number=1)
+    with transaction.atomic():
+        pipeline = Pipeline.objects.filter(name=PIPELINE_NAME).first() or pipeline_create(
+            actor=actor,
+            name=PIPELINE_NAME,
+            description="classify only the frames the motion detector flags",
+        )
+    version = PipelineVersion.objects.filter(pipeline=pipeline).order_by("number").first()
+    if version is None:
+        version = pipeline_version_create(
+            actor=actor,
+            pipeline=pipeline,
+            stages=[
+                {"name": "detect", "version": detector, "condition": None},
+                {"name": "classify", "version": stage_two, "condition": dict(samples.PIPELINE_CONDITION)},  # type: ignore[typeddict-item]
+            ],
+        )
+        log(f"registered pipeline {PIPELINE_NAME} v{version.number}")
+    if version.status == Status.DRAFT:
+        version = pipeline_version_publish(actor=actor, version=version)
+        log(f"published pipeline {PIPELINE_NAME} v{version.number}")
+    return version
