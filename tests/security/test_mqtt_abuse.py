@@ -184,8 +184,13 @@ def test_a_device_revoked_while_connected_is_ignored_by_the_bridge(broker):
         try:
             assert bridge.connected.wait(10)
             status = {"schema_version": 1, "state": "online", "agent_version": "1", "ts": timezone.now().isoformat()}
-            conn.publish(f"{prefix(device.uid)}/status", json.dumps(status).encode())
-            wait_until(lambda: Device.objects.get(pk=device.pk).status == "online", 10, "device online")
+
+            def online() -> bool:
+                # re-sent until applied: a brand-new bridge session gets nothing before its SUBACK
+                conn.publish(f"{prefix(device.uid)}/status", json.dumps(status).encode())
+                return Device.objects.get(pk=device.pk).status == "online"
+
+            wait_until(online, 20, "device online", interval=1)
             # revoked in the database; the device is still connected (Mosquitto has not re-read its files yet)
             device_revoke(actor=ACTOR, device=device, reason="stolen")
             conn.publish(f"{prefix(device.uid)}/status", json.dumps(status).encode())
