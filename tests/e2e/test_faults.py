@@ -129,6 +129,16 @@ def test_bridge_recovers_when_its_database_connections_are_dropped_during_ingest
         MQTT_URL=mosquitto.url, PGAPPNAME=BRIDGE_APP,
     )  # fmt: skip
     wait_until(lambda: _bridge_backends() > 0, 30, lambda: f"the bridge's db connection\n{bridge.output()[-2000:]}")
+    ready = mqtt_device(mosquitto.port, "pg-0", secrets["pg-0"])
+
+    def subscribed() -> bool:  # re-sent until applied: a brand-new bridge session gets nothing before its SUBACK
+        status = {"schema_version": 1, "state": "online", "agent_version": "1", "ts": timezone.now().isoformat()}
+        ready.publish("fogdeck/v1/devices/pg-0/status", json.dumps(status).encode(), qos=1).wait_for_publish(10)
+        return Device.objects.get(uid="pg-0").status == "online"
+
+    wait_until(subscribed, 60, lambda: f"the bridge subscribed\n{bridge.output()[-2000:]}", interval=1)
+    ready.disconnect()
+    ready.loop_stop()
     published = dict.fromkeys(secrets, 0)
     enough = threading.Event()
 
@@ -174,9 +184,9 @@ def test_bridge_recovers_when_its_database_connections_are_dropped_during_ingest
     assert bridge.process.poll() is None, "the bridge died"
     # and it still applies new messages with a fresh connection
     client = mqtt_device(mosquitto.port, "pg-0", secrets["pg-0"])
-    status = {"schema_version": 1, "state": "online", "agent_version": "1", "ts": timezone.now().isoformat()}
+    status = {"schema_version": 1, "state": "offline", "agent_version": "1", "ts": timezone.now().isoformat()}
     client.publish("fogdeck/v1/devices/pg-0/status", json.dumps(status).encode(), qos=1).wait_for_publish(10)
-    wait_until(lambda: Device.objects.get(uid="pg-0").status == "online", 20, "status after the faults")
+    wait_until(lambda: Device.objects.get(uid="pg-0").status == "offline", 20, "status after the faults")
     client.disconnect()
     client.loop_stop()
 
@@ -236,6 +246,12 @@ def test_duplicate_late_and_reordered_job_updates_never_move_a_job_backwards(con
         })  # fmt: skip
         wait_until(lambda: Device.objects.get(uid=uid).agent_version == mark, 30, f"barrier {mark}")
 
+    def online(uid: str) -> bool:  # re-sent until applied: a brand-new bridge session gets nothing before its SUBACK
+        send(uid, "status", {"schema_version": 1, "state": "online", "agent_version": "1", "ts": _now()})
+        return Device.objects.get(uid=uid).status == "online"
+
+    for uid in clients:
+        wait_until(lambda uid=uid: online(uid), 60, f"the bridge to hear {uid}", interval=1)
     update(2, "IN_PROGRESS", step="verifying", progress=0.5)  # seq 1 is late: it comes after seq 2
     update(1, "IN_PROGRESS", step="downloading", progress=0.1)  # late
     update(2, "IN_PROGRESS", step="verifying", progress=0.5)  # duplicate (a QoS 1 redelivery)
