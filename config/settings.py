@@ -330,6 +330,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["core.permissions.RolePermission"],
+    # The API speaks JSON; the two upload endpoints (model versions, device import) accept multipart
+    # themselves. Form encodings cannot carry the nested bodies (rollout plans, runtimes), so they are
+    # neither accepted nor advertised in the schema.
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
         "rest_framework.filters.OrderingFilter",
@@ -350,6 +355,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
+    # every operation documents the shared error responses (core/schema.py) next to its own
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "core.schema.add_error_responses"],
     # choice sets that share a field name across apps get distinct component names
     "ENUM_NAME_OVERRIDES": {
         "ModelVersionStatusEnum": "models_registry.models.Status",

@@ -18,6 +18,9 @@ api_v1 = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]
 
+# an unmatched URL under /api/ answers with the API's error body, not an HTML page
+handler404 = "core.views.not_found"
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
