@@ -16,6 +16,7 @@ Guarantees:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from django.utils import timezone
 from audit.actors import Actor
 from audit.services import audit_record
 from models_registry.models import ModelVersion, RegisteredModel
+from telemetry.streaming import rollout_stream_touch
 
 from . import gates
 from .exceptions import DeploymentRefused, InvalidTransition, PlanInvalid
@@ -88,6 +90,7 @@ def _rollout_transition(rollout: Rollout, *, to: str, actor: Actor, reason: str 
     )
     for key, value in values.items():
         setattr(rollout, key, value)
+    transaction.on_commit(functools.partial(rollout_stream_touch, rollout.pk))
 
 
 def _wave_transition(wave: Wave, *, to: str, actor: Actor, reason: str = "", **fields: Any) -> None:
@@ -115,6 +118,7 @@ def _wave_transition(wave: Wave, *, to: str, actor: Actor, reason: str = "", **f
     )
     for key, value in values.items():
         setattr(wave, key, value)
+    transaction.on_commit(functools.partial(rollout_stream_touch, wave.rollout_id))
 
 
 def _record_gate(
@@ -127,6 +131,7 @@ def _record_gate(
     result: gates.Verdict | None = None,
     reason: str = "",
 ) -> GateEvaluation:
+    transaction.on_commit(functools.partial(rollout_stream_touch, wave.rollout_id))
     return GateEvaluation.objects.create(
         rollout_id=wave.rollout_id,
         wave=wave,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import Count, QuerySet
+from django.db.models import Case, Count, Q, QuerySet, Sum, Value, When
+from django.utils import timezone
 
 from fleet.models import Device
 
-from .models import Installation, Rollout, RolloutTarget
+from .models import ROLLOUT_ACTIVE, GateEvaluation, Installation, JobStatus, Rollout, RolloutTarget, Wave
 
 
 def rollout_wave_counts(rollout: Rollout) -> dict[int, dict[str, dict[str, int]]]:
@@ -63,3 +66,114 @@ def device_installed(device: Device) -> list[dict[str, Any]]:
     if current is None:
         current = Installation.objects.filter(device=device, until__isnull=True).select_related("model", "version")
     return [{"model": i.model.name, "version": i.version.number, "since": i.since} for i in current]
+
+
+# --- rollout pages and streams (frontend/, telemetry/streaming.py) ---------------------------------
+
+
+def active_rollouts_of_devices(device_ids: Iterable[int]) -> dict[int, list[tuple[int, str, int]]]:
+    """{device id: [(rollout id, model name, version number)]} for the active rollouts (running, paused,
+    rolling back) that include these devices in a wave. One query, served by `rollout_target_device_idx`."""
+    out: dict[int, list[tuple[int, str, int]]] = defaultdict(list)
+    rows = RolloutTarget.objects.filter(
+        device_id__in=list(device_ids), wave__isnull=False, rollout__status__in=ROLLOUT_ACTIVE
+    ).values_list("device_id", "rollout_id", "rollout__model__name", "rollout__version__number")
+    for device_id, rollout_id, model, number in rows:
+        out[device_id].append((rollout_id, model, number))
+    return dict(out)
+
+
+def rollout_progress(rollout_id: int) -> dict[str, Any] | None:
+    """What a rollout page shows live: status, current wave, each wave's status and devices by job state
+    (three queries whatever the size). None when the rollout is gone."""
+    rollout = Rollout.objects.filter(pk=rollout_id).first()
+    if rollout is None:
+        return None
+    counts = rollout_wave_counts(rollout)
+    waves = [
+        {
+            "index": w.index,
+            "status": w.status,
+            "size": w.size,
+            "jobs": counts.get(w.pk, {}).get("jobs", {}),
+            "rollbacks": counts.get(w.pk, {}).get("rollbacks", {}),
+        }
+        for w in Wave.objects.filter(rollout_id=rollout_id).order_by("index")
+    ]
+    return {
+        "kind": "progress",
+        "status": rollout.status,
+        "status_reason": rollout.status_reason,
+        "current_wave": rollout.current_wave,
+        "skip_gates": rollout.skip_gates,
+        "waves": waves,
+        "gates": [gate_evaluation_row(g) for g in rollout_gate_timeline(rollout_id)],
+    }
+
+
+def rollout_gate_timeline(rollout_id: int, limit: int = 50) -> list[GateEvaluation]:
+    """The newest gate evaluations of a rollout, oldest first (the page's timeline)."""
+    rows = GateEvaluation.objects.filter(rollout_id=rollout_id).select_related("wave").order_by("-at", "-id")[:limit]
+    return list(reversed(rows))
+
+
+def gate_evaluation_row(g: GateEvaluation) -> dict[str, Any]:
+    return {
+        "id": g.pk,
+        "at": g.at.isoformat(),
+        "wave": g.wave.index,
+        "gate": g.gate,
+        "verdict": g.verdict,
+        "final": g.final,
+        "reason": g.reason,
+        "actor": g.actor,
+        "inputs": g.inputs,
+        "figures": g.figures,
+    }
+
+
+def rollout_list_rows(statuses: Iterable[str] = ()) -> QuerySet[Rollout]:
+    """Rollouts newest first with what the list shows: model, version, devices in waves and finished
+    installs (aggregated in SQL: one query per page, whatever the rollouts' sizes)."""
+    finished = Q(targets__install_job__status=JobStatus.SUCCEEDED)
+    rows = Rollout.objects.select_related("model", "version").annotate(
+        device_count=Count("targets", filter=Q(targets__wave__isnull=False)),
+        succeeded_count=Count("targets", filter=finished & Q(targets__wave__isnull=False)),
+    )
+    statuses = list(statuses)
+    if statuses:
+        rows = rows.filter(status__in=statuses)
+    return rows.order_by("-created_at", "-id")
+
+
+def rollout_cohort_series(rollout: Rollout, *, hours: int = 6) -> dict[str, list[dict[str, Any]]]:
+    """Per minute since the rollout started (at most `hours`): the rollout's version (canary) against the
+    model's other versions (baseline), from the minute rollups: request-weighted mean p95 and error rate.
+    Fleet-wide per version, so the history is cheap at any size; live points narrow it to the rollout's
+    own devices (`telemetry.streaming.rollout_cohort_items`)."""
+    from telemetry.models import TelemetryRollup
+
+    since = timezone.now() - dt.timedelta(hours=hours)
+    if rollout.started_at and rollout.started_at - dt.timedelta(minutes=10) > since:
+        since = rollout.started_at - dt.timedelta(minutes=10)
+    canary = Q(version_number=rollout.version.number)
+    rows = (
+        TelemetryRollup.objects.filter(model_name=rollout.model.name, minute__gte=since)
+        .annotate(cohort=Case(When(canary, then=Value("canary")), default=Value("baseline")))
+        .values("cohort", "minute")
+        .annotate(requests=Sum("requests"), errors=Sum("errors"), p95_wsum=Sum("p95_wsum"))
+        .order_by("minute")
+    )
+    out: dict[str, list[dict[str, Any]]] = {"canary": [], "baseline": []}
+    for row in rows:
+        requests = row["requests"] or 0
+        out[row["cohort"]].append(
+            {
+                "ts": row["minute"].isoformat(),
+                "requests": requests,
+                "errors": row["errors"] or 0,
+                "error_rate": round((row["errors"] or 0) / requests, 6) if requests else 0.0,
+                "p95_ms": round(row["p95_wsum"] / requests, 3) if requests else None,
+            }
+        )
+    return out

@@ -8,6 +8,7 @@ and MQTT messages to the device go through the outbox in that transaction too.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from models_registry.services import model_version_download_url
 from mqttbridge.outbox import outbox_enqueue
 from protocol.device_topics import jobs_get_accepted_topic, jobs_notify_topic
 from protocol.messages import JobDocument, JobsGetAccepted, JobsNotify, JobUpdate, encode
+from telemetry.streaming import rollout_stream_touch
 
 from .exceptions import DeploymentRefused, InvalidTransition
 from .models import ACTIVE, TERMINAL, TRANSITIONS, Installation, Job, JobEvent, JobKind, JobStatus
@@ -132,7 +134,14 @@ def deployment_create(
         },
     )
     _notify(job)
+    _stream_rollout_progress(rollout_id)
     return job
+
+
+def _stream_rollout_progress(rollout_id: int | None) -> None:
+    """A rollout's job changed: its page gets the new counts after commit (coalesced, see telemetry/streaming.py)."""
+    if rollout_id is not None:
+        transaction.on_commit(functools.partial(rollout_stream_touch, rollout_id))
 
 
 def _transition(
@@ -177,6 +186,7 @@ def _transition(
     )
     if to == JobStatus.SUCCEEDED:
         _record_installation(job, now)
+    _stream_rollout_progress(job.rollout_id)
     for key, value in fields.items():
         setattr(job, key, value)
     return True

@@ -23,7 +23,7 @@ from protocol.messages import TelemetryMessage
 from protocol.streams import TelemetryPoint, device_group
 
 from .models import TelemetryRollup, TelemetrySample
-from .streaming import stream_offer
+from .streaming import rollout_cohort_offer, stream_offer
 
 UPSERT_CHUNK = 500  # rollup rows per INSERT statement (16 parameters each)
 
@@ -138,6 +138,8 @@ def telemetry_ingest_batch(envelopes: Sequence[TelemetryEnvelope]) -> int:
         _store_raw(rows)
         _upsert_rollups(rollups)
         transaction.on_commit(lambda: stream_offer(latest))
+        cohort_samples = [(r[0], r[1], r[2], r[3], r[5], r[6], r[8]) for r in rows]
+        transaction.on_commit(lambda: rollout_cohort_offer(cohort_samples))
     return len(rows)
 
 
