@@ -182,7 +182,14 @@ else:
         "processed_folder": str(_celery_dir / "processed"),
         "store_processed": False,
     }
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # In memory, plus a relay so the bridge and worker processes reach the web server's websockets
+    # (core/channels_relay.py); the socket path must stay under ~100 characters.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "core.channels_relay.RelayedInMemoryChannelLayer",
+            "CONFIG": {"relay_socket": env_str("CHANNEL_RELAY_SOCKET", str(DATA_DIR / "channels-relay.sock"))},
+        }
+    }
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
