@@ -117,8 +117,15 @@ def rollout_gate_timeline(rollout_id: int, limit: int = 50) -> list[GateEvaluati
     return list(reversed(rows))
 
 
+GATE_SUMMARY_FIGURES = ("succeeded", "failed", "total", "failure_pct", "samples", "error_rate", "max_p95_ratio",
+                        "worst_profile", "failed_checks")  # fmt: skip
+
+
 def gate_evaluation_row(g: GateEvaluation) -> dict[str, Any]:
+    """A gate evaluation for the timeline: the figures that decide, then everything it looked at."""
+    summary = ", ".join(f"{k} {g.figures[k]}" for k in GATE_SUMMARY_FIGURES if g.figures.get(k) is not None)
     return {
+        "summary": summary,
         "id": g.pk,
         "at": g.at.isoformat(),
         "wave": g.wave.index,

@@ -198,7 +198,11 @@
           cells.forEach(function (text, i) {
             var td = document.createElement("td");
             if (i === 3) { var v = document.createElement("span"); v.className = "status verdict-" + g.verdict; v.textContent = text; td.appendChild(v); }
-            else if (i === 4 || i === 5) { var code = document.createElement("code"); code.textContent = text; td.appendChild(code); td.className = "changes small"; }
+            else if (i === 4 || i === 5) {
+              var details = document.createElement("details"), summary = document.createElement("summary"), code = document.createElement("code");
+              summary.textContent = i === 4 ? (g.summary || "figures") : "inputs"; code.textContent = text;
+              details.appendChild(summary); details.appendChild(code); td.appendChild(details); td.className = "changes small";
+            }
             else td.textContent = text;
             tr.appendChild(td);
           });
