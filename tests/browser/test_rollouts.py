@@ -150,6 +150,9 @@ def test_operator_plans_previews_starts_watches_and_pauses_a_rollout(
     rollout = off_loop(Rollout.objects.get, pk=rollout_id)
     assert rollout.status == RolloutStatus.PAUSED and rollout.status_reason == "checking the canary"
 
+    page.goto(f"{rollout_server.url}/")  # the fleet overview links the active rollout
+    page.click(f'[data-testid="active-rollouts"] a[href="/rollouts/{rollout_id}/"]')
+    page.wait_for_selector('[data-testid="wave-chart"] .main-svg')
     page.goto(f"{rollout_server.url}/rollouts/")
     assert page.locator('[data-testid="rollout-table"] tbody tr').count() == 1
     screenshot(page, "rollout-list")
