@@ -198,9 +198,18 @@ else:
         "processed_folder": str(_celery_dir / "processed"),
         "store_processed": False,
     }
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # In memory, plus a relay so the bridge and worker processes reach the web server's websockets
+    # (core/channels_relay.py); the socket path must stay under ~100 characters.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "core.channels_relay.RelayedInMemoryChannelLayer",
+            "CONFIG": {"relay_socket": env_str("CHANNEL_RELAY_SOCKET", str(DATA_DIR / "channels-relay.sock"))},
+        }
+    }
+
 # The Django cache (resolve answers, offline-storm counters) lives in Redis too when it is there, so
-# every process sees the same entries and invalidations; otherwise per-process memory.
+# every process sees the same entries and invalidations; otherwise files under the data directory, which
+# the web server, the bridge and the worker of the embedded default share as well.
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -210,7 +219,12 @@ if REDIS_URL:
         }
     }
 else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "fogdeck"}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(DATA_DIR / "cache"),
+        }
+    }
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

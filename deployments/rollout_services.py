@@ -16,6 +16,7 @@ Guarantees:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from audit.actors import Actor
 from audit.services import audit_record
 from core.events import publish
 from models_registry.models import ModelVersion, Pipeline, PipelineVersion, RegisteredModel
+from telemetry.streaming import rollout_stream_touch
 
 from . import gates
 from .exceptions import DeploymentRefused, InvalidTransition, PlanInvalid
@@ -95,6 +97,7 @@ def _rollout_transition(rollout: Rollout, *, to: str, actor: Actor, reason: str 
                                reason=reason, actor=actor, at=now)  # fmt: skip
     for key, value in values.items():
         setattr(rollout, key, value)
+    transaction.on_commit(functools.partial(rollout_stream_touch, rollout.pk))
 
 
 def _publish_rollout_event(kind: str, rollout: Rollout, *, actor: Actor, at: dt.datetime, **fields: object) -> None:
@@ -131,6 +134,7 @@ def _wave_transition(wave: Wave, *, to: str, actor: Actor, reason: str = "", **f
     )
     for key, value in values.items():
         setattr(wave, key, value)
+    transaction.on_commit(functools.partial(rollout_stream_touch, wave.rollout_id))
 
 
 def _record_gate(
@@ -143,6 +147,7 @@ def _record_gate(
     result: gates.Verdict | None = None,
     reason: str = "",
 ) -> GateEvaluation:
+    transaction.on_commit(functools.partial(rollout_stream_touch, wave.rollout_id))
     return GateEvaluation.objects.create(
         rollout_id=wave.rollout_id,
         wave=wave,

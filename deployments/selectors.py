@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Case, Count, Q, QuerySet, Sum, Value, When
+from django.utils import timezone
 
 from fleet.models import ArtifactSource, ArtifactTransfer, Device
 
-from .models import Installation, Rollout, RolloutTarget
+from .models import ROLLOUT_ACTIVE, GateEvaluation, Installation, JobStatus, Rollout, RolloutTarget, Wave
 
 
 def rollout_wave_counts(rollout: Rollout) -> dict[int, dict[str, dict[str, int]]]:
@@ -111,3 +114,131 @@ def artifact_transfer_summary(rollout: Rollout) -> dict[str, Any]:
     artifact_size = rollout.version.size if rollout.version_id else 0
     summary["gateway_fill_bytes_max"] = len(summary["gateways"]) * artifact_size
     return summary
+
+
+# --- rollout pages and streams (frontend/, telemetry/streaming.py) ---------------------------------
+
+
+def active_rollouts_of_devices(device_ids: Iterable[int]) -> dict[int, list[tuple[int, str, int]]]:
+    """{device id: [(rollout id, model name, version number)]} for the active rollouts (running, paused,
+    rolling back) that include these devices in a wave. One query, served by `rollout_target_device_idx`."""
+    out: dict[int, list[tuple[int, str, int]]] = defaultdict(list)
+    rows = RolloutTarget.objects.filter(
+        device_id__in=list(device_ids), wave__isnull=False, rollout__status__in=ROLLOUT_ACTIVE
+    ).values_list(
+        "device_id",
+        "rollout_id",
+        "rollout__model__name",
+        "rollout__version__number",
+        "rollout__pipeline__name",
+        "rollout__pipeline_version__number",
+    )
+    # a pipeline rollout is known to devices and telemetry by the pipeline's name
+    for device_id, rollout_id, model, number, pipeline, pipeline_number in rows:
+        if pipeline_number is not None:
+            model, number = pipeline, pipeline_number
+        out[device_id].append((rollout_id, model, number))
+    return dict(out)
+
+
+def rollout_progress(rollout_id: int) -> dict[str, Any] | None:
+    """What a rollout page shows live: status, current wave, each wave's status and devices by job state
+    (three queries whatever the size). None when the rollout is gone."""
+    rollout = Rollout.objects.filter(pk=rollout_id).first()
+    if rollout is None:
+        return None
+    counts = rollout_wave_counts(rollout)
+    waves = [
+        {
+            "index": w.index,
+            "status": w.status,
+            "size": w.size,
+            "jobs": counts.get(w.pk, {}).get("jobs", {}),
+            "rollbacks": counts.get(w.pk, {}).get("rollbacks", {}),
+        }
+        for w in Wave.objects.filter(rollout_id=rollout_id).order_by("index")
+    ]
+    return {
+        "kind": "progress",
+        "status": rollout.status,
+        "status_reason": rollout.status_reason,
+        "current_wave": rollout.current_wave,
+        "skip_gates": rollout.skip_gates,
+        "waves": waves,
+        "gates": [gate_evaluation_row(g) for g in rollout_gate_timeline(rollout_id)],
+    }
+
+
+def rollout_gate_timeline(rollout_id: int, limit: int = 50) -> list[GateEvaluation]:
+    """The newest gate evaluations of a rollout, oldest first (the page's timeline)."""
+    rows = GateEvaluation.objects.filter(rollout_id=rollout_id).select_related("wave").order_by("-at", "-id")[:limit]
+    return list(reversed(rows))
+
+
+GATE_SUMMARY_FIGURES = ("succeeded", "failed", "total", "failure_pct", "samples", "error_rate", "max_p95_ratio",
+                        "worst_profile", "failed_checks")  # fmt: skip
+
+
+def gate_evaluation_row(g: GateEvaluation) -> dict[str, Any]:
+    """A gate evaluation for the timeline: the figures that decide, then everything it looked at."""
+    summary = ", ".join(f"{k} {g.figures[k]}" for k in GATE_SUMMARY_FIGURES if g.figures.get(k) is not None)
+    return {
+        "summary": summary,
+        "id": g.pk,
+        "at": g.at.isoformat(),
+        "wave": g.wave.index,
+        "gate": g.gate,
+        "verdict": g.verdict,
+        "final": g.final,
+        "reason": g.reason,
+        "actor": g.actor,
+        "inputs": g.inputs,
+        "figures": g.figures,
+    }
+
+
+def rollout_list_rows(statuses: Iterable[str] = ()) -> QuerySet[Rollout]:
+    """Rollouts newest first with what the list shows: model, version, devices in waves and finished
+    installs (aggregated in SQL: one query per page, whatever the rollouts' sizes)."""
+    finished = Q(targets__install_job__status=JobStatus.SUCCEEDED)
+    rows = Rollout.objects.select_related("model", "version", "pipeline", "pipeline_version").annotate(
+        device_count=Count("targets", filter=Q(targets__wave__isnull=False)),
+        succeeded_count=Count("targets", filter=finished & Q(targets__wave__isnull=False)),
+    )
+    statuses = list(statuses)
+    if statuses:
+        rows = rows.filter(status__in=statuses)
+    return rows.order_by("-created_at", "-id")
+
+
+def rollout_cohort_series(rollout: Rollout, *, hours: int = 6) -> dict[str, list[dict[str, Any]]]:
+    """Per minute since the rollout started (at most `hours`): the rollout's version (canary) against the
+    model's other versions (baseline), from the minute rollups: request-weighted mean p95 and error rate.
+    Fleet-wide per version, so the history is cheap at any size; live points narrow it to the rollout's
+    own devices (`telemetry.streaming.rollout_cohort_items`)."""
+    from telemetry.models import TelemetryRollup
+
+    since = timezone.now() - dt.timedelta(hours=hours)
+    if rollout.started_at and rollout.started_at - dt.timedelta(minutes=10) > since:
+        since = rollout.started_at - dt.timedelta(minutes=10)
+    canary = Q(version_number=rollout.subject.number)
+    rows = (
+        TelemetryRollup.objects.filter(model_name=rollout.subject_name, minute__gte=since)
+        .annotate(cohort=Case(When(canary, then=Value("canary")), default=Value("baseline")))
+        .values("cohort", "minute")
+        .annotate(requests=Sum("requests"), errors=Sum("errors"), p95_wsum=Sum("p95_wsum"))
+        .order_by("minute")
+    )
+    out: dict[str, list[dict[str, Any]]] = {"canary": [], "baseline": []}
+    for row in rows:
+        requests = row["requests"] or 0
+        out[row["cohort"]].append(
+            {
+                "ts": row["minute"].isoformat(),
+                "requests": requests,
+                "errors": row["errors"] or 0,
+                "error_rate": round((row["errors"] or 0) / requests, 6) if requests else 0.0,
+                "p95_ms": round(row["p95_wsum"] / requests, 3) if requests else None,
+            }
+        )
+    return out

@@ -8,6 +8,7 @@ and MQTT messages to the device go through the outbox in that transaction too.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ from protocol.messages import (
     encode,
 )
 from protocol.pipelines import PIPELINE_FORMAT
+from telemetry.streaming import rollout_stream_touch
 
 from .artifact_mirrors import job_artifact_mirrors
 from .exceptions import DeploymentRefused, InvalidTransition
@@ -209,7 +211,14 @@ def deployment_create(
         },
     )
     _notify(job)
+    _stream_rollout_progress(rollout_id)
     return job
+
+
+def _stream_rollout_progress(rollout_id: int | None) -> None:
+    """A rollout's job changed: its page gets the new counts after commit (coalesced, see telemetry/streaming.py)."""
+    if rollout_id is not None:
+        transaction.on_commit(functools.partial(rollout_stream_touch, rollout_id))
 
 
 def _transition(
@@ -254,6 +263,7 @@ def _transition(
     )
     if to == JobStatus.SUCCEEDED:
         _record_installation(job, now)
+    _stream_rollout_progress(job.rollout_id)
     for key, value in fields.items():
         setattr(job, key, value)
     return True

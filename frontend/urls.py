@@ -4,7 +4,7 @@ import plotly
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import pipeline_views, views, webhook_views
+from . import pipeline_views, rollout_views, views, webhook_views
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(template_name="frontend/login.html"), name="login"),
@@ -18,12 +18,14 @@ urlpatterns = [
     path("models/<int:model_id>/", views.model_detail, name="model-detail"),
     path("models/<int:model_id>/versions/", views.model_version_upload, name="model-version-upload"),
     path("audit/", views.audit_list, name="audit-list"),
-    # The rollout pages (/rollouts/, /rollouts/new/, /rollouts/<id>/) are added by the rollouts work;
-    # base.html shows their nav entry once a page URL named "rollouts-page" exists
-    # (not "rollout-list": that name is the API router's /api/v1/rollouts/).
     path("webhooks/", webhook_views.webhook_list, name="webhooks-page"),
     path("webhooks/<int:subscription_id>/<str:verb>/", webhook_views.webhook_action, name="webhook-action"),
     path("pipelines/", pipeline_views.pipeline_list, name="pipeline-list-page"),
     path("pipelines/<int:pipeline_id>/", pipeline_views.pipeline_detail, name="pipeline-detail-page"),
+    # "rollouts-page", not "rollout-list": that name is the API router's /api/v1/rollouts/
+    path("rollouts/", rollout_views.rollout_list, name="rollouts-page"),
+    path("rollouts/new/", rollout_views.rollout_new, name="rollout-new"),
+    path("rollouts/<int:rollout_id>/", rollout_views.rollout_detail, name="rollout-page"),
+    path("rollouts/<int:rollout_id>/<slug:verb>/", rollout_views.rollout_action, name="rollout-action"),
     path(f"vendor/plotly-{plotly.__version__}.min.js", views.plotly_js, name="plotly-js"),
 ]

@@ -28,6 +28,8 @@ from audit.actors import Actor
 from audit.api.filters import AuditEntryFilter
 from audit.models import AuditEntry
 from core.roles import OPERATOR, VIEWER, has_role
+from deployments.models import ROLLOUT_ACTIVE
+from deployments.selectors import rollout_list_rows
 from fleet.filters import DeviceFilter
 from fleet.models import ConnectionStatus, Device, DeviceGroup, GroupKind, Site, Tier
 from fleet.services import DynamicGroupMembership
@@ -145,6 +147,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         "offline": total - online_count,
         "stale": Device.objects.stale().select_related("site").order_by("last_seen")[:20],
         "stale_count": Device.objects.stale().count(),
+        "active_rollouts": rollout_list_rows(ROLLOUT_ACTIVE)[:10],
     }
     return render(request, "frontend/overview.html", context)
 

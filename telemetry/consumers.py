@@ -1,4 +1,4 @@
-"""Websocket consumers for coalesced telemetry streams (`/ws/devices/{id}/`, later `/ws/rollouts/{id}/`)."""
+"""Websocket consumers for coalesced telemetry streams (`/ws/devices/{id}/`, `/ws/rollouts/{id}/`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from core.roles import VIEWER, has_role
+from deployments.models import Rollout
 from fleet.models import Device
-from protocol.streams import device_group
+from protocol.streams import device_group, rollout_group
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
@@ -19,16 +20,8 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
     """Signed-in viewers (session auth) join the groups `stream_groups()` names and receive what producers
     send there; anonymous sockets are closed with 4401, unknown objects with 4404.
 
-    A rollout page needs only::
-
-        class RolloutConsumer(StreamConsumer):
-            async def stream_groups(self) -> list[str] | None:
-                rollout_id = int(self.scope["url_route"]["kwargs"]["rollout_id"])
-                exists = await Rollout.objects.filter(pk=rollout_id).aexists()
-                return [rollout_group(rollout_id)] if exists else None
-
-    and its services offer figures with `telemetry.streaming.stream_offer({rollout_group(id): {key: item}})`,
-    which coalesces them like device telemetry.
+    Producers offer figures with `telemetry.streaming.stream_offer({group: {key: item}})`, which coalesces
+    them (at most ~5 messages per group per second).
     """
 
     groups_joined: list[str]
@@ -70,3 +63,14 @@ class DeviceConsumer(StreamConsumer):
         if not await Device.objects.filter(pk=device_id).aexists():
             return None
         return [device_group(device_id)]
+
+
+class RolloutConsumer(StreamConsumer):
+    """`/ws/rollouts/{id}/`: the rollout's progress (status, per-wave job-state counts, gate timeline) and
+    canary vs baseline latency and error figures, coalesced to at most 5 messages a second."""
+
+    async def stream_groups(self) -> list[str] | None:
+        rollout_id = int(self.scope["url_route"]["kwargs"]["rollout_id"])
+        if not await Rollout.objects.filter(pk=rollout_id).aexists():
+            return None
+        return [rollout_group(rollout_id)]

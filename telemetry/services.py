@@ -23,7 +23,7 @@ from protocol.messages import TelemetryMessage
 from protocol.streams import TelemetryPoint, device_group
 
 from .models import TelemetryRollup, TelemetrySample
-from .streaming import stream_offer
+from .streaming import rollout_cohort_offer, stream_offer
 
 UPSERT_CHUNK = 500  # rollup rows per INSERT statement (16 parameters each)
 
@@ -139,7 +139,13 @@ def telemetry_ingest_batch(envelopes: Sequence[TelemetryEnvelope]) -> int:
     with transaction.atomic():
         _store_raw(rows)
         _upsert_rollups(rollups)
-        transaction.on_commit(lambda: stream_offer(latest))
+        cohort_samples = [(r[0], r[1], r[2], r[3], r[5], r[6], r[8]) for r in rows]
+
+        def offer() -> None:
+            stream_offer(latest)
+            rollout_cohort_offer(cohort_samples)  # the pages of active rollouts these devices are in
+
+        transaction.on_commit(offer)
     return len(rows)
 
 

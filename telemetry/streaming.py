@@ -6,22 +6,31 @@ sends each changed group one message carrying those items, and never flushes mor
 `TELEMETRY_STREAM_INTERVAL_MS` (200 ms: at most 5 messages per group per second). An update that
 arrives after a quiet period goes out at once, so coalescing adds latency only under load.
 
-The coalescer lives in the producing process (the MQTT bridge). It reaches the web processes through
-the channel layer, so that needs Redis whenever they are different processes; see docs/architecture.md.
+The coalescer lives in the producing process (the MQTT bridge, a worker, a web process acting on a
+rollout). It reaches the web processes through the channel layer, so that needs Redis whenever they are
+different processes; on the embedded default (in-memory layer) `manage.py serve` runs the bridge in the
+web process for that reason (see docs/architecture.md, "Live updates").
+
+Rollout groups get two kinds of items (see `rollout_stream_touch` and `rollout_cohort_offer`): the
+rollout's progress (status and per-wave job-state counts), re-read in one query at flush time however
+many job updates marked it stale, and per-cohort (canary vs baseline) latency and error figures folded
+from each telemetry batch of the rollout's devices.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from django.conf import settings
+from django.db import connections
 
-from protocol.streams import TELEMETRY_EVENT, StreamMessage
+from protocol.streams import TELEMETRY_EVENT, StreamMessage, rollout_group
 
 logger = logging.getLogger("fogdeck.telemetry.stream")
 
@@ -29,17 +38,27 @@ SEND_CONCURRENCY = 16
 Sender = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
+class Deferred:
+    """An item computed when the flush sends it, not when it is offered: many offers, one read."""
+
+    def __init__(self, compute: Callable[[], dict[str, object] | None]) -> None:
+        self.compute = compute
+
+
+Item = dict[str, object] | Deferred
+
+
 class Coalescer:
     def __init__(self, *, interval_s: float, send: Sender | None = None) -> None:
         self.interval_s = interval_s
         self._send = send
-        self._pending: dict[str, dict[str, dict[str, object]]] = {}
+        self._pending: dict[str, dict[str, Item]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.sent = 0  # messages sent, for the benchmark and the logs
 
-    def offer(self, updates: Mapping[str, Mapping[str, dict[str, object]]]) -> None:
+    def offer(self, updates: Mapping[str, Mapping[str, Item]]) -> None:
         """Record {group: {key: item}}; a later item for the same group and key replaces the earlier one."""
         with self._lock:
             for group, items in updates.items():
@@ -51,7 +70,27 @@ class Coalescer:
         """Everything pending as one message per group, and forget it (what one flush sends)."""
         with self._lock:
             pending, self._pending = self._pending, {}
-        return [(group, {"group": group, "items": list(items.values())}) for group, items in pending.items()]
+        out: list[tuple[str, StreamMessage]] = []
+        deferred = False
+        for group, items in pending.items():
+            resolved: list[dict[str, object]] = []
+            for item in items.values():
+                if isinstance(item, Deferred):
+                    deferred = True
+                    try:
+                        value = item.compute()
+                    except Exception:  # a failed read must not lose the group's other items
+                        logger.exception("computing a deferred stream item for %s failed", group)
+                        continue
+                    if value is not None:
+                        resolved.append(value)
+                else:
+                    resolved.append(item)
+            if resolved:
+                out.append((group, {"group": group, "items": resolved}))
+        if deferred and threading.current_thread() is self._thread:
+            connections.close_all()  # this thread's connections only: don't hold one open between flushes
+        return out
 
     # --- the sending thread ----------------------------------------------------------------------
     def _ensure_thread(self) -> None:
@@ -111,7 +150,72 @@ def coalescer() -> Coalescer:
         return _coalescer
 
 
-def stream_offer(updates: Mapping[str, Mapping[str, dict[str, object]]]) -> None:
+def stream_offer(updates: Mapping[str, Mapping[str, Item]]) -> None:
     """Hand the latest figures per group to this process's coalescer (call it on commit)."""
     if updates:
         coalescer().offer(updates)
+
+
+# --- rollout streams -----------------------------------------------------------------------------
+ROLLOUT_PROGRESS_KEY = "progress"
+
+
+def rollout_stream_touch(rollout_id: int) -> None:
+    """The rollout's status, a wave's status or one of its jobs changed (call it on commit): its group
+    gets the fresh progress (`deployments.selectors.rollout_progress`) at the next flush, read once
+    however many changes arrived meanwhile."""
+
+    def compute() -> dict[str, object] | None:
+        from deployments.selectors import rollout_progress
+
+        return rollout_progress(rollout_id)
+
+    stream_offer({rollout_group(rollout_id): {ROLLOUT_PROGRESS_KEY: Deferred(compute)}})
+
+
+# (device id, model name, version number, ts, requests, errors, p95 ms)
+CohortSample = tuple[int, str, int, dt.datetime, int, int, float]
+
+
+def rollout_cohort_items(
+    samples: Iterable[CohortSample], memberships: Mapping[int, list[tuple[int, str, int]]]
+) -> dict[str, dict[str, Item]]:
+    """Fold one telemetry batch into per-rollout cohort figures: `canary` is the rollout's devices on its
+    version, `baseline` its devices on any other version of the model. p95 is request-weighted."""
+    acc: dict[tuple[int, str], list[Any]] = {}
+    for device_id, model, version, ts, requests, errors, p95 in samples:
+        for rollout_id, rollout_model, rollout_version in memberships.get(device_id, ()):
+            if model != rollout_model:
+                continue
+            cohort = "canary" if version == rollout_version else "baseline"
+            entry = acc.setdefault((rollout_id, cohort), [0, 0, 0.0, None, set()])
+            entry[0] += requests
+            entry[1] += errors
+            entry[2] += p95 * requests
+            entry[3] = ts if entry[3] is None or ts > entry[3] else entry[3]
+            entry[4].add(device_id)
+    out: dict[str, dict[str, Item]] = {}
+    for (rollout_id, cohort), (requests, errors, wsum, ts, devices) in acc.items():
+        out.setdefault(rollout_group(rollout_id), {})[f"cohort:{cohort}"] = {
+            "kind": "cohort",
+            "cohort": cohort,
+            "ts": ts.isoformat(),
+            "requests": requests,
+            "errors": errors,
+            "error_rate": round(errors / requests, 6) if requests else 0.0,
+            "p95_ms": round(wsum / requests, 3) if requests else None,
+            "devices": len(devices),
+        }
+    return out
+
+
+def rollout_cohort_offer(samples: list[CohortSample]) -> None:
+    """Offer a committed telemetry batch to the groups of the active rollouts its devices are in
+    (one indexed query per batch; nothing when no device of the batch is in an active rollout)."""
+    if not samples:
+        return
+    from deployments.selectors import active_rollouts_of_devices
+
+    memberships = active_rollouts_of_devices({s[0] for s in samples})
+    if memberships:
+        stream_offer(rollout_cohort_items(samples, memberships))

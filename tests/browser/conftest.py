@@ -44,7 +44,11 @@ class Server:
 
 @pytest.fixture
 def asgi_server(processes: Any, settings: Any) -> Server:
-    env: dict[str, str] = {"DEBUG": "true"}  # static files from the app directories (no collectstatic)
+    return start_asgi_server(processes, settings)
+
+
+def start_asgi_server(processes: Any, settings: Any, **extra: str) -> Server:
+    env: dict[str, str] = {"DEBUG": "true", **extra}  # static files from the app directories (no collectstatic)
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:
         private = redis_url.rsplit("/", 1)[0] + f"/{LAYER_REDIS_DB}"

@@ -108,4 +108,139 @@
     ], Object.assign({}, layoutBase, { height: 280, yaxis: { title: { text: "ms" }, rangemode: "tozero" },
       yaxis2: { overlaying: "y", side: "right", showgrid: false, rangemode: "tozero" }, xaxis: { type: "date" } }), plotConfig);
   }
+
+  /* --- confirmations: buttons with data-confirm ask first; data-ask-reason records a reason -------- */
+  document.querySelectorAll("button[data-confirm]").forEach(function (button) {
+    button.addEventListener("click", function (ev) {
+      if (!window.confirm(button.dataset.confirm)) { ev.preventDefault(); return; }
+      if (button.dataset.askReason) {
+        var reason = window.prompt("Reason (recorded in the audit log; optional):", "");
+        if (reason === null) { ev.preventDefault(); return; }
+        var field = button.form && button.form.querySelector('input[name="reason"]');
+        if (field) field.value = reason;
+      }
+    });
+  });
+
+  /* --- rollout page: waves by job state, canary vs baseline charts, gate timeline, all live ------ */
+  var rolloutChart = document.getElementById("cohort-chart");
+  if (rolloutChart && rolloutChart.dataset.rollout && window.Plotly) {
+    var JOB_COLORS = { SUCCEEDED: "#12b76a", IN_PROGRESS: "#1f6feb", QUEUED: "#6ea8fe", NOT_SENT: "#cfd8e3",
+                       FAILED: "#d92d20", REJECTED: "#b42318", TIMED_OUT: "#f79009", CANCELED: "#98a2b3", SKIPPED: "#667085" };
+    var progress = data("rollout-progress") || { waves: [] };
+    var cohorts = { canary: [], baseline: [] };
+    var seenTs = { canary: {}, baseline: {} };
+    var initial = data("cohort-series") || {};
+    var rolloutState = document.getElementById("live-state");
+    function addPoint(p) {
+      var list = cohorts[p.cohort];
+      if (!list || seenTs[p.cohort][p.ts]) return;
+      seenTs[p.cohort][p.ts] = true;
+      list.push(p);
+      list.sort(function (a, b) { return a.ts < b.ts ? -1 : a.ts > b.ts ? 1 : 0; });
+      if (list.length > 2000) delete seenTs[p.cohort][list.shift().ts];
+    }
+    ["canary", "baseline"].forEach(function (c) { (initial[c] || []).forEach(function (p) { addPoint(Object.assign({ cohort: c }, p)); }); });
+    function cohortTraces(field) {
+      return ["canary", "baseline"].map(function (c) {
+        return { x: cohorts[c].map(function (p) { return p.ts; }), y: cohorts[c].map(function (p) { return p[field]; }),
+                 name: c, mode: "lines+markers", line: { width: 2, color: c === "canary" ? "#d92d20" : "#1f6feb" } };
+      });
+    }
+    function drawCohorts() {
+      var empty = !cohorts.canary.length && !cohorts.baseline.length;
+      var note = empty ? [{ text: "No telemetry yet for this model", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] : [];
+      Plotly.react(rolloutChart, cohortTraces("p95_ms"), Object.assign({}, layoutBase, { height: 280, annotations: note,
+        yaxis: { title: { text: "p95 ms" }, rangemode: "tozero" }, xaxis: { type: "date" } }), plotConfig);
+      Plotly.react("error-chart", cohortTraces("error_rate"), Object.assign({}, layoutBase, { height: 280, annotations: note,
+        yaxis: { title: { text: "errors / requests" }, rangemode: "tozero", tickformat: ".1%" }, xaxis: { type: "date" } }), plotConfig);
+      rolloutChart.dataset.points = String(cohorts.canary.length + cohorts.baseline.length);
+    }
+    function drawWaves() {
+      var waves = progress.waves || [];
+      var states = {};
+      waves.forEach(function (w) { Object.keys(w.jobs || {}).forEach(function (s) { states[s] = true; }); });
+      var labels = waves.map(function (w) { return "wave " + (w.index + 1) + " (" + w.status + ")"; });
+      var traces = Object.keys(states).sort().map(function (s) {
+        return { type: "bar", orientation: "h", name: s, y: labels, x: waves.map(function (w) { return (w.jobs || {})[s] || 0; }),
+                 marker: { color: JOB_COLORS[s] || "#98a2b3" } };
+      });
+      Plotly.react("wave-chart", traces, Object.assign({}, layoutBase, { barmode: "stack", height: 80 + 34 * Math.max(1, waves.length),
+        margin: { l: 150, r: 16, t: 8, b: 30 }, yaxis: { autorange: "reversed" }, xaxis: { title: { text: "devices" }, rangemode: "tozero" } }), plotConfig);
+      var rows = document.getElementById("wave-rows");
+      if (rows) {
+        rows.innerHTML = "";
+        waves.forEach(function (w) {
+          var tr = document.createElement("tr");
+          var jobs = Object.keys(w.jobs || {}).sort().map(function (s) { return s + " " + w.jobs[s]; }).join(" · ") || "—";
+          [String(w.index + 1), null, String(w.size), jobs].forEach(function (text, i) {
+            var td = document.createElement("td");
+            if (i === 1) { var pill = document.createElement("span"); pill.className = "status " + w.status; pill.textContent = w.status; td.appendChild(pill); }
+            else td.textContent = text;
+            if (i === 2) td.className = "num";
+            if (i === 3) td.className = "small";
+            tr.appendChild(td);
+          });
+          rows.appendChild(tr);
+        });
+      }
+      var pill = document.getElementById("rollout-status");
+      if (pill && progress.status) { pill.textContent = progress.status; pill.className = "status " + progress.status; }
+      var reason = document.getElementById("status-reason");
+      if (reason && progress.status_reason !== undefined) reason.textContent = progress.status_reason;
+      var gateRows = document.getElementById("gate-rows");
+      if (gateRows && progress.gates && progress.gates.length) {
+        gateRows.innerHTML = "";
+        progress.gates.forEach(function (g) {
+          var tr = document.createElement("tr");
+          var cells = [g.at.slice(11, 19), String(g.wave + 1), g.gate + (g.final ? "" : " (check)"), g.verdict,
+                       JSON.stringify(g.figures), JSON.stringify(g.inputs), g.reason];
+          cells.forEach(function (text, i) {
+            var td = document.createElement("td");
+            if (i === 3) { var v = document.createElement("span"); v.className = "status verdict-" + g.verdict; v.textContent = text; td.appendChild(v); }
+            else if (i === 4 || i === 5) {
+              var details = document.createElement("details"), summary = document.createElement("summary"), code = document.createElement("code");
+              summary.textContent = i === 4 ? (g.summary || "figures") : "inputs"; code.textContent = text;
+              details.appendChild(summary); details.appendChild(code); td.appendChild(details); td.className = "changes small";
+            }
+            else td.textContent = text;
+            tr.appendChild(td);
+          });
+          gateRows.appendChild(tr);
+        });
+      }
+    }
+    drawWaves();
+    drawCohorts();
+    var rolloutUpdates = 0;
+    var rolloutDelay = 1000;
+    var actionsShownFor = progress.status;
+    function connectRollout() {
+      var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+      var socket = new WebSocket(scheme + location.host + "/ws/rollouts/" + rolloutChart.dataset.rollout + "/");
+      socket.onopen = function () { rolloutDelay = 1000; rolloutState.textContent = "live"; rolloutState.className = "muted small live"; };
+      socket.onmessage = function (ev) {
+        var msg = JSON.parse(ev.data);
+        if (msg.type !== "telemetry") return;
+        var cohortsChanged = false;
+        msg.items.forEach(function (item) {
+          if (item.kind === "progress") { progress = item; }
+          else if (item.kind === "cohort") { addPoint(item); cohortsChanged = true; }
+        });
+        drawWaves();
+        if (cohortsChanged) drawCohorts();
+        rolloutUpdates += 1;
+        rolloutChart.dataset.updates = String(rolloutUpdates);
+        var note = "live · updated " + new Date().toLocaleTimeString();
+        if (progress.status !== actionsShownFor) note += " · status changed: reload for its actions";
+        rolloutState.textContent = note;
+      };
+      socket.onclose = function (ev) {
+        if (ev.code === 4401 || ev.code === 4404) { rolloutState.textContent = "not allowed to stream this rollout"; return; }
+        rolloutState.textContent = "reconnecting…"; rolloutState.className = "muted small";
+        setTimeout(connectRollout, rolloutDelay); rolloutDelay = Math.min(rolloutDelay * 2, 30000);
+      };
+    }
+    connectRollout();
+  }
 })();
