@@ -12,7 +12,10 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
-MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883  # the local Mosquitto allows anonymous clients for the benchmarks
+MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883  # replaced by the port of our own Mosquitto once bench.stack starts it
+# Redis database 2: the bench's Celery tasks and channel layer never meet another run's
+BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/2")
+DATA_DIR = ROOT / "bench" / "results" / "var"  # artifacts and signing keys of the bench processes
 
 
 def bench_database_url() -> str:
@@ -22,18 +25,25 @@ def bench_database_url() -> str:
     return urlunsplit(parts._replace(path="/fogdeck_bench"))
 
 
-def setup_django() -> str:
+def setup_django(*, fresh: bool = False) -> str:
+    """Point this process at fogdeck_bench (dropped and re-created first when `fresh`) and migrate it."""
     url = bench_database_url()
     os.environ["DATABASE_URL"] = url
+    os.environ["REDIS_URL"] = BENCH_REDIS_URL
+    os.environ["FOGDECK_DATA_DIR"] = str(DATA_DIR)
+    os.environ.setdefault("SESSION_COOKIE_SECURE", "false")
+    os.environ.setdefault("CSRF_COOKIE_SECURE", "false")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ.setdefault("SECRET_KEY", "fogdeck-bench-secret-key-not-for-production-0123456789")
     os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost")
-    os.environ["MQTT_URL"] = f"mqtt://{MQTT_HOST}:{MQTT_PORT}"
+    os.environ.setdefault("MQTT_URL", f"mqtt://{MQTT_HOST}:{MQTT_PORT}")
     sys.path.insert(0, str(ROOT))
     import psycopg
 
     admin = urlunsplit(urlsplit(url)._replace(path="/postgres"))
     with psycopg.connect(admin, autocommit=True) as conn:
+        if fresh:
+            conn.execute("DROP DATABASE IF EXISTS fogdeck_bench WITH (FORCE)")
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'fogdeck_bench'").fetchone():
             conn.execute("CREATE DATABASE fogdeck_bench")
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True, env=os.environ)

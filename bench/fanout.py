@@ -1,0 +1,168 @@
+"""Rollout fan-out: one 100 % wave of a small artifact to 10,000 simulated devices.
+
+    .venv/bin/python -u -m bench.fanout [--devices 10000] [--baseline-devices 1000] [--sim-processes 4]
+
+The real pieces, on the real services: `manage.py serve` (API and artifact downloads), the MQTT bridge, a
+Celery worker with beat (the rollout tick) on Redis, a Mosquitto of our own, and the simulator split over a
+few processes (one asyncio loop each). Measured: time from `POST …/start/` to every job terminal, devices
+per minute, and the peak RSS of the worker (pool included), the bridge and the simulators. Baseline in the
+same run: the same rollout of an earlier version to 1,000 of the devices (the ratio of rates shows how it
+scales); AWS IoT Jobs' documented cap of 1,000 devices/minute is printed for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+
+from bench import common
+from bench.report import Row, print_rows
+from bench.stack import Stack, wait_until
+
+MODEL = "bench-classifier"
+AWS_IOT_JOBS_CAP_PER_MIN = 1000
+
+
+def published_versions() -> tuple[object, object]:
+    """Two published versions of the sample classifier (v1 for the baseline rollout, v2 for the big one)."""
+    from audit.actors import Actor
+    from models_registry.models import Model
+    from models_registry.samples import build_classifier, sample_versions
+    from models_registry.services import model_create, model_version_create, model_version_publish
+
+    actor = Actor.system("bench")
+    model = Model.objects.filter(name=MODEL).first() or model_create(
+        actor=actor, name=MODEL, task="classification"
+    )
+    versions = list(model.versions.filter(status="published").order_by("number"))
+    while len(versions) < 2:
+        artifact = sample_versions()[0].onnx_bytes if not versions else build_classifier(name="bench-next")
+        version = model_version_create(
+            actor=actor, model=model, artifact=io.BytesIO(artifact), format="onnx", framework="other",
+            requirements={"runtime": "onnxruntime", "min_runtime_version": "1.16", "min_memory_mb": 512},
+        )  # fmt: skip
+        versions.append(model_version_publish(actor=actor, version=version))
+    return versions[0], versions[1]
+
+
+def operator_token() -> str:
+    from rest_framework.authtoken.models import Token
+
+    from django.contrib.auth import get_user_model
+    from tests.factories import make_user
+
+    user = get_user_model().objects.filter(username="bench-operator").first() or make_user("bench-operator", "operator")
+    return Token.objects.get_or_create(user=user)[0].key
+
+
+def api(base: str, token: str, method: str, path: str, body: dict[str, object] | None = None) -> dict[str, object]:
+    import urllib.request
+
+    request = urllib.request.Request(
+        base + path, method=method, data=json.dumps(body or {}).encode(),
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 (our own server)
+        return json.loads(response.read())
+
+
+def roll_out(base: str, token: str, version_id: int, search: str, expected: int) -> dict[str, float]:
+    """Create and start a one-wave rollout; wait until every job is terminal. Returns the figures."""
+    from django.db.models import Count
+
+    from deployments.models import TERMINAL, Job, Rollout
+
+    body = {
+        "version": version_id,
+        "target": {"filter": {"search": search}},
+        "waves": [{"percent": 100}],
+        "install_gate": {"min_success_pct": 95, "max_failure_pct": 10, "min_finished": 5},
+        "health_gate": {"max_error_rate": 0.5, "max_p95_ms": 100000, "bake_seconds": 1, "min_samples": 1},
+        "rate_per_minute": 100000,
+        "job_timeout_seconds": 600,
+    }
+    rollout_id = api(base, token, "POST", "/api/v1/rollouts/", body)["id"]
+    started = time.monotonic()
+    api(base, token, "POST", f"/api/v1/rollouts/{rollout_id}/start/")
+    jobs = Job.objects.filter(rollout_id=rollout_id)
+    last_report = [started]
+
+    def all_terminal() -> bool:
+        done = jobs.filter(status__in=TERMINAL).count()
+        if time.monotonic() - last_report[0] > 15:
+            last_report[0] = time.monotonic()
+            print(f"    {time.monotonic() - started:5.0f} s: {jobs.count()} jobs created, {done} terminal", flush=True)
+        return done >= expected
+
+    wait_until(all_terminal, 900, f"{expected} jobs of rollout {rollout_id} to finish", interval=0.5)
+    seconds = time.monotonic() - started
+    statuses = dict(jobs.values("status").annotate(n=Count("id")).values_list("status", "n"))
+    rollout = Rollout.objects.get(pk=rollout_id)
+    print(f"    rollout {rollout_id}: {expected} jobs terminal in {seconds:.1f} s {statuses}, rollout {rollout.status}")
+    return {"seconds": seconds, "per_minute": expected / seconds * 60, "rollout": rollout_id,
+            "succeeded": statuses.get("SUCCEEDED", 0)}  # fmt: skip
+
+
+def run(devices: int = 10000, baseline_devices: int = 1000, sim_processes: int = 4) -> list[Row]:
+    from fleet.models import Device
+
+    small = common.ensure_devices(baseline_devices, prefix="fanout-a")
+    rest = common.ensure_devices(devices - baseline_devices, prefix="fanout-b")
+    uids = small + rest
+    v1, v2 = published_versions()
+    token = operator_token()
+    with Stack("fanout") as stack:
+        stack.broker()
+        base = stack.server()
+        stack.bridge("bench-fanout-bridge")
+        worker = stack.worker()
+        since = time.monotonic()
+        sims = []
+        for index in range(sim_processes):
+            chunk = uids[index::sim_processes]
+            devices_file = stack.directory / f"devices-{index}.json"
+            devices_file.write_text(json.dumps([{"uid": u, "secret": "x", "profile": "rpi4"} for u in chunk]))
+            sims.append(stack.python(
+                f"sim-{index}", "-m", "agent.simulator", "--api", base, "--mqtt", f"mqtt://127.0.0.1:{stack.broker_port}",
+                "--devices", str(len(chunk)), "--devices-file", str(devices_file), "--telemetry-interval", "30",
+                "--rps", "1", "--seed", str(index),
+            ))  # fmt: skip
+        online = lambda: Device.objects.filter(uid__startswith="fanout-", status="online").count()  # noqa: E731
+        wait_until(lambda: online() >= devices, 300, f"{devices} simulated devices online", interval=1)
+        print(f"  {devices} simulated devices online after {time.monotonic() - since:.0f} s "
+              f"({sim_processes} simulator processes)", flush=True)  # fmt: skip
+        baseline = roll_out(base, token, v1.pk, "fanout-a", baseline_devices)
+        for proc in stack.procs:
+            proc.peak_rss = 0  # peaks of the big rollout only
+        big = roll_out(base, token, v2.pk, "fanout-", devices)
+        rss = {p.name: p.peak_rss / 2**20 for p in stack.procs}
+        sim_rss = sum(rss[s.name] for s in sims)
+        print(f"  peak RSS MiB: {', '.join(f'{k} {v:.0f}' for k, v in rss.items())}", flush=True)
+        del worker
+    memory = f"peak RSS: worker {rss['worker']:.0f} MiB, bridge {rss['bridge']:.0f} MiB, " \
+             f"server {rss['server']:.0f} MiB, simulators {sim_rss:.0f} MiB in {sim_processes} processes"  # fmt: skip
+    return [
+        Row("fanout", f"start → all jobs terminal, {devices:,} devices", big["seconds"], "s",
+            f"{baseline_devices:,} devices", baseline["seconds"], target="< 120 s", met=big["seconds"] < 120,
+            note=f"{big['succeeded']:,} succeeded; {memory}"),
+        Row("fanout", f"devices per minute, {devices:,} devices", big["per_minute"], "/min",
+            f"{baseline_devices:,} devices", baseline["per_minute"], target=">= 5,000/min",
+            met=big["per_minute"] >= 5000, note=f"AWS IoT Jobs caps a rollout at {AWS_IOT_JOBS_CAP_PER_MIN:,}/min: "
+            f"{big['per_minute'] / AWS_IOT_JOBS_CAP_PER_MIN:.1f}x that"),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=10000)
+    parser.add_argument("--baseline-devices", type=int, default=1000)
+    parser.add_argument("--sim-processes", type=int, default=4)
+    args = parser.parse_args()
+    common.setup_django()
+    print_rows(run(args.devices, args.baseline_devices, args.sim_processes))
+
+
+if __name__ == "__main__":
+    main()
