@@ -33,9 +33,7 @@ def published_versions() -> tuple[object, object]:
     from models_registry.services import model_create, model_version_create, model_version_publish
 
     actor = Actor.system("bench")
-    model = Model.objects.filter(name=MODEL).first() or model_create(
-        actor=actor, name=MODEL, task="classification"
-    )
+    model = Model.objects.filter(name=MODEL).first() or model_create(actor=actor, name=MODEL, task="classification")
     versions = list(model.versions.filter(status="published").order_by("number"))
     while len(versions) < 2:
         artifact = sample_versions()[0].onnx_bytes if not versions else build_classifier(name="bench-next")
@@ -48,9 +46,9 @@ def published_versions() -> tuple[object, object]:
 
 
 def operator_token() -> str:
+    from django.contrib.auth import get_user_model
     from rest_framework.authtoken.models import Token
 
-    from django.contrib.auth import get_user_model
     from tests.factories import make_user
 
     user = get_user_model().objects.filter(username="bench-operator").first() or make_user("bench-operator", "operator")
@@ -60,11 +58,11 @@ def operator_token() -> str:
 def api(base: str, token: str, method: str, path: str, body: dict[str, object] | None = None) -> dict[str, object]:
     import urllib.request
 
-    request = urllib.request.Request(
+    request = urllib.request.Request(  # noqa: S310 (our own server, http://)
         base + path, method=method, data=json.dumps(body or {}).encode(),
         headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
     )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 (our own server)
+    with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
         return json.loads(response.read())
 
 

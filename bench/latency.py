@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import threading
 import time
 
 from bench import common
@@ -27,11 +26,10 @@ SIM_TELEMETRY_INTERVAL_S = 5
 
 
 def session_cookie() -> str:
+    from django.contrib.auth import get_user_model
     from django.test import Client
 
     from tests.factories import make_user
-
-    from django.contrib.auth import get_user_model
 
     user = get_user_model().objects.filter(username="bench-viewer").first() or make_user("bench-viewer", "viewer")
     client = Client()
@@ -44,7 +42,8 @@ def probe_payload(marker: int) -> bytes:
 
 
 async def measure(server_port: int, device_id: int, uid: str, cookie: str, probes: int) -> list[float]:
-    """Seconds from each probe's publish to its arrival on the websocket (missing probes are omitted)."""
+    """Seconds from each probe's publish until the websocket shows it or newer figures (missing probes are
+    omitted)."""
     from websockets.asyncio.client import connect
 
     from protocol.device_topics import telemetry_topic
@@ -64,8 +63,10 @@ async def measure(server_port: int, device_id: int, uid: str, cookie: str, probe
                 now = time.monotonic()
                 message = json.loads(raw)
                 for item in message.get("items", []):
-                    marker = round(float(item.get("p95_ms", 0)) - 1000.0)
-                    if marker in sent and marker not in latencies:
+                    newest = round(float(item.get("p95_ms", 0)) - 1000.0)
+                    # The coalescer sends the latest figures: a probe superseded by a newer one in the same
+                    # batch reaches the browser when that newer one does.
+                    for marker in [m for m in sent if m <= newest and m not in latencies]:
                         latencies[marker] = now - sent[marker]
 
         listener = asyncio.create_task(receive())
