@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import signal
 import time
 import traceback
 
@@ -28,6 +29,8 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=BENCHMARKS, help="run only these (repeatable)")
     parser.add_argument("--keep-db", action="store_true", help="don't drop and re-create fogdeck_bench first")
     args = parser.parse_args()
+    # a TERM unwinds like Ctrl-C, so every Stack stops the processes it started
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     started = time.monotonic()
     common.setup_django(fresh=not args.keep_db)
     about = machine()

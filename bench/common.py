@@ -18,11 +18,15 @@ BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/2")
 DATA_DIR = ROOT / "bench" / "results" / "var"  # artifacts and signing keys of the bench processes
 
 
+# the bench's own database (BENCH_DATABASE_NAME lets two checkouts on one server keep apart)
+BENCH_DATABASE = os.environ.get("BENCH_DATABASE_NAME", "fogdeck_bench")
+
+
 def bench_database_url() -> str:
-    """DATABASE_URL with the database renamed to fogdeck_bench (created and migrated on first use)."""
+    """DATABASE_URL with the database renamed to BENCH_DATABASE (created and migrated on first use)."""
     base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/fogdeck"
     parts = urlsplit(base)
-    return urlunsplit(parts._replace(path="/fogdeck_bench"))
+    return urlunsplit(parts._replace(path=f"/{BENCH_DATABASE}"))
 
 
 def setup_django(*, fresh: bool = False) -> str:
@@ -43,9 +47,9 @@ def setup_django(*, fresh: bool = False) -> str:
     admin = urlunsplit(urlsplit(url)._replace(path="/postgres"))
     with psycopg.connect(admin, autocommit=True) as conn:
         if fresh:
-            conn.execute("DROP DATABASE IF EXISTS fogdeck_bench WITH (FORCE)")
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'fogdeck_bench'").fetchone():
-            conn.execute("CREATE DATABASE fogdeck_bench")
+            conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DATABASE]).fetchone():
+            conn.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True, env=os.environ)
     import django
 

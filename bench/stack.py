@@ -144,15 +144,19 @@ class Stack:
         os.environ["MQTT_URL"] = f"mqtt://127.0.0.1:{self.broker_port}"
         return self.broker_port
 
-    def server(self) -> str:
+    def server(self, **env: str) -> str:
         """`manage.py serve` (uvicorn, ASGI: HTTP and websockets on the Redis channel layer)."""
         self.server_port = free_port()
-        self.python("server", "manage.py", "serve", "--port", str(self.server_port), "--no-broker")
+        # Under ASGI, Django's sync views run on a thread pool and persistent connections (DB_CONN_MAX_AGE 60
+        # by default) pile up per thread: 73 idle ones after a 2,000-device fan-out exhausted the shared
+        # PostgreSQL's max_connections. Django's advice for ASGI is 0 (or a pool); the bench follows it.
+        env = {"DB_CONN_MAX_AGE": "0", **env}
+        self.python("server", "manage.py", "serve", "--port", str(self.server_port), "--no-broker", **env)
         wait_for_port(self.server_port)
         return f"http://127.0.0.1:{self.server_port}"
 
-    def bridge(self, client_id: str = "bench-bridge", **env: str) -> Proc:
-        proc = self.python("bridge", "manage.py", "mqtt_bridge", "--client-id", client_id, **env)
+    def bridge(self, client_id: str = "bench-bridge", name: str = "bridge", **env: str) -> Proc:
+        proc = self.python(name, "manage.py", "mqtt_bridge", "--client-id", client_id, **env)
         wait_until(lambda: "subscribed" in proc.output(), 30, "the bridge to subscribe")
         return proc
 
