@@ -58,14 +58,18 @@ def operator_token() -> str:
 
 
 def api(base: str, token: str, method: str, path: str, body: dict[str, object] | None = None) -> dict[str, object]:
+    import urllib.error
     import urllib.request
 
     request = urllib.request.Request(  # noqa: S310 (our own server, http://)
         base + path, method=method, data=json.dumps(body or {}).encode(),
         headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
     )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
-        return json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"{method} {path}: HTTP {exc.code} {exc.read()[:500]!r}") from None
 
 
 def roll_out(base: str, token: str, version_id: int, uids: list[str]) -> dict[str, float]:
@@ -102,6 +106,12 @@ def roll_out(base: str, token: str, version_id: int, uids: list[str]) -> dict[st
     wait_until(all_terminal, 900, f"{expected} jobs of rollout {rollout_id} to finish", interval=0.5)
     seconds = time.monotonic() - started
     statuses = dict(jobs.values("status").annotate(n=Count("id")).values_list("status", "n"))
+    # the next rollout of this model may start only once this one is over: wait for its gates, then abort
+    over = {"completed", "aborted", "rolled_back"}
+    try:
+        wait_until(lambda: Rollout.objects.get(pk=rollout_id).status in over, 90, "the rollout's gates")
+    except RuntimeError:
+        api(base, token, "POST", f"/api/v1/rollouts/{rollout_id}/abort/", {"reason": "benchmark done"})
     rollout = Rollout.objects.get(pk=rollout_id)
     print(f"    rollout {rollout_id}: {expected} jobs terminal in {seconds:.1f} s {statuses}, rollout {rollout.status}")
     return {"seconds": seconds, "per_minute": expected / seconds * 60, "rollout": rollout_id,
@@ -116,6 +126,10 @@ def run(devices: int = 1000, baseline_devices: int = 250, sim_processes: int = 2
     uids = small + rest
     Device.objects.filter(uid__in=uids).update(status="offline")  # left over from an interrupted run
     v1, v2 = published_versions()
+    from deployments.models import Rollout
+
+    # an interrupted earlier run may have left a rollout of this model running, which blocks a new one
+    Rollout.objects.filter(model=v1.model, status__in=["running", "paused"]).update(status="aborted")
     token = operator_token()
     with Stack("fanout") as stack:
         stack.broker()

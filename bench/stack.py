@@ -155,8 +155,8 @@ class Stack:
         wait_for_port(self.server_port)
         return f"http://127.0.0.1:{self.server_port}"
 
-    def bridge(self, client_id: str = "bench-bridge", name: str = "bridge", **env: str) -> Proc:
-        proc = self.python(name, "manage.py", "mqtt_bridge", "--client-id", client_id, **env)
+    def bridge(self, client_id: str = "bench-bridge", name: str = "bridge", *args: str, **env: str) -> Proc:
+        proc = self.python(name, "manage.py", "mqtt_bridge", "--client-id", client_id, *args, **env)
         wait_until(lambda: "subscribed" in proc.output(), 30, "the bridge to subscribe")
         return proc
 
