@@ -121,8 +121,9 @@ def roll_out(base: str, token: str, version_id: int, uids: list[str]) -> dict[st
 def run(devices: int = 1000, baseline_devices: int = 250, sim_processes: int = 2, bridges: int = 2) -> list[Row]:
     from fleet.models import Device
 
-    small = common.ensure_devices(baseline_devices, prefix="fanout-a")
-    rest = common.ensure_devices(devices - baseline_devices, prefix="fanout-b")
+    run_id = time.strftime("%H%M%S")  # fresh devices each run: the earlier ones already run both versions
+    small = common.ensure_devices(baseline_devices, prefix=f"fanout{run_id}-a")
+    rest = common.ensure_devices(devices - baseline_devices, prefix=f"fanout{run_id}-b")
     uids = small + rest
     Device.objects.filter(uid__in=uids).update(status="offline")  # left over from an interrupted run
     v1, v2 = published_versions()
