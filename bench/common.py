@@ -12,30 +12,44 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
-MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883  # the local Mosquitto allows anonymous clients for the benchmarks
+MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883  # replaced by the port of our own Mosquitto once bench.stack starts it
+# Redis database 2: the bench's Celery tasks and channel layer never meet another run's
+BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/2")
+DATA_DIR = ROOT / "bench" / "results" / "var"  # artifacts and signing keys of the bench processes
+
+
+# the bench's own database (BENCH_DATABASE_NAME lets two checkouts on one server keep apart)
+BENCH_DATABASE = os.environ.get("BENCH_DATABASE_NAME", "fogdeck_bench")
 
 
 def bench_database_url() -> str:
-    """DATABASE_URL with the database renamed to fogdeck_bench (created and migrated on first use)."""
+    """DATABASE_URL with the database renamed to BENCH_DATABASE (created and migrated on first use)."""
     base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/fogdeck"
     parts = urlsplit(base)
-    return urlunsplit(parts._replace(path="/fogdeck_bench"))
+    return urlunsplit(parts._replace(path=f"/{BENCH_DATABASE}"))
 
 
-def setup_django() -> str:
+def setup_django(*, fresh: bool = False) -> str:
+    """Point this process at fogdeck_bench (dropped and re-created first when `fresh`) and migrate it."""
     url = bench_database_url()
     os.environ["DATABASE_URL"] = url
+    os.environ["REDIS_URL"] = BENCH_REDIS_URL
+    os.environ["FOGDECK_DATA_DIR"] = str(DATA_DIR)
+    os.environ.setdefault("SESSION_COOKIE_SECURE", "false")
+    os.environ.setdefault("CSRF_COOKIE_SECURE", "false")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ.setdefault("SECRET_KEY", "fogdeck-bench-secret-key-not-for-production-0123456789")
     os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost")
-    os.environ["MQTT_URL"] = f"mqtt://{MQTT_HOST}:{MQTT_PORT}"
+    os.environ.setdefault("MQTT_URL", f"mqtt://{MQTT_HOST}:{MQTT_PORT}")
     sys.path.insert(0, str(ROOT))
     import psycopg
 
     admin = urlunsplit(urlsplit(url)._replace(path="/postgres"))
     with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'fogdeck_bench'").fetchone():
-            conn.execute("CREATE DATABASE fogdeck_bench")
+        if fresh:
+            conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DATABASE]).fetchone():
+            conn.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True, env=os.environ)
     import django
 

@@ -45,6 +45,7 @@ from .outbox import outbox_drain
 logger = logging.getLogger("fogdeck.bridge")
 
 DEVICE_CACHE_SECONDS = 5.0
+REFRESH_CHUNK = 5000  # uids per query when the device directory re-reads the devices it has seen
 IDLE_FLUSH_SECONDS = 0.05
 
 
@@ -73,26 +74,39 @@ class BridgeStats:
 
 
 class DeviceDirectory:
-    """uid → (exists, revoked), cached briefly so a telemetry flood doesn't query per message."""
+    """uid → revoked?, for the devices this bridge has seen, re-read in one query every DEVICE_CACHE_SECONDS.
+
+    A device's first message is checked against the database on its own (a new or just-revoked device is
+    never judged from an old snapshot); after that its answer may be up to DEVICE_CACHE_SECONDS old. One
+    query per uid per 5 s meant one query per message for a fleet reporting less often than that (10,000
+    devices every 10 s: 1,000 queries a second, half the bridge's time); now it is one query per 5,000 seen
+    devices per 5 s.
+    """
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[float, bool]] = {}
+        self._revoked: dict[str, bool] = {}
+        self._loaded_at = time.monotonic()
 
     def check(self, uid: str) -> None:
         now = time.monotonic()
-        hit = self._cache.get(uid)
-        if hit is None or now - hit[0] > DEVICE_CACHE_SECONDS:
+        if self._revoked and now - self._loaded_at > DEVICE_CACHE_SECONDS:
+            seen = list(self._revoked)  # only these: the inventory may be far larger than the connected fleet
+            self._revoked = {}
+            for start in range(0, len(seen), REFRESH_CHUNK):
+                rows = Device.objects.filter(uid__in=seen[start : start + REFRESH_CHUNK])
+                self._revoked.update((u, at is not None) for u, at in rows.values_list("uid", "revoked_at"))
+            self._loaded_at = now
+        revoked = self._revoked.get(uid)
+        if revoked is None:
             row = Device.objects.filter(uid=uid).values_list("revoked_at").first()
             if row is None:
-                self._cache.pop(uid, None)
                 raise Rejected("unknown_device", uid)
-            hit = (now, row[0] is not None)
-            self._cache[uid] = hit
-        if hit[1]:
+            revoked = self._revoked[uid] = row[0] is not None
+        if revoked:
             raise Rejected("revoked_device", uid)
 
     def forget(self, uid: str) -> None:
-        self._cache.pop(uid, None)
+        self._revoked.pop(uid, None)
 
 
 JobHandler = Callable[[str, bytes, str | None], None]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from mqttbridge.runtime import Bridge
 
@@ -13,9 +13,17 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--client-id", default="fogdeck-bridge", help="one id per bridge process")
+        parser.add_argument(
+            "--telemetry-flush-ms",
+            type=int,
+            default=1000,
+            help="longest a telemetry message waits for its batch under continuous traffic (default 1000)",
+        )
 
-    def handle(self, *args: Any, client_id: str, **options: Any) -> None:
-        bridge = Bridge(client_id=client_id)
+    def handle(self, *args: Any, client_id: str, telemetry_flush_ms: int, **options: Any) -> None:
+        if telemetry_flush_ms < 10:
+            raise CommandError("--telemetry-flush-ms must be at least 10")
+        bridge = Bridge(client_id=client_id, telemetry_flush_seconds=telemetry_flush_ms / 1000)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: bridge.stop())
         self.stdout.write(f"MQTT bridge {client_id} starting")

@@ -1,0 +1,194 @@
+"""Rollout fan-out: one 100 % wave of a small artifact to 10,000 simulated devices.
+
+    .venv/bin/python -u -m bench.fanout [--devices 10000] [--baseline-devices 1000] [--sim-processes 4]
+
+The real pieces, on the real services: `manage.py serve` (API and artifact downloads), the MQTT bridge, a
+Celery worker with beat (the rollout tick) on Redis, a Mosquitto of our own, and the simulator split over a
+few processes (one asyncio loop each). Measured: time from `POST …/start/` to every job terminal, devices
+per minute, and the peak RSS of the worker (pool included), the bridge and the simulators. Baseline in the
+same run: the same rollout of an earlier version to 1,000 of the devices (the ratio of rates shows how it
+scales); AWS IoT Jobs' documented cap of 1,000 devices/minute is printed for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+
+from bench import common
+from bench.report import Row, print_rows
+from bench.stack import Stack, wait_until
+
+MODEL = "bench-classifier"
+AWS_IOT_JOBS_CAP_PER_MIN = 1000
+
+
+def published_versions() -> tuple[object, object]:
+    """Two published versions of the sample classifier (v1 for the baseline rollout, v2 for the big one)."""
+    from audit.actors import Actor
+    from models_registry.models import RegisteredModel
+    from models_registry.samples import build_classifier, sample_versions
+    from models_registry.services import model_create, model_version_create, model_version_publish
+
+    actor = Actor.system("bench")
+    model = RegisteredModel.objects.filter(name=MODEL).first() or model_create(
+        actor=actor, name=MODEL, task="classification"
+    )
+    versions = list(model.versions.filter(status="published").order_by("number"))
+    while len(versions) < 2:
+        artifact = sample_versions()[0].onnx_bytes if not versions else build_classifier(name="bench-next")
+        version = model_version_create(
+            actor=actor, model=model, artifact=io.BytesIO(artifact), format="onnx", framework="other",
+            requirements={"runtime": "onnxruntime", "min_runtime_version": "1.16", "min_memory_mb": 512},
+        )  # fmt: skip
+        versions.append(model_version_publish(actor=actor, version=version))
+    return versions[0], versions[1]
+
+
+def operator_token() -> str:
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    from tests.factories import make_user
+
+    user = get_user_model().objects.filter(username="bench-operator").first() or make_user("bench-operator", "operator")
+    return Token.objects.get_or_create(user=user)[0].key
+
+
+def api(base: str, token: str, method: str, path: str, body: dict[str, object] | None = None) -> dict[str, object]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(  # noqa: S310 (our own server, http://)
+        base + path, method=method, data=json.dumps(body or {}).encode(),
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"{method} {path}: HTTP {exc.code} {exc.read()[:500]!r}") from None
+
+
+def roll_out(base: str, token: str, version_id: int, uids: list[str]) -> dict[str, float]:
+    """Create and start a one-wave rollout; wait until every job is terminal. Returns the figures."""
+    from django.db.models import Count
+
+    from deployments.models import TERMINAL, Job, Rollout
+    from fleet.models import Device
+
+    expected = len(uids)
+
+    body = {
+        "version": version_id,
+        "target": {"devices": list(Device.objects.filter(uid__in=uids).values_list("pk", flat=True))},
+        "waves": [{"percent": 100}],
+        "install_gate": {"min_success_pct": 95, "max_failure_pct": 10, "min_finished": 5},
+        "health_gate": {"max_error_rate": 0.5, "max_p95_ms": 100000, "bake_seconds": 1, "min_samples": 1},
+        "rate_per_minute": 100000,
+        "job_timeout_seconds": 600,
+    }
+    rollout_id = api(base, token, "POST", "/api/v1/rollouts/", body)["id"]
+    started = time.monotonic()
+    api(base, token, "POST", f"/api/v1/rollouts/{rollout_id}/start/")
+    jobs = Job.objects.filter(rollout_id=rollout_id)
+    last_report = [started]
+
+    def all_terminal() -> bool:
+        done = jobs.filter(status__in=TERMINAL).count()
+        if time.monotonic() - last_report[0] > 15:
+            last_report[0] = time.monotonic()
+            print(f"    {time.monotonic() - started:5.0f} s: {jobs.count()} jobs created, {done} terminal", flush=True)
+        return done >= expected
+
+    wait_until(all_terminal, 900, f"{expected} jobs of rollout {rollout_id} to finish", interval=0.5)
+    seconds = time.monotonic() - started
+    statuses = dict(jobs.values("status").annotate(n=Count("id")).values_list("status", "n"))
+    # the next rollout of this model may start only once this one is over: wait for its gates, then abort
+    over = {"completed", "aborted", "rolled_back"}
+    try:
+        wait_until(lambda: Rollout.objects.get(pk=rollout_id).status in over, 90, "the rollout's gates")
+    except RuntimeError:
+        api(base, token, "POST", f"/api/v1/rollouts/{rollout_id}/abort/", {"reason": "benchmark done"})
+    rollout = Rollout.objects.get(pk=rollout_id)
+    print(f"    rollout {rollout_id}: {expected} jobs terminal in {seconds:.1f} s {statuses}, rollout {rollout.status}")
+    return {"seconds": seconds, "per_minute": expected / seconds * 60, "rollout": rollout_id,
+            "succeeded": statuses.get("SUCCEEDED", 0)}  # fmt: skip
+
+
+def run(devices: int = 1000, baseline_devices: int = 250, sim_processes: int = 2, bridges: int = 2) -> list[Row]:
+    from fleet.models import Device
+
+    run_id = time.strftime("%H%M%S")  # fresh devices each run: the earlier ones already run both versions
+    small = common.ensure_devices(baseline_devices, prefix=f"fanout{run_id}-a")
+    rest = common.ensure_devices(devices - baseline_devices, prefix=f"fanout{run_id}-b")
+    uids = small + rest
+    Device.objects.filter(uid__in=uids).update(status="offline")  # left over from an interrupted run
+    v1, v2 = published_versions()
+    from deployments.models import Rollout
+
+    # an interrupted earlier run may have left a rollout of this model running, which blocks a new one
+    Rollout.objects.filter(model=v1.model, status__in=["running", "paused"]).update(status="aborted")
+    token = operator_token()
+    with Stack("fanout") as stack:
+        stack.broker()
+        base = stack.server()
+        # N bridges sharing the device topics (MQTT_BRIDGE_SHARED_GROUP), as docs/operations.md scales them out
+        for index in range(bridges):
+            stack.bridge(f"bench-fanout-bridge-{index}", f"bridge-{index}", MQTT_BRIDGE_SHARED_GROUP="bench")
+        worker = stack.worker()
+        since = time.monotonic()
+        sims = []
+        for index in range(sim_processes):
+            chunk = uids[index::sim_processes]
+            devices_file = stack.directory / f"devices-{index}.json"
+            devices_file.write_text(json.dumps([{"uid": u, "secret": "x", "profile": "rpi4"} for u in chunk]))
+            sims.append(stack.python(
+                f"sim-{index}", "-m", "agent.simulator", "--api", base, "--mqtt", f"mqtt://127.0.0.1:{stack.broker_port}",
+                "--devices", str(len(chunk)), "--devices-file", str(devices_file), "--telemetry-interval", "60",
+                "--rps", "1", "--seed", str(index),
+            ))  # fmt: skip
+        online = lambda: Device.objects.filter(uid__in=uids, status="online").count()  # noqa: E731
+        wait_until(lambda: online() >= devices, 900, f"{devices} simulated devices online", interval=1)
+        connected_s = time.monotonic() - since
+        print(f"  {devices} simulated devices online after {connected_s:.0f} s "
+              f"({sim_processes} simulator processes, {bridges} bridges)", flush=True)  # fmt: skip
+        baseline = roll_out(base, token, v1.pk, small)
+        for proc in stack.procs:
+            proc.peak_rss = 0  # peaks of the big rollout only
+        big = roll_out(base, token, v2.pk, uids)
+        rss = {p.name: p.peak_rss / 2**20 for p in stack.procs}
+        sim_rss = sum(rss[s.name] for s in sims)
+        bridge_rss = max(v for k, v in rss.items() if k.startswith("bridge"))
+        print(f"  peak RSS MiB: {', '.join(f'{k} {v:.0f}' for k, v in rss.items())}", flush=True)
+        del worker
+    memory = f"peak RSS: worker {rss['worker']:.0f} MiB, bridge {bridge_rss:.0f} MiB (each of {bridges}), " \
+             f"server {rss['server']:.0f} MiB, simulators {sim_rss:.0f} MiB in {sim_processes} processes"  # fmt: skip
+    return [
+        Row("fanout", f"start → all jobs terminal, {devices:,} devices", big["seconds"], "s",
+            f"{baseline_devices:,} devices", baseline["seconds"], target="< 120 s", met=big["seconds"] < 120,
+            note=f"{big['succeeded']:,} succeeded; {memory}"),
+        Row("fanout", f"devices per minute, {devices:,} devices", big["per_minute"], "/min",
+            f"{baseline_devices:,} devices", baseline["per_minute"], target=">= 5,000/min",
+            met=big["per_minute"] >= 5000, note=f"AWS IoT Jobs caps a rollout at {AWS_IOT_JOBS_CAP_PER_MIN:,}/min: "
+            f"{big['per_minute'] / AWS_IOT_JOBS_CAP_PER_MIN:.1f}x that"),
+        Row("fanout", f"connect storm: {devices:,} devices online", devices / connected_s * 60, "/min",
+            "rollout rate", big["per_minute"], note=f"{connected_s:.0f} s from simulator start to all online"),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--baseline-devices", type=int, default=250)
+    parser.add_argument("--sim-processes", type=int, default=2)
+    parser.add_argument("--bridges", type=int, default=2)
+    args = parser.parse_args()
+    common.setup_django()
+    print_rows(run(args.devices, args.baseline_devices, args.sim_processes, args.bridges))
+
+
+if __name__ == "__main__":
+    main()
