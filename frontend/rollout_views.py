@@ -29,6 +29,7 @@ from deployments.rollout_services import (
     rollout_rollback,
 )
 from deployments.selectors import (
+    artifact_transfer_summary,
     gate_evaluation_row,
     rollout_cohort_series,
     rollout_excluded,
@@ -220,7 +221,9 @@ def rollout_new(request: HttpRequest) -> HttpResponse:
 @role_required(VIEWER)
 def rollout_detail(request: HttpRequest, rollout_id: int) -> HttpResponse:
     """The live page: the first state is rendered here; `/ws/rollouts/{id}/` keeps it current."""
-    rollout = get_object_or_404(Rollout.objects.select_related("model", "version"), pk=rollout_id)
+    rollout = get_object_or_404(
+        Rollout.objects.select_related("model", "version", "pipeline", "pipeline_version"), pk=rollout_id
+    )
     progress = rollout_progress(rollout.pk) or {}
     can_operate = has_role(request.user, OPERATOR)
     current = next((w for w in progress.get("waves", []) if w["index"] == rollout.current_wave), None)
@@ -243,6 +246,7 @@ def rollout_detail(request: HttpRequest, rollout_id: int) -> HttpResponse:
         "series": rollout_cohort_series(rollout),
         "gates": [gate_evaluation_row(g) for g in rollout_gate_timeline(rollout.pk)],
         "excluded": rollout_excluded(rollout, limit=50),
+        "artifact_transfer": artifact_transfer_summary(rollout),
         "can_operate": can_operate,
         "actions": actions,
     }

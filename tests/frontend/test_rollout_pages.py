@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 
 from audit.actors import Actor
 from audit.models import AuditEntry
-from deployments.models import GateEvaluation, Rollout, RolloutStatus
+from deployments.models import GateEvaluation, Job, Rollout, RolloutStatus
 from deployments.rollout_services import rollout_advance, rollout_create, rollout_pause, rollout_start
 from tests.factories import DeviceFactory, SiteFactory, make_user
 
@@ -220,3 +220,20 @@ def test_detail_page_query_count_does_not_grow_with_the_rollout(published_versio
         counts.append(len(queries))
         assert len(fleet) > 0
     assert counts[0] == counts[1], counts
+
+
+def test_detail_page_shows_where_artifacts_came_from_and_overview_shows_the_drift_panel(published_version, devices):
+    from fleet.models import ArtifactTransfer
+
+    rollout = rollout_create(actor=ACTOR, version=published_version, plan=plan(published_version.pk))
+    rollout_start(actor=ACTOR, rollout=rollout)
+    rollout_advance(rollout_id=rollout.pk)
+    job = Job.objects.filter(rollout_id=rollout.pk).select_related("device").first()
+    ArtifactTransfer.objects.create(
+        job_id=job.pk, rollout_id=rollout.pk, device=job.device, sha256=published_version.sha256,
+        source="cloud", size=published_version.size, refused=[],
+    )  # fmt: skip
+    viewer = login("viewer")
+    page = viewer.get(f"/rollouts/{rollout.pk}/").content.decode()
+    assert 'data-testid="artifact-transfer"' in page and 'data-testid="transfer-cloud"' in page
+    assert 'data-testid="drift-alerts"' in viewer.get("/").content.decode()
