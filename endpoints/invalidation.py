@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django.core.cache.backends.redis import RedisCache
 from django.db import transaction
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,13 @@ def resolve_cache_generation() -> int:
 def resolve_cache_bump() -> None:
     """Bump the generation now (services use `resolve_cache_invalidate`, which waits for the commit)."""
     try:
-        cache.incr(GENERATION_KEY)
+        backend = caches["default"]
+        if isinstance(backend, RedisCache):
+            # one round trip: Django's incr() checks EXISTS first, and the bridge bumps per online flip
+            raw = backend._cache.get_client(GENERATION_KEY, write=True)
+            raw.incr(backend.make_and_validate_key(GENERATION_KEY))
+        else:
+            cache.incr(GENERATION_KEY)
     except ValueError:  # the key is missing: any new value invalidates
         cache.add(GENERATION_KEY, 1, timeout=None)
     except Exception:  # a cache outage must not fail a committed change; answers expire by TTL anyway
