@@ -251,6 +251,7 @@ def install_pipeline(runner: JobRunner, job: JobDocument, deadline: float) -> No
             else:
                 size, sha256 = runner._download(
                     _StageDownload(job.job_id, stage.artifact_url, stage.size, job.timeout_seconds),  # type: ignore[arg-type]
+                    str(stage.artifact_url),
                     target,
                     deadline,
                 )

@@ -102,10 +102,9 @@ def _rollout_transition(rollout: Rollout, *, to: str, actor: Actor, reason: str 
 
 def _publish_rollout_event(kind: str, rollout: Rollout, *, actor: Actor, at: dt.datetime, **fields: object) -> None:
     """Domain event (webhooks) for a rollout; sent after commit, so only what really happened goes out."""
-    version = rollout.version
     publish(
-        kind, rollout=rollout.pk, name=rollout.name, model=version.model.name, version=version.number,
-        actor=actor.label, at=at.isoformat(), **fields,
+        kind, rollout=rollout.pk, name=rollout.name, model=rollout.subject_name, version=rollout.subject.number,
+        pipeline=bool(rollout.pipeline_version_id), actor=actor.label, at=at.isoformat(), **fields,
     )  # fmt: skip
 
 

@@ -26,6 +26,8 @@ class Action:
     route: str
     post: Callable[[Client, Any], Any]
     changed: Callable[[Any], bool]
+    min_role: str = "operator"  # "admin" for what only admins may do
+    ok_status: int = 302  # a redirect after the change, or 200 where the page shows a secret once
 
 
 def _tag(client: Client, ctx: Any) -> Any:
@@ -56,8 +58,52 @@ def _uploaded(ctx: Any) -> bool:
     return True
 
 
+def _pause(client: Client, ctx: Any) -> Any:
+    return client.post(f"/rollouts/{ctx['rollout'].pk}/pause/", {"reason": "matrix"})
+
+
+def _paused(ctx: Any) -> bool:
+    from deployments.models import Rollout
+
+    paused = Rollout.objects.get(pk=ctx["rollout"].pk).status == "paused"
+    audited = AuditEntry.objects.for_object("rollout", ctx["rollout"].pk).filter(action="rollout.paused").exists()
+    assert paused == audited, "a UI change without its audit entry (or the reverse)"
+    return paused
+
+
+def _toggle_hook(client: Client, ctx: Any) -> Any:
+    return client.post(f"/webhooks/{ctx['hook'].pk}/toggle/")
+
+
+def _hook_toggled(ctx: Any) -> bool:
+    from webhooks.models import WebhookSubscription
+
+    toggled = not WebhookSubscription.objects.get(pk=ctx["hook"].pk).active
+    audited = AuditEntry.objects.for_object("webhook", ctx["hook"].pk).filter(action="webhook.update").exists()
+    assert toggled == audited, "a UI change without its audit entry (or the reverse)"
+    return toggled
+
+
+def _create_hook(client: Client, ctx: Any) -> Any:
+    body = {"name": "matrix-hook", "url": "https://hooks.example.com/x", "event_kinds": ["rollout.gate_failed"]}
+    return client.post("/webhooks/", body)
+
+
+def _hook_created(ctx: Any) -> bool:
+    from webhooks.models import WebhookSubscription
+
+    created = WebhookSubscription.objects.filter(name="matrix-hook").first()
+    if created is None:
+        return False
+    assert AuditEntry.objects.for_object("webhook", created.pk).filter(action="webhook.create").exists()
+    return True
+
+
 ACTIONS = {
     "device-bulk": Action("device-bulk", _tag, _tagged),
+    "rollout-action": Action("rollout-action", _pause, _paused),
+    "webhook-action": Action("webhook-action", _toggle_hook, _hook_toggled, min_role="admin"),
+    "webhooks-page": Action("webhooks-page", _create_hook, _hook_created, min_role="admin", ok_status=200),
     "model-version-upload": Action("model-version-upload", _upload, _uploaded),
 }
 
@@ -70,7 +116,19 @@ def frontend_routes() -> dict[str, list[str]]:
 
 @pytest.fixture
 def ctx(published_version: Any) -> dict[str, Any]:
-    return {"device": DeviceFactory(), "model": published_version.model}
+    from audit.actors import Actor
+    from deployments.rollout_services import rollout_create, rollout_start
+    from webhooks.services import webhook_create
+
+    system = Actor.system("tests")
+    device = DeviceFactory()
+    plan = {"target": {"devices": [device.pk]}, "waves": [{"percent": 100}], "seed": 1}
+    rollout = rollout_create(actor=system, version=published_version, plan=plan)
+    rollout_start(actor=system, rollout=rollout)
+    hook = webhook_create(
+        actor=system, name="existing", url="https://hooks.example.com/y", event_kinds=["drift.alert"]
+    ).subscription
+    return {"device": device, "model": published_version.model, "rollout": rollout, "hook": hook}
 
 
 def client_for(role: str | None) -> Client:
@@ -84,13 +142,22 @@ def test_the_matrix_covers_every_post_only_ui_route(ctx):
     from django.urls import reverse
 
     admin = client_for("admin")
-    ids = {"model_id": ctx["model"].pk, "device_id": ctx["device"].pk}
+    ids = {
+        "model_id": ctx["model"].pk,
+        "device_id": ctx["device"].pk,
+        "rollout_id": ctx["rollout"].pk,
+        "subscription_id": ctx["hook"].pk,
+        "pipeline_id": 1,
+        "verb": "pause",
+    }
     post_only = set()
     for name, params in frontend_routes().items():
         if admin.get(reverse(name, kwargs={p: ids[p] for p in params})).status_code == 405:
             post_only.add(name)
-    # logout is POST-only too, but changes nothing of Fogdeck's: it only ends the session
-    assert post_only - {"logout"} == set(ACTIONS)
+    # logout is POST-only too, but changes nothing of Fogdeck's: it only ends the session. ACTIONS also
+    # holds forms posted to pages that answer GET (webhooks-page).
+    assert post_only - {"logout"} <= set(ACTIONS)
+    assert set(ACTIONS) - post_only == {"webhooks-page"}
 
 
 @pytest.mark.parametrize("name", sorted(ACTIONS))
@@ -110,5 +177,10 @@ def test_viewer_and_user_without_a_role_are_forbidden_and_nothing_changes(ctx, n
 @pytest.mark.parametrize("role", ["operator", "admin"])
 @pytest.mark.parametrize("name", sorted(ACTIONS))
 def test_operator_and_admin_act_and_it_is_audited(ctx, name, role):
-    assert ACTIONS[name].post(client_for(role), ctx).status_code == 302
-    assert ACTIONS[name].changed(ctx)
+    action = ACTIONS[name]
+    if action.min_role == "admin" and role == "operator":
+        assert action.post(client_for(role), ctx).status_code == 403
+        assert not action.changed(ctx)
+        return
+    assert action.post(client_for(role), ctx).status_code == action.ok_status
+    assert action.changed(ctx)

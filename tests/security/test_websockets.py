@@ -30,6 +30,17 @@ def private_channel_layer(settings):
         settings.CHANNEL_LAYERS = {"default": {**layers["default"], "CONFIG": config}}
 
 
+@pytest.fixture(autouse=True)
+def a_rollout(published_version):
+    """A rollout for the /ws/rollouts/{id}/ route to name."""
+    from audit.actors import Actor
+    from deployments.rollout_services import rollout_create
+
+    device = DeviceFactory()
+    plan = {"target": {"devices": [device.pk]}, "waves": [{"percent": 100}], "seed": 1}
+    return rollout_create(actor=Actor.system("tests"), version=published_version, plan=plan)
+
+
 async def concrete(route: str) -> str:
     """`ws/devices/<int:device_id>/` → `/ws/devices/12/` with a device that exists."""
     if "<" not in route:
