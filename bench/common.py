@@ -29,7 +29,7 @@ BENCH_DATABASE = os.environ.get("BENCH_DATABASE_NAME", "fogdeck_bench")
 
 
 def bench_database_url(database: str = BENCH_DATABASE) -> str:
-    """DATABASE_URL with the database renamed to BENCH_DATABASE (created and migrated on first use)."""
+    """DATABASE_URL with the database renamed to `database` (BENCH_DATABASE unless a benchmark has its own)."""
     base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/fogdeck"
     parts = urlsplit(base)
     return urlunsplit(parts._replace(path=f"/{database}"))
