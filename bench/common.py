@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from bench.report import Row
 
 ROOT = Path(__file__).resolve().parents[1]
 MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883  # replaced by the port of our own Mosquitto once bench.stack starts it
@@ -22,16 +28,22 @@ DATA_DIR = ROOT / "bench" / "results" / "var"  # artifacts and signing keys of t
 BENCH_DATABASE = os.environ.get("BENCH_DATABASE_NAME", "fogdeck_bench")
 
 
-def bench_database_url() -> str:
-    """DATABASE_URL with the database renamed to BENCH_DATABASE (created and migrated on first use)."""
+def bench_database_url(database: str = BENCH_DATABASE) -> str:
+    """DATABASE_URL with the database renamed to `database` (BENCH_DATABASE unless a benchmark has its own)."""
     base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/fogdeck"
     parts = urlsplit(base)
-    return urlunsplit(parts._replace(path=f"/{BENCH_DATABASE}"))
+    return urlunsplit(parts._replace(path=f"/{database}"))
 
 
-def setup_django(*, fresh: bool = False) -> str:
-    """Point this process at fogdeck_bench (dropped and re-created first when `fresh`) and migrate it."""
-    url = bench_database_url()
+def own_database(suffix: str) -> str:
+    """The name of a benchmark's private database, next to BENCH_DATABASE (fogdeck_bench_<suffix>)."""
+    return f"{BENCH_DATABASE}_{suffix}"
+
+
+def setup_django(*, fresh: bool = False, database: str = BENCH_DATABASE) -> str:
+    """Point this process at `database` (fogdeck_bench unless a benchmark keeps its own; dropped and
+    re-created first when `fresh`) and migrate it."""
+    url = bench_database_url(database)
     os.environ["DATABASE_URL"] = url
     os.environ["REDIS_URL"] = BENCH_REDIS_URL
     os.environ["FOGDECK_DATA_DIR"] = str(DATA_DIR)
@@ -39,7 +51,7 @@ def setup_django(*, fresh: bool = False) -> str:
     os.environ.setdefault("CSRF_COOKIE_SECURE", "false")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ.setdefault("SECRET_KEY", "fogdeck-bench-secret-key-not-for-production-0123456789")
-    os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost")
+    os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")  # testserver: Django's test client
     os.environ.setdefault("MQTT_URL", f"mqtt://{MQTT_HOST}:{MQTT_PORT}")
     sys.path.insert(0, str(ROOT))
     import psycopg
@@ -47,14 +59,40 @@ def setup_django(*, fresh: bool = False) -> str:
     admin = urlunsplit(urlsplit(url)._replace(path="/postgres"))
     with psycopg.connect(admin, autocommit=True) as conn:
         if fresh:
-            conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DATABASE]).fetchone():
-            conn.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
+            conn.execute(f'CREATE DATABASE "{database}"')
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True, env=os.environ)
     import django
 
     django.setup()
     return url
+
+
+def run_isolated(module: str, *args: str) -> list[Row]:
+    """Run `python -m bench.<module> --rows-json FILE *args` in a child process and return the rows it wrote.
+
+    For a benchmark with a database of its own: Django in the runner's process is set up once, on
+    BENCH_DATABASE, and cannot switch databases cleanly (model caches, content types, sequences)."""
+    from bench.report import read_rows
+
+    with tempfile.TemporaryDirectory(prefix="fogdeck-bench-") as tmp:
+        rows_file = Path(tmp) / "rows.json"
+        child = subprocess.Popen([sys.executable, "-u", "-m", f"bench.{module}", "--rows-json", str(rows_file), *args],
+                                 cwd=ROOT, env=os.environ)  # fmt: skip
+        try:
+            code = child.wait()
+        finally:
+            if child.poll() is None:  # interrupted: let the child unwind (it stops what it started)
+                child.send_signal(signal.SIGINT)
+                try:
+                    child.wait(30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait(5)
+        if code != 0:
+            raise RuntimeError(f"bench.{module} exited with status {code}")
+        return read_rows(rows_file)
 
 
 def ensure_devices(count: int, prefix: str = "bench") -> list[str]:

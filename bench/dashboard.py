@@ -9,8 +9,11 @@ over `--devices` devices and one over `--baseline-devices`. `manage.py serve` (u
 them; Chromium (Debian's, headless) opens each page `--runs` times after a warm-up and we time
 navigation start → both charts drawn (`.main-svg` in the wave chart and the latency chart). In the same
 run: the fleet overview (a page with a Plotly map), and per page the server's SQL query count and
-render time through Django's test client. Prints medians and the ratio big / small; JSON to
-bench/results/dashboard.json.
+render time through Django's test client. Prints medians and the ratio big / small (target: the page
+does not get slower with the rollout's size, <= 1.5x); JSON to bench/results/dashboard.json.
+
+Its database is its own (`<BENCH_DATABASE_NAME>_dashboard`, or `BENCH_DASHBOARD_DATABASE`), kept between
+runs (the devices are reused, the rollouts re-seeded), so under `python -m bench` it runs in a child process.
 """
 
 from __future__ import annotations
@@ -20,38 +23,24 @@ import datetime as dt
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 
+from bench import common
 from bench.common import ROOT, ensure_devices
+from bench.report import Row, print_rows, write_rows
+from bench.stack import Stack
 
 CHROMIUM = "/usr/bin/chromium"
 # a database of its own (created and migrated on first use), not the shared fogdeck_bench
-DATABASE = os.environ.get("BENCH_DASHBOARD_DATABASE", "fogdeck_bench_dashboard")
+DATABASE = os.environ.get("BENCH_DASHBOARD_DATABASE") or common.own_database("dashboard")
+MAX_RATIO = 1.5  # the rollout page at `devices` may take at most this many times the small one's time
 USER, PASSWORD = "bench-viewer", "bench-viewer-password-1!"
 JOB_STATES = ["SUCCEEDED"] * 6 + ["IN_PROGRESS", "QUEUED", "FAILED", "TIMED_OUT"]
 
 
 def setup_django() -> None:
-    from urllib.parse import urlsplit, urlunsplit
-
-    import psycopg
-
-    base = urlsplit(os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/fogdeck")
-    os.environ["DATABASE_URL"] = urlunsplit(base._replace(path=f"/{DATABASE}"))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    os.environ.setdefault("SECRET_KEY", "fogdeck-bench-secret-key-not-for-production-0123456789")
-    os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
-    sys.path.insert(0, str(ROOT))
-    with psycopg.connect(urlunsplit(base._replace(path="/postgres")), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone():
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True, env=os.environ)
-    import django
-
-    django.setup()
+    common.setup_django(database=DATABASE)
 
 
 def seed_rollout(uids: list[str], tag: str):  # type: ignore[no-untyped-def]
@@ -172,28 +161,26 @@ def browser_times(base: str, paths: dict[str, str], runs: int) -> dict[str, list
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--devices", type=int, default=10000)
-    parser.add_argument("--baseline-devices", type=int, default=100)
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--port", type=int, default=8765)
-    args = parser.parse_args()
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    setup_django()
+def run(devices: int = 10000, baseline_devices: int = 100, runs: int = 7) -> list[Row]:
+    """For `python -m bench`: `measure` in a child process, on this benchmark's own database."""
+    return common.run_isolated(
+        "dashboard", "--devices", str(devices), "--baseline-devices", str(baseline_devices), "--runs", str(runs)
+    )
+
+
+def measure(devices: int = 10000, baseline_devices: int = 100, runs: int = 7) -> list[Row]:
+    """Seed both rollouts, time the pages (Django set up on DATABASE); rows and bench/results/dashboard.json."""
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
 
-    from deployments.models import Rollout
-    from models_registry.models import RegisteredModel
+    from deployments.models import Job, Rollout
 
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    # the previous run's rollouts go; the model and its versions stay (versions are protected, and immutable)
     Rollout.objects.filter(model__name="bench-dashboard").delete()
-    from deployments.models import Job
-
     Job.objects.filter(model__name="bench-dashboard").delete()
-    RegisteredModel.objects.filter(name="bench-dashboard").delete()
-    big_uids = ensure_devices(args.devices, prefix="dash")
-    small_uids = ensure_devices(args.baseline_devices, prefix="dashsmall")  # own devices: one active job each
+    big_uids = ensure_devices(devices, prefix="dash")
+    small_uids = ensure_devices(baseline_devices, prefix="dashsmall")  # own devices: one active job each
     big, version = seed_rollout(big_uids, "big")
     small, _ = seed_rollout(small_uids, "small")
     seed_rollups(version)
@@ -201,38 +188,55 @@ def main() -> None:
     user.set_password(PASSWORD)
     user.save()
     user.groups.add(Group.objects.get_or_create(name="viewer")[0])
-    paths = {"overview": "/", f"rollout {args.baseline_devices}": f"/rollouts/{small.pk}/",
-             f"rollout {args.devices}": f"/rollouts/{big.pk}/"}  # fmt: skip
+    small_key, big_key = f"rollout {baseline_devices}", f"rollout {devices}"
+    paths = {"overview": "/", small_key: f"/rollouts/{small.pk}/", big_key: f"/rollouts/{big.pk}/"}
     server = {name: server_figures(path) for name, path in paths.items()}
 
-    log = open(ROOT / "bench" / "results" / "dashboard-serve.log.tmp", "w")
-    command = [sys.executable, "manage.py", "serve", "--port", str(args.port), "--no-broker"]
-    web = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "DEBUG": "true"}, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        from tests.processes import wait_for_port
-
-        wait_for_port(args.port, timeout=30)
-        times = browser_times(f"http://127.0.0.1:{args.port}", paths, args.runs)
-    finally:
-        web.terminate()
-        web.wait(30)
-        log.close()
-    small_key, big_key = f"rollout {args.baseline_devices}", f"rollout {args.devices}"
-    results: dict[str, object] = {"runs": args.runs, "pages": {}}
-    print(f"Rollout page, load + both charts drawn in headless Chromium (median of {args.runs}, after a warm-up)")
+    with Stack("dashboard") as stack:  # the server on this database (Stack defaults to fogdeck_bench's)
+        base = stack.server(DATABASE_URL=os.environ["DATABASE_URL"], DEBUG="true")
+        times = browser_times(base, paths, runs)
+    medians = {name: 1000 * statistics.median(times[name]) for name in paths}
+    results: dict[str, object] = {"runs": runs, "pages": {}}
+    print(f"Rollout page, load + both charts drawn in headless Chromium (median of {runs}, after a warm-up)")
     for name in paths:
-        median = statistics.median(times[name])
-        results["pages"][name] = {"median_ms": round(1000 * median, 1), "max_ms": round(1000 * max(times[name]), 1),
+        results["pages"][name] = {"median_ms": round(medians[name], 1), "max_ms": round(1000 * max(times[name]), 1),
                                   **server[name]}  # type: ignore[index]  # fmt: skip
-        print(f"  {name:>16}: {1000 * median:7.1f} ms in the browser; server {server[name]['server_ms']:6.1f} ms, "
+        print(f"  {name:>16}: {medians[name]:7.1f} ms in the browser; server {server[name]['server_ms']:6.1f} ms, "
               f"{server[name]['queries']} SQL queries")  # fmt: skip
-    ratio = statistics.median(times[big_key]) / statistics.median(times[small_key])
+    ratio = medians[big_key] / medians[small_key]
     results["ratio_big_to_small"] = round(ratio, 2)
-    results["ratio_big_to_overview"] = round(
-        statistics.median(times[big_key]) / statistics.median(times["overview"]), 2
-    )
+    results["ratio_big_to_overview"] = round(medians[big_key] / medians["overview"], 2)
     print(f"  {big_key} / {small_key} = {ratio:.2f}x; {big_key} / overview = {results['ratio_big_to_overview']:.2f}x")
     (ROOT / "bench" / "results" / "dashboard.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    big_server, small_server = server[big_key], server[small_key]
+    figure = f"rollout page load + charts, {devices:,} devices"
+    return [
+        Row("dashboard", figure, medians[big_key], "ms", f"{baseline_devices:,} devices", medians[small_key],
+            target=f"<= {MAX_RATIO}x", met=ratio <= MAX_RATIO,
+            note=f"headless Chromium, median of {runs}; SQL queries {big_server['queries']} vs "
+                 f"{small_server['queries']}"),
+        Row("dashboard", figure, medians[big_key], "ms", "fleet overview", medians["overview"],
+            note=f"overview: a Plotly map, {server['overview']['queries']} SQL queries"),
+        Row("dashboard", f"rollout page server time, {devices:,} devices", big_server["server_ms"], "ms",
+            f"{baseline_devices:,} devices", small_server["server_ms"],
+            note="Django test client, median of 3, no browser"),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=10000)
+    parser.add_argument("--baseline-devices", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--rows-json", help="write the rows here (for the runner, bench.__main__)")
+    args = parser.parse_args()
+    setup_django()
+    rows = measure(args.devices, args.baseline_devices, args.runs)
+    if args.rows_json:
+        write_rows(args.rows_json, rows)
+    else:
+        print_rows(rows)
 
 
 if __name__ == "__main__":

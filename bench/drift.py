@@ -1,9 +1,11 @@
 """The scheduled drift evaluation over a fleet's window of raw telemetry, in seconds and rows per second.
 
     . /tmp/testenv.sh   # or any DATABASE_URL
-    .venv/bin/python -m bench.drift [--devices 500] [--intervals 60] [--sites 5]
+    .venv/bin/python -u -m bench.drift [--devices 500] [--intervals 60] [--sites 5] [--runs 3]
+    .venv/bin/python -u -m bench --only drift        # the same defaults, as part of the suite's table
 
-Fills a database of its own (`fogdeck_bench_drift`) with `devices x intervals` raw telemetry samples
+Fills a database of its own (`<BENCH_DATABASE_NAME>_drift`, i.e. `fogdeck_bench_drift`; kept between runs,
+so under `python -m bench` it runs in a child process) with `devices x intervals` raw telemetry samples
 (each with 4 input features and their histograms on the default edges), stored through the real
 ingest (`telemetry_ingest_batch`: COPY), then measures in the same run:
 
@@ -19,56 +21,54 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import subprocess
-import sys
 import time
-from urllib.parse import urlsplit, urlunsplit
 
-from bench.common import ROOT
+from bench import common
+from bench.report import Row, print_rows, write_rows
 
-DB_NAME = "fogdeck_bench_drift"  # not shared with the other benchmarks: this branch adds migrations
+DB_NAME = common.own_database("drift")  # its samples stay out of the other benchmarks' telemetry
 
 
 def setup_django() -> None:
-    base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/fogdeck"
-    url = urlunsplit(urlsplit(base)._replace(path=f"/{DB_NAME}"))
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    os.environ.setdefault("SECRET_KEY", "fogdeck-bench-secret-key-not-for-production-0123456789")
-    os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost")
-    sys.path.insert(0, str(ROOT))
-    import psycopg
-
-    admin = urlunsplit(urlsplit(url)._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone():
-            conn.execute(f"CREATE DATABASE {DB_NAME}")
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True, env=os.environ)
-    import django
-
-    django.setup()
+    common.setup_django(database=DB_NAME)
 
 
 def best_of(runs: int, work):  # type: ignore[no-untyped-def]
-    times = []
+    """The shortest of `runs` timings of `work()`, and what its last call returned."""
+    times, result = [], None
     for _ in range(runs):
         started = time.perf_counter()
-        work()
+        result = work()
         times.append(time.perf_counter() - started)
-    return min(times)
+    return min(times), result
+
+
+def run(devices: int = 500, intervals: int = 60, sites: int = 5, runs: int = 3) -> list[Row]:
+    """For `python -m bench`: `measure` in a child process, on this benchmark's own database (30,000
+    samples: ~25 s on an idle 2-core box, ~1.5 min under load)."""
+    args = ["--devices", str(devices), "--intervals", str(intervals), "--sites", str(sites), "--runs", str(runs)]
+    return common.run_isolated("drift", *args)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=500)
     parser.add_argument("--intervals", type=int, default=60, help="telemetry messages per device in the window")
     parser.add_argument("--sites", type=int, default=5)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the samples (to EXPLAIN the query)")
+    parser.add_argument("--rows-json", help="write the rows here (for the runner, bench.__main__)")
     args = parser.parse_args()
     setup_django()
+    rows = measure(args.devices, args.intervals, args.sites, args.runs, keep=args.keep)
+    if args.rows_json:
+        write_rows(args.rows_json, rows)
+    else:
+        print_rows(rows)
 
+
+def measure(devices: int, intervals: int, sites: int, runs: int, *, keep: bool = False) -> list[Row]:
+    """Store the window's samples, time both aggregates and the evaluation (Django set up on DB_NAME)."""
     import numpy as np
     from django.utils import timezone
 
@@ -102,12 +102,12 @@ def main() -> None:
             "updated_at": timezone.now(),
         },
     )
-    sites = [Site.objects.get_or_create(name=f"bench-drift-{i}", defaults={"latitude": 0, "longitude": 0})[0]
-             for i in range(args.sites)]  # fmt: skip
-    uids = [f"bench-drift-{i:05d}" for i in range(args.devices)]
+    site_rows = [Site.objects.get_or_create(name=f"bench-drift-{i}", defaults={"latitude": 0, "longitude": 0})[0]
+                 for i in range(sites)]  # fmt: skip
+    uids = [f"bench-drift-{i:05d}" for i in range(devices)]
     existing = set(Device.objects.filter(uid__in=uids).values_list("uid", flat=True))
     Device.objects.bulk_create(
-        [Device(uid=u, name=u, site=sites[i % len(sites)], tier="edge", arch="aarch64", cpu="A72", memory_mb=2048)
+        [Device(uid=u, name=u, site=site_rows[i % sites], tier="edge", arch="aarch64", cpu="A72", memory_mb=2048)
          for i, u in enumerate(uids) if u not in existing],
         batch_size=2000,
     )  # fmt: skip
@@ -125,35 +125,41 @@ def main() -> None:
     started = time.perf_counter()
     now = timezone.now()
     batch: list[TelemetryEnvelope] = []
-    for interval in range(args.intervals):
-        ts = now - dt.timedelta(seconds=10 * (args.intervals - interval))
+    for interval in range(intervals):
+        ts = now - dt.timedelta(seconds=10 * (intervals - interval))
         for i, uid in enumerate(uids):
-            samples = pool[i % len(sites) == 0][(i + interval) % 50]
+            samples = pool[i % sites == 0][(i + interval) % 50]
             message = TelemetryMessage(schema_version=1, ts=ts, interval_s=10.0, samples=samples)
             batch.append(TelemetryEnvelope(uid, message))
             if len(batch) >= 2000:
                 telemetry_ingest_batch(batch)
                 batch = []
     telemetry_ingest_batch(batch)
-    rows = args.devices * args.intervals
-    print(f"stored {rows} samples ({args.devices} devices x {args.intervals} intervals, {args.sites} sites) "
+    count = devices * intervals
+    print(f"stored {count} samples ({devices} devices x {intervals} intervals, {sites} sites) "
           f"in {time.perf_counter() - started:.1f}s")  # fmt: skip
 
     versions = [(model.name, 1)]
     since, until = timezone.now() - dt.timedelta(hours=1), timezone.now() + dt.timedelta(minutes=1)
-    sql = best_of(args.runs, lambda: _window_sql(versions, since, until))
-    python = best_of(args.runs, lambda: _window_python(versions, since, until))
-    if _window_sql(versions, since, until).keys() != _window_python(versions, since, until).keys():
+    sql, by_sql = best_of(runs, lambda: _window_sql(versions, since, until))
+    python, by_python = best_of(runs, lambda: _window_python(versions, since, until))
+    if by_sql.keys() != by_python.keys():
         raise SystemExit("the two aggregations disagree")
-    evaluate = best_of(args.runs, lambda: drift_evaluate(actor=Actor.system("bench")))
-    results = drift_evaluate(actor=Actor.system("bench"))
+    evaluate, results = best_of(runs, lambda: drift_evaluate(actor=Actor.system("bench")))
     opened = sorted(r.site for r in results if r.outcome in ("opened", "still_open"))
-    print(f"sql aggregate      {sql:7.3f}s  {rows / sql:10.0f} samples/s")
-    print(f"python aggregate   {python:7.3f}s  {rows / python:10.0f} samples/s   (baseline)")
+    print(f"sql aggregate      {sql:7.3f}s  {count / sql:10.0f} samples/s")
+    print(f"python aggregate   {python:7.3f}s  {count / python:10.0f} samples/s   (baseline)")
     print(f"drift_evaluate     {evaluate:7.3f}s  ({len(results)} (version, site) pairs; alerts at {opened})")
     print(f"sql vs python: {python / sql:.1f}x faster")
-    if not args.keep:
+    if not keep:
         TelemetrySample.objects.filter(device__uid__startswith="bench-drift-").delete()
+    window = f"{count:,} samples ({devices:,} devices x {intervals})"
+    return [
+        Row("drift", f"window aggregate in SQL, {window}", sql, "s", "Python fallback", python,
+            note=f"best of {runs}; {count / sql:,.0f} vs {count / python:,.0f} samples/s"),
+        Row("drift", f"drift_evaluate (aggregate, scores, alerts), {window}", evaluate, "s", "Python fallback",
+            python, note=f"{len(results)} (version, site) pairs; alerts at {', '.join(map(str, opened)) or 'none'}"),
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import math
 import os
 import platform
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 
@@ -31,6 +31,10 @@ class Row:
 
     def as_dict(self) -> dict[str, object]:
         return {**asdict(self), "ratio": self.ratio}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Row:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})  # type: ignore[arg-type]
 
 
 def _fmt(value: float) -> str:
@@ -94,3 +98,12 @@ def machine() -> dict[str, object]:
 def write_json(path: Path, payload: dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def write_rows(path: Path | str, rows: list[Row]) -> None:
+    """Rows for the runner, from a benchmark run in a child process (`--rows-json`)."""
+    Path(path).write_text(json.dumps([r.as_dict() for r in rows], default=str))
+
+
+def read_rows(path: Path | str) -> list[Row]:
+    return [Row.from_dict(d) for d in json.loads(Path(path).read_text())]
