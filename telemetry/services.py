@@ -145,7 +145,10 @@ def telemetry_ingest_batch(envelopes: Sequence[TelemetryEnvelope]) -> int:
             stream_offer(latest)
             rollout_cohort_offer(cohort_samples)  # the pages of active rollouts these devices are in
 
-        transaction.on_commit(offer)
+        # Live pages are best effort: once the batch is committed, a failure here (e.g. the database
+        # connection dropped before the rollout lookup) must not fail the batch, or the bridge would not
+        # ack it and the broker's redelivery would store it twice.
+        transaction.on_commit(offer, robust=True)
     return len(rows)
 
 

@@ -168,3 +168,19 @@ def test_retention_task_runs_the_service(settings):
     TelemetrySample.objects.update(received_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2))
     assert enforce_retention() == {"raw_deleted": 1, "rollups_deleted": 1}
     assert AuditEntry.objects.filter(action="telemetry.retention", actor="system:celery:telemetry-retention").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failure_of_the_live_update_after_commit_does_not_fail_the_committed_batch(monkeypatch, caplog):
+    """The bridge acks a batch only when ingest returns: raising after the commit would get it redelivered
+    and stored twice (seen when the database connection dropped before the rollout lookup)."""
+    from django.db import OperationalError
+
+    def lookup_fails(samples: object) -> None:
+        raise OperationalError("terminating connection due to administrator command")
+
+    monkeypatch.setattr(services, "rollout_cohort_offer", lookup_fails)
+    device = DeviceFactory()
+    assert telemetry_ingest_batch([envelope(device.uid, ts=MINUTE)]) == 1
+    assert TelemetrySample.objects.filter(device=device).count() == 1
+    assert "terminating connection" in caplog.text
