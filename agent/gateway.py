@@ -15,7 +15,6 @@ HTTP: `GET /v1/artifacts/{sha256}?token=…` (the artifact), `GET /v1/stats` (co
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -28,10 +27,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from agent.http_json import JsonRequestHandler
 from agent.policy import JobRefused
 from protocol import gateway_tokens
 
@@ -308,20 +308,9 @@ class GatewayServer:
             raise CacheError(HTTPStatus.FORBIDDEN if token else HTTPStatus.UNAUTHORIZED, str(exc)) from None
 
 
-class _GatewayHandler(BaseHTTPRequestHandler):
+class _GatewayHandler(JsonRequestHandler):
     owner: GatewayServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s - %s", self.address_string(), format % args)
-
-    def _json(self, status: HTTPStatus, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    access_logger = logger
 
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)

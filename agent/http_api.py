@@ -8,11 +8,12 @@ import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 
+from agent.http_json import JsonRequestHandler
 from agent.inference import BadInput, LoadedModel
 from agent.pipeline import LoadedPipeline, StageRun
 from agent.telemetry import TelemetryRecorder
@@ -59,23 +60,12 @@ class InferenceServer:
         self._httpd.server_close()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonRequestHandler):
     owner: InferenceServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s - %s", self.address_string(), format % args)
-
-    def _answer(self, status: HTTPStatus, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    access_logger = logger
 
     def _error(self, status: HTTPStatus, reason: str) -> None:
-        self._answer(status, {"error": reason})
+        self._json(status, {"error": reason})
 
     def do_GET(self) -> None:
         if self.path.split("?")[0] != "/healthz":
@@ -83,7 +73,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         model = self.owner.current_model()
         body = {"status": "ok", "model": model.model if model else None, "version": model.version if model else None}
-        self._answer(HTTPStatus.OK, body | self.owner.health())
+        self._json(HTTPStatus.OK, body | self.owner.health())
 
     def do_POST(self) -> None:
         if self.path.split("?")[0] != "/infer":
@@ -142,7 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
         if runs is not None:
             recorder.record_stages(model.model, model.version, runs)
             body["stages"] = [run.as_json() for run in runs]
-        self._answer(HTTPStatus.OK, body)
+        self._json(HTTPStatus.OK, body)
 
 
 def _jsonable(value: np.ndarray) -> Any:
