@@ -46,9 +46,5 @@ def resolve_cache_bump() -> None:
 
 
 def resolve_cache_invalidate() -> None:
-    """Make every cached resolve answer stale once the current transaction commits (one bump per
-    transaction however many changes ask: the bridge applies a batch of device messages in one)."""
-    connection = transaction.get_connection()
-    if connection.in_atomic_block and any(func is resolve_cache_bump for _, func, _ in connection.run_on_commit):
-        return
+    """Make every cached resolve answer stale once the current transaction commits."""
     transaction.on_commit(resolve_cache_bump)
