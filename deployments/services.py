@@ -10,14 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.actors import Actor
-from audit.services import audit_record
+from audit.services import AuditSpec, audit_record, audit_record_many
 from endpoints.invalidation import resolve_cache_invalidate
 from fleet.models import Device
 from models_registry.compatibility import (
@@ -253,36 +254,49 @@ def _transition(
     JobEvent.objects.create(
         job=job, from_status=job.status, to_status=to, step=step, reason=reason, actor=actor.label, seq=seq
     )
-    audit_record(
-        actor=actor,
-        action=f"job.{to.lower()}",
-        object_type="job",
-        object_id=job.pk,
-        object_repr=f"{job.target} on {job.device.uid}",
-        changes={"status": {"before": job.status, "after": to}, **({"reason": reason} if reason else {})},
-    )
+    audit_record_many([_job_transition_audit(job, job.status, to, actor, reason)])
     if to == JobStatus.SUCCEEDED:
-        _record_installation(job, now)
+        _record_installations([job], now)
     _stream_rollout_progress(job.rollout_id)
     for key, value in fields.items():
         setattr(job, key, value)
     return True
 
 
-def _record_installation(job: Job, at: dt.datetime) -> None:
-    if job.pipeline_version_id is not None:
-        Installation.objects.filter(device=job.device, pipeline_id=job.pipeline_id, until__isnull=True).update(until=at)
-        Installation.objects.create(
-            device=job.device,
-            pipeline_id=job.pipeline_id,
-            pipeline_version_id=job.pipeline_version_id,
-            job=job,
-            since=at,
-        )
+def _job_transition_audit(job: Job, before: str, after: str, actor: Actor, reason: str) -> AuditSpec:
+    return AuditSpec(
+        actor=actor,
+        action=f"job.{after.lower()}",
+        object_type="job",
+        object_id=job.pk,
+        object_repr=f"{job.target} on {job.device.uid}",
+        changes={"status": {"before": before, "after": after}, **({"reason": reason} if reason else {})},
+    )
+
+
+def _record_installations(jobs: Sequence[Job], at: dt.datetime) -> None:
+    """The succeeded jobs' targets become their devices' current installations (the previous ones end)."""
+    if not jobs:
         return
-    Installation.objects.filter(device=job.device, model=job.model, until__isnull=True).update(until=at)
-    Installation.objects.create(device=job.device, model=job.model, version=job.version, job=job, since=at)
-    resolve_cache_invalidate()
+    by_family: dict[tuple[str, int], list[Job]] = {}
+    for job in jobs:
+        family = ("pipeline_id", job.pipeline_id) if job.pipeline_version_id is not None else ("model_id", job.model_id)
+        by_family.setdefault(family, []).append(job)  # type: ignore[arg-type]
+    for (column, family_id), members in by_family.items():
+        Installation.objects.filter(
+            device_id__in=[j.device_id for j in members], until__isnull=True, **{column: family_id}
+        ).update(until=at)
+    Installation.objects.bulk_create(
+        [
+            Installation(device_id=j.device_id, pipeline_id=j.pipeline_id, pipeline_version_id=j.pipeline_version_id,
+                         job=j, since=at)  # fmt: skip
+            if j.pipeline_version_id is not None
+            else Installation(device_id=j.device_id, model_id=j.model_id, version_id=j.version_id, job=j, since=at)
+            for j in jobs
+        ]
+    )
+    if any(j.pipeline_version_id is None for j in jobs):
+        resolve_cache_invalidate()
 
 
 # The job and its device rows; a job's version or pipeline version is an outer join now (either may be
@@ -298,44 +312,127 @@ class ForeignJob(Exception):
 class UpdateOutcome:
     applied: bool
     why: str = ""
+    detail: str = ""
 
 
-@transaction.atomic
 def job_apply_device_update(*, uid: str, update: JobUpdate) -> UpdateOutcome:
-    """Apply a device's job update monotonically: duplicates, stale `seq` and backward moves change nothing."""
-    job = (
-        Job.objects.select_for_update(of=_JOB_LOCK)
-        .select_related("device", "version__model", "pipeline_version__pipeline")
-        .filter(pk=update.job_id)
-        .first()
-    )
-    if job is None:
-        return UpdateOutcome(False, "unknown_job")
+    """Apply a device's job update monotonically: duplicates, stale `seq` and backward moves change nothing.
+    Raises ForeignJob for another device's job."""
+    outcome = jobs_apply_device_updates(updates=[(uid, update)])[0]
+    if outcome.why == "foreign_job":
+        raise ForeignJob(outcome.detail)
+    return outcome
+
+
+@dataclass
+class _Fold:
+    """A locked job and what its updates in one batch do to it, before anything is written."""
+
+    job: Job
+    fields: dict[str, object]
+    changes: list[tuple[str, str, str, str, int]]  # (from, to, step, reason, seq), in order
+    applied: list[int] = field(default_factory=list)  # indexes of the updates that changed it
+
+    @property
+    def status(self) -> str:
+        return str(self.fields.get("status", self.job.status))
+
+    @property
+    def last_seq(self) -> int:
+        return int(self.fields.get("last_seq", self.job.last_seq))  # type: ignore[call-overload]
+
+
+def _fold(fold: _Fold, update: JobUpdate, uid: str, now: dt.datetime) -> UpdateOutcome:
+    """One update on top of the job's state so far in this batch: the rules of `TRANSITIONS`, in memory."""
+    job = fold.job
     if job.device.uid != uid:
-        raise ForeignJob(f"job {job.id} belongs to {job.device.uid}, not {uid}")
-    if job.is_terminal:
+        return UpdateOutcome(False, "foreign_job", f"job {job.id} belongs to {job.device.uid}, not {uid}")
+    status = fold.status
+    if status in TERMINAL:
         return UpdateOutcome(False, "job_already_terminal")
-    if update.seq <= job.last_seq:
+    if update.seq <= fold.last_seq:
         return UpdateOutcome(False, "stale_seq")
-    actor = Actor.device(uid)
-    if update.status == job.status:
-        # progress within the same state (a new step or percentage): no event, no audit
-        Job.objects.filter(pk=job.pk, last_seq__lt=update.seq).update(
-            step=update.step or "", progress=update.progress, last_seq=update.seq, updated_at=timezone.now()
-        )
-        return UpdateOutcome(True)
-    if update.status not in TRANSITIONS[job.status]:
-        return UpdateOutcome(False, "backward_transition")
-    applied = _transition(
-        job,
-        to=update.status,
-        actor=actor,
-        reason=update.reason or "",
-        step=update.step or "",
-        progress=update.progress,
-        seq=update.seq,
-    )
-    return UpdateOutcome(applied, "" if applied else "concurrent_update")
+    fields = fold.fields
+    if update.status != status:
+        if update.status not in TRANSITIONS[status]:
+            return UpdateOutcome(False, "backward_transition")
+        fields["status"] = update.status
+        if update.reason:
+            fields["reason"] = update.reason
+        if update.status == JobStatus.IN_PROGRESS and job.started_at is None:
+            fields["started_at"] = now
+        if update.status in TERMINAL:
+            fields["finished_at"] = now
+        fold.changes.append((status, update.status, update.step or "", update.reason or "", update.seq))
+    # a progress update within the same state only moves step, progress and seq: no event, no audit
+    fields.update(step=update.step or "", progress=update.progress, last_seq=update.seq, updated_at=now)
+    return UpdateOutcome(True)
+
+
+def jobs_apply_device_updates(*, updates: Sequence[tuple[str, JobUpdate]]) -> list[UpdateOutcome]:
+    """Apply many devices' job updates (uid, update) in one transaction, with the rules of
+    `job_apply_device_update`; one outcome per update, in order (`foreign_job` and `unknown_job` among them).
+
+    Each job is locked once, in id order (two bridges sharing the device topics never deadlock), and its
+    updates are folded in `seq` order before anything is written: a job whose IN_PROGRESS … SUCCEEDED
+    arrive together costs one guarded UPDATE, yet every transition keeps its event and audit entry
+    (one bulk insert each for the batch). Installations, rollout streams and the resolve cache are
+    updated once per batch.
+    """
+    outcomes: list[UpdateOutcome | None] = [None] * len(updates)
+    if not updates:
+        return []
+    with transaction.atomic():
+        ids = sorted({update.job_id for _, update in updates})
+        jobs = {
+            str(job.pk): job
+            for job in Job.objects.select_for_update(of=_JOB_LOCK)
+            .select_related("device", "version__model", "pipeline_version__pipeline")
+            .filter(pk__in=ids)
+            .order_by("pk")
+        }
+        now = timezone.now()
+        folds: dict[str, _Fold] = {}
+        for index in sorted(range(len(updates)), key=lambda i: (updates[i][1].job_id, updates[i][1].seq)):
+            uid, update = updates[index]
+            job = jobs.get(update.job_id)
+            if job is None:
+                outcomes[index] = UpdateOutcome(False, "unknown_job")
+                continue
+            fold = folds.setdefault(update.job_id, _Fold(job, {}, []))
+            outcomes[index] = _fold(fold, update, uid, now)
+            if outcomes[index].applied:  # type: ignore[union-attr]
+                fold.applied.append(index)
+        events: list[JobEvent] = []
+        audits: list[AuditSpec] = []
+        succeeded: list[Job] = []
+        rollouts: set[int] = set()
+        for fold in folds.values():
+            if not fold.fields:
+                continue
+            job = fold.job
+            guarded = Job.objects.filter(pk=job.pk, status=job.status, last_seq=job.last_seq)
+            if not guarded.update(**fold.fields):  # not while we hold the lock; kept as the invariant's guard
+                for index in fold.applied:
+                    outcomes[index] = UpdateOutcome(False, "concurrent_update")
+                continue
+            actor = Actor.device(job.device.uid)
+            for before, after, step, reason, seq in fold.changes:
+                events.append(JobEvent(job=job, from_status=before, to_status=after, step=step, reason=reason,
+                                       actor=actor.label, seq=seq))  # fmt: skip
+                audits.append(_job_transition_audit(job, before, after, actor, reason))
+            for key, value in fold.fields.items():
+                setattr(job, key, value)
+            if fold.changes and job.status == JobStatus.SUCCEEDED:
+                succeeded.append(job)
+            if fold.changes and job.rollout_id is not None:
+                rollouts.add(job.rollout_id)
+        JobEvent.objects.bulk_create(events)
+        audit_record_many(audits)
+        _record_installations(succeeded, now)
+        for rollout_id in sorted(rollouts):
+            _stream_rollout_progress(rollout_id)
+    return [outcome or UpdateOutcome(False, "unknown_job") for outcome in outcomes]
 
 
 @transaction.atomic
