@@ -7,8 +7,8 @@ Guarantees:
   worker skips a rollout being advanced, and a worker killed mid-tick rolls back everything it did.
   A job belongs to (rollout, wave, device, kind, attempt), unique in the database, so no device gets a
   second execution for a wave even if two ticks raced.
-* Jobs go out through `deployment_create` (compatibility re-checked, outbox in the same transaction),
-  in chunks at the plan's rate limit.
+* Jobs go out through `deployments_create_many`, one call per chunk (the same rules as `deployment_create`:
+  compatibility re-checked per device, outbox in the same transaction), in chunks at the plan's rate limit.
 * Job cancellations (abort, rollback) run after commit, one job per transaction, in the order the
   bridge locks (job row, then audit chain): never a long transaction holding many job rows.
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from audit.actors import Actor
@@ -57,7 +57,7 @@ from .models import (
     WaveStatus,
 )
 from .rollout_plan import Plan, Subject, plan_rollout, resolve_target
-from .services import deployment_create, job_cancel
+from .services import JobRequest, deployments_create_many, job_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -535,17 +535,26 @@ def _dispatch(rollout: Rollout, wave: Wave, actor: Actor, now: dt.datetime) -> i
     due = [t for t in due if t.install_job and gates.retries_left(t, t.install_job.status, retry)]
     due += list(base.filter(install_job__isnull=True).order_by("order")[: budget - len(due)])
     timeout = int(rollout.plan.get("job_timeout_seconds") or settings.JOB_TIMEOUT_SECONDS)
-    for target in due:
-        try:
-            job = deployment_create(
-                actor=actor, device=target.device, **_deploy_kwargs(rollout.subject), timeout_seconds=timeout,
-                rollout_id=rollout.pk, wave_id=wave.pk, attempt=target.attempts + 1,
-            )  # fmt: skip
-        except DeploymentRefused as exc:
-            RolloutTarget.objects.filter(pk=target.pk).update(skip_reason=exc.reason[:1000])
-            continue
-        RolloutTarget.objects.filter(pk=target.pk).update(install_job=job, attempts=target.attempts + 1)
     if due:
+        batch = deployments_create_many(
+            actor=actor, requests=[JobRequest(t.device, wave_id=wave.pk, attempt=t.attempts + 1) for t in due],
+            **_deploy_kwargs(rollout.subject), timeout_seconds=timeout, rollout_id=rollout.pk,
+        )  # fmt: skip
+        refused = [t for t in due if t.device_id in batch.refused]
+        for target in refused:
+            target.skip_reason = batch.refused[target.device_id].reason[:1000]
+        RolloutTarget.objects.bulk_update(refused, ["skip_reason"], batch_size=1000)
+        # each target's new job is the one of its wave, device and next attempt (unique): one UPDATE for the
+        # chunk, where bulk_update's CASE per row took 40 % of a 1000-job tick in Python
+        RolloutTarget.objects.filter(pk__in=[t.pk for t in due if t.device_id in batch.jobs]).update(
+            install_job=Subquery(
+                Job.objects.filter(
+                    rollout=rollout, wave_id=wave.pk, device_id=OuterRef("device_id"), kind=JobKind.INSTALL,
+                    attempt=OuterRef("attempts") + 1,
+                ).values("pk")
+            ),
+            attempts=F("attempts") + 1,
+        )  # fmt: skip
         Rollout.objects.filter(pk=rollout.pk).update(last_dispatch_at=now)
         rollout.last_dispatch_at = now
     return len(due)
@@ -679,19 +688,29 @@ def _advance_rollback(rollout: Rollout, now: dt.datetime) -> None:
         .order_by("order")[: settings.ROLLOUT_DISPATCH_CHUNK]
     )
     timeout = int(rollout.plan.get("job_timeout_seconds") or settings.JOB_TIMEOUT_SECONDS)
+    # devices go back to different baselines: one batch per baseline (a handful), in dispatch order
+    by_baseline: dict[Subject, list[RolloutTarget]] = {}
     for target in due:
-        baseline = target.baseline
-        if baseline is None:  # excluded by the query; narrows the type
-            continue
-        try:
-            job = deployment_create(
-                actor=actor, device=target.device, **_deploy_kwargs(baseline), kind=JobKind.ROLLBACK,
-                timeout_seconds=timeout, rollout_id=rollout.pk, wave_id=target.wave_id, attempt=1,
-            )  # fmt: skip
-        except DeploymentRefused as exc:
-            RolloutTarget.objects.filter(pk=target.pk).update(skip_reason=f"rollback: {exc.reason}"[:1000])
-            continue
-        RolloutTarget.objects.filter(pk=target.pk).update(rollback_job=job)
+        if target.baseline is not None:  # excluded by the query; narrows the type
+            by_baseline.setdefault(target.baseline, []).append(target)
+    for baseline, targets in by_baseline.items():
+        batch = deployments_create_many(
+            actor=actor, requests=[JobRequest(t.device, wave_id=t.wave_id, attempt=1) for t in targets],
+            **_deploy_kwargs(baseline), kind=JobKind.ROLLBACK, timeout_seconds=timeout, rollout_id=rollout.pk,
+        )  # fmt: skip
+        refused = [t for t in targets if t.device_id in batch.refused]
+        for target in refused:
+            target.skip_reason = f"rollback: {batch.refused[target.device_id].reason}"[:1000]
+        RolloutTarget.objects.bulk_update(refused, ["skip_reason"], batch_size=1000)
+        # as in `_dispatch`: a target's rollback job is the one of its wave and device (unique), one UPDATE
+        RolloutTarget.objects.filter(pk__in=[t.pk for t in targets if t.device_id in batch.jobs]).update(
+            rollback_job=Subquery(
+                Job.objects.filter(
+                    rollout=rollout, wave_id=OuterRef("wave_id"), device_id=OuterRef("device_id"),
+                    kind=JobKind.ROLLBACK, attempt=1,
+                ).values("pk")
+            )
+        )  # fmt: skip
     if due:
         return
     if Job.objects.filter(rollout=rollout, status__in=ACTIVE).exists():

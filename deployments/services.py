@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.actors import Actor
-from audit.services import AuditSpec, audit_record, audit_record_many
+from audit.services import AuditSpec, audit_record_many
 from endpoints.invalidation import resolve_cache_invalidate
 from fleet.models import Device
 from models_registry.compatibility import (
@@ -28,9 +28,9 @@ from models_registry.compatibility import (
     reasons_for,
     requirements_of,
 )
-from models_registry.models import ModelVersion, PipelineVersion
-from models_registry.services import model_version_download_url
-from mqttbridge.outbox import outbox_enqueue
+from models_registry.models import ModelVersion, PipelineStage, PipelineVersion
+from models_registry.services import model_version_download_grant, model_version_download_url
+from mqttbridge.outbox import outbox_enqueue, outbox_enqueue_many
 from protocol.device_topics import jobs_get_accepted_topic, jobs_notify_topic
 from protocol.messages import (
     JobDocument,
@@ -48,16 +48,29 @@ from .artifact_mirrors import job_artifact_mirrors
 from .exceptions import DeploymentRefused, InvalidTransition
 from .models import ACTIVE, TERMINAL, TRANSITIONS, Installation, Job, JobEvent, JobKind, JobStatus
 
+_DOWNLOAD_ACTOR = Actor.system("deployments:job-document")
 
-def _device_artifact_url(version: ModelVersion, ttl: int) -> str:
-    """An absolute time-limited URL: S3 presigned, or our signed local URL under PUBLIC_BASE_URL."""
-    url = model_version_download_url(actor=Actor.system("deployments:job-document"), version=version, ttl=ttl)
+ArtifactUrl = Callable[[ModelVersion], str]
+"""A version's absolute artifact URL for a job document: fresh per document, or issued once per batch."""
+
+
+def _absolute(url: str) -> str:
     return url if url.startswith(("http://", "https://")) else settings.PUBLIC_BASE_URL.rstrip("/") + url
 
 
-def _pipeline_job_document(job: Job, pipeline_version: PipelineVersion, ttl: int) -> JobDocument:
-    """The pipeline's signed manifest and, per stage, the stage version's own manifest and a fresh URL."""
-    stages = [
+def _device_artifact_url(version: ModelVersion, ttl: int) -> str:
+    """An absolute time-limited URL: S3 presigned, or our signed local URL under PUBLIC_BASE_URL."""
+    return _absolute(model_version_download_url(actor=_DOWNLOAD_ACTOR, version=version, ttl=ttl))
+
+
+def _url_ttl(timeout_seconds: int) -> int:
+    """An artifact URL outlives the job it is sent with."""
+    return max(settings.ARTIFACT_URL_TTL_SECONDS, timeout_seconds)
+
+
+def _stage_documents(stages: Sequence[PipelineStage], url_of: ArtifactUrl) -> list[PipelineStageDocument]:
+    """Per stage (in order), the stage version's own manifest and its artifact URL; the same for every device."""
+    return [
         PipelineStageDocument(
             name=stage.name,
             model=stage.version.model.name,
@@ -65,7 +78,7 @@ def _pipeline_job_document(job: Job, pipeline_version: PipelineVersion, ttl: int
             version=stage.version.number,
             version_id=stage.version.pk,
             format=stage.version.format,
-            artifact_url=_device_artifact_url(stage.version, ttl),
+            artifact_url=url_of(stage.version),
             sha256=stage.version.sha256,
             size=stage.version.size,
             manifest=stage.version.manifest,
@@ -73,33 +86,36 @@ def _pipeline_job_document(job: Job, pipeline_version: PipelineVersion, ttl: int
             key_id=stage.version.key_id,
             condition=StageCondition(**stage.condition) if stage.condition else None,
         )
-        for stage in PipelineVersion.objects.with_stages().get(pk=pipeline_version.pk).ordered_stages()
+        for stage in stages
     ]
-    return JobDocument(
-        job_id=str(job.id),
-        kind=job.kind,
-        model=pipeline_version.pipeline.name,
-        model_id=pipeline_version.pipeline_id,
-        version=pipeline_version.number,
-        version_id=pipeline_version.pk,
-        format=PIPELINE_FORMAT,
-        manifest=pipeline_version.manifest,
-        signature=pipeline_version.signature,
-        key_id=pipeline_version.key_id,
-        timeout_seconds=job.timeout_seconds,
-        created_at=job.created_at,
-        stages=stages,
-    )
 
 
-def job_document(job: Job) -> JobDocument:
-    """What the device receives: the signed manifest and a fresh time-limited artifact URL (per stage
-    for a pipeline job)."""
-    ttl = max(settings.ARTIFACT_URL_TTL_SECONDS, job.timeout_seconds)
+def _job_document(
+    job: Job, *, ttl: int, url_of: ArtifactUrl, stages: list[PipelineStageDocument] | None = None
+) -> JobDocument:
+    """A job's document; a pipeline job's `stages` come built (`_stage_documents`), a version job's mirrors
+    are worked out here from `job.device` and its parent (load both)."""
     if job.pipeline_version_id is not None:
-        return _pipeline_job_document(job, job.pipeline_version, ttl)
+        pipeline_version = job.pipeline_version
+        assert pipeline_version is not None and stages is not None  # noqa: S101 - a pipeline job has both
+        return JobDocument(
+            job_id=str(job.id),
+            kind=job.kind,
+            model=pipeline_version.pipeline.name,
+            model_id=pipeline_version.pipeline_id,
+            version=pipeline_version.number,
+            version_id=pipeline_version.pk,
+            format=PIPELINE_FORMAT,
+            manifest=pipeline_version.manifest,
+            signature=pipeline_version.signature,
+            key_id=pipeline_version.key_id,
+            timeout_seconds=job.timeout_seconds,
+            created_at=job.created_at,
+            stages=stages,
+        )
     version = job.version
-    artifact_url = _device_artifact_url(version, ttl)
+    assert version is not None  # noqa: S101 - a job has a version or a pipeline version (a check constraint)
+    artifact_url = url_of(version)
     return JobDocument(
         job_id=str(job.id),
         kind=job.kind,
@@ -121,12 +137,38 @@ def job_document(job: Job) -> JobDocument:
     )
 
 
-def _notify(job: Job) -> None:
-    payload = encode(JobsNotify(schema_version=1, jobs=[job_document(job)], cancel=[]))
-    outbox_enqueue(topic=jobs_notify_topic(job.device.uid), payload=payload)
+def job_document(job: Job) -> JobDocument:
+    """What the device receives: the signed manifest and a fresh time-limited artifact URL (per stage
+    for a pipeline job), each URL audited."""
+    ttl = _url_ttl(job.timeout_seconds)
+
+    def url_of(version: ModelVersion) -> str:
+        return _device_artifact_url(version, ttl)
+
+    stages = None
+    if job.pipeline_version_id is not None:
+        ordered = PipelineVersion.objects.with_stages().get(pk=job.pipeline_version_id).ordered_stages()
+        stages = _stage_documents(ordered, url_of)
+    return _job_document(job, ttl=ttl, url_of=url_of, stages=stages)
 
 
-@transaction.atomic
+@dataclass(frozen=True)
+class JobRequest:
+    """One device of a `deployments_create_many` call, with the wave and attempt its job counts under."""
+
+    device: Device
+    wave_id: int | None = None
+    attempt: int = 1
+
+
+@dataclass
+class DeploymentBatch:
+    """What `deployments_create_many` did, by device id: the job created, or why none was."""
+
+    jobs: dict[int, Job] = field(default_factory=dict)
+    refused: dict[int, DeploymentRefused] = field(default_factory=dict)
+
+
 def deployment_create(
     *,
     actor: Actor,
@@ -145,75 +187,204 @@ def deployment_create(
     every reason; for a pipeline, every stage's, named by stage), a revoked or unprovisioned device, and a
     second active job for the same model or pipeline.
     A rollout passes its ids: the job then counts in that wave, at most once per device and attempt.
+    The one-device case of `deployments_create_many` (the same rules, the same rows).
+    """
+    batch = deployments_create_many(
+        actor=actor, requests=[JobRequest(device, wave_id=wave_id, attempt=attempt)], version=version,
+        pipeline_version=pipeline_version, kind=kind, timeout_seconds=timeout_seconds, rollout_id=rollout_id,
+    )  # fmt: skip
+    if device.pk in batch.refused:
+        raise batch.refused[device.pk]
+    return batch.jobs[device.pk]
+
+
+@transaction.atomic
+def deployments_create_many(
+    *,
+    actor: Actor,
+    requests: Sequence[JobRequest],
+    version: ModelVersion | None = None,
+    pipeline_version: PipelineVersion | None = None,
+    kind: str = JobKind.INSTALL,
+    timeout_seconds: int | None = None,
+    rollout_id: int | None = None,
+) -> DeploymentBatch:
+    """Create the jobs of many devices for one version (or pipeline version) and queue their notifications,
+    in a number of queries that does not grow with the number of devices (rollout dispatch, a chunk a tick).
+
+    Each device is refused or gets its job exactly as `deployment_create` would: a version that is not
+    deployable refuses every device (field "version"/"pipeline_version"); a missing or revoked device, one
+    that cannot run the version (every reason) or one that already has an active job for the model or
+    pipeline is refused alone (field "device") and the others still get theirs. For each job: its QUEUED
+    event, a `job.create` audit entry and its jobs/notify message in the outbox, all in this transaction.
+    One artifact URL per version serves the whole batch (it names no device), audited once with the number
+    of jobs it went to; gateway mirrors stay per device. ValueError for a device asked for twice.
     """
     if (version is None) == (pipeline_version is None):
         raise ValueError("give exactly one of version and pipeline_version")
+    device_ids = [request.device.pk for request in requests]
+    if len(set(device_ids)) != len(device_ids):
+        raise ValueError("a device can get one job per call")
+    batch = DeploymentBatch()
     target: ModelVersion | PipelineVersion
     requirements: Requirements
+    stages: list[PipelineStage] = []
     if pipeline_version is not None:
         target = PipelineVersion.objects.with_stages().get(pk=pipeline_version.pk)
-        requirements = pipeline_requirements_of(target.ordered_stages())
+        stages = target.ordered_stages()
+        requirements, artifacts = pipeline_requirements_of(stages), [stage.version for stage in stages]
         family, family_name = {"pipeline_id": target.pipeline_id}, f"pipeline {target.pipeline.name}"
+        target_field = "pipeline_version"
     else:
         assert version is not None  # noqa: S101 - checked above
-        target, requirements = version, requirements_of(version)
-        family, family_name = {"model_id": version.model_id}, f"model {version.model.name}"
+        target, requirements, artifacts = version, requirements_of(version), [version]
+        family, family_name, target_field = {"model_id": version.model_id}, f"model {version.model.name}", "version"
+    if not requests:
+        return batch
     if not target.is_deployable:
-        raise DeploymentRefused(
-            f"version {target} is {target.status}: only published versions are deployed",
-            field="pipeline_version" if pipeline_version is not None else "version",
+        refusal = DeploymentRefused(
+            f"version {target} is {target.status}: only published versions are deployed", field=target_field
         )
-    if device.is_revoked:
-        raise DeploymentRefused(f"device {device.uid} is revoked", field="device")
-    device = Device.objects.with_inventory().get(pk=device.pk)
-    reasons = reasons_for(requirements, profile_of(device, device.runtimes.all()))
-    if reasons:
-        raise DeploymentRefused(f"device {device.uid} cannot run {target}: {'; '.join(reasons)}", field="device")
+        batch.refused = dict.fromkeys(device_ids, refusal)
+        return batch
+
+    devices = Device.objects.select_related("site", "parent").prefetch_related("runtimes").in_bulk(device_ids)
+    eligible: list[tuple[JobRequest, Device]] = []
+    for request in requests:
+        device = devices.get(request.device.pk)
+        if device is None:
+            batch.refused[request.device.pk] = DeploymentRefused(
+                f"device {request.device.uid} no longer exists", field="device"
+            )
+        elif device.is_revoked:
+            batch.refused[device.pk] = DeploymentRefused(f"device {device.uid} is revoked", field="device")
+        elif reasons := reasons_for(requirements, profile_of(device, device.runtimes.all())):
+            batch.refused[device.pk] = DeploymentRefused(
+                f"device {device.uid} cannot run {target}: {'; '.join(reasons)}", field="device"
+            )
+        else:
+            eligible.append((request, device))
+    busy = {
+        device_id: (job_id, status)
+        for device_id, job_id, status in Job.objects.active()
+        .filter(device_id__in=[device.pk for _, device in eligible], **family)
+        .values_list("device_id", "id", "status")
+    }
     timeout = timeout_seconds or settings.JOB_TIMEOUT_SECONDS
     now = timezone.now()
-    job = Job(
-        id=uuid.uuid4(),
-        device=device,
-        model_id=version.model_id if version is not None else None,
-        version=version,
-        pipeline_id=target.pipeline_id if isinstance(target, PipelineVersion) else None,
-        pipeline_version=target if isinstance(target, PipelineVersion) else None,
-        kind=kind,
-        timeout_seconds=timeout,
-        deadline_at=now + dt.timedelta(seconds=timeout),
-        created_by=actor.label,
-        rollout_id=rollout_id,
-        wave_id=wave_id,
-        attempt=attempt,
+    jobs: list[Job] = []
+    for request, device in eligible:
+        if device.pk in busy:
+            job_id, status = busy[device.pk]
+            batch.refused[device.pk] = _busy(device, family_name, job_id, status)
+            continue
+        jobs.append(
+            Job(
+                id=uuid.uuid4(),
+                device=device,
+                model_id=version.model_id if version is not None else None,
+                version=version,
+                pipeline_id=target.pipeline_id if isinstance(target, PipelineVersion) else None,
+                pipeline_version=target if isinstance(target, PipelineVersion) else None,
+                kind=kind,
+                timeout_seconds=timeout,
+                deadline_at=now + dt.timedelta(seconds=timeout),
+                created_by=actor.label,
+                rollout_id=rollout_id,
+                wave_id=request.wave_id,
+                attempt=request.attempt,
+            )
+        )
+    jobs = _insert_jobs(jobs, family, family_name, batch.refused)
+    if not jobs:
+        return batch
+    JobEvent.objects.bulk_create(
+        [JobEvent(job=job, to_status=JobStatus.QUEUED, actor=actor.label) for job in jobs], batch_size=1000
     )
-    try:
-        with transaction.atomic():
-            job.save(force_insert=True)
-    except IntegrityError:
-        active = Job.objects.active().filter(device=device, **family).first()
-        raise DeploymentRefused(
-            f"device {device.uid} already has an active job for {family_name}"
-            + (f": {active.id} ({active.status})" if active else ""),
-            field="device",
-        ) from None
-    JobEvent.objects.create(job=job, to_status=JobStatus.QUEUED, actor=actor.label)
-    audit_record(
-        actor=actor,
-        action="job.create",
-        object_type="job",
-        object_id=job.pk,
-        object_repr=f"{target} on {device.uid}",
-        changes={
-            "device": device.uid,
-            ("pipeline_version" if pipeline_version is not None else "version"): str(target),
-            "kind": kind,
-            "timeout_seconds": timeout,
-            **({"rollout": rollout_id, "wave": wave_id, "attempt": attempt} if rollout_id else {}),
-        },
+    ttl = _url_ttl(timeout)
+    grants = {
+        artifact.pk: model_version_download_grant(actor=_DOWNLOAD_ACTOR, version=artifact, ttl=ttl, jobs=len(jobs))
+        for artifact in artifacts
+    }
+    urls = {pk: _absolute(url) for pk, (url, _) in grants.items()}
+
+    def url_of(v: ModelVersion) -> str:
+        return urls[v.pk]
+
+    stage_documents = _stage_documents(stages, url_of) if pipeline_version is not None else None
+    outbox_enqueue_many(
+        messages=[
+            (
+                jobs_notify_topic(job.device.uid),
+                encode(
+                    JobsNotify(
+                        schema_version=1,
+                        jobs=[_job_document(job, ttl=ttl, url_of=url_of, stages=stage_documents)],
+                        cancel=[],
+                    )
+                ),
+            )
+            for job in jobs
+        ]
     )
-    _notify(job)
+    described, changed = str(target), {target_field: str(target), "kind": kind, "timeout_seconds": timeout}
+    # after the CPU work above: the chain head stays locked from here to the commit
+    audit_record_many(
+        [
+            AuditSpec(
+                actor=actor,
+                action="job.create",
+                object_type="job",
+                object_id=job.pk,
+                object_repr=f"{described} on {job.device.uid}",
+                changes={
+                    "device": job.device.uid,
+                    **changed,
+                    **({"rollout": rollout_id, "wave": job.wave_id, "attempt": job.attempt} if rollout_id else {}),
+                },
+            )
+            for job in jobs
+        ]
+        + [audit for _, audit in grants.values()]
+    )
     _stream_rollout_progress(rollout_id)
-    return job
+    batch.jobs = {job.device_id: job for job in jobs}
+    return batch
+
+
+def _busy(device: Device, family_name: str, job_id: object | None, status: str = "") -> DeploymentRefused:
+    return DeploymentRefused(
+        f"device {device.uid} already has an active job for {family_name}"
+        + (f": {job_id} ({status})" if job_id else ""),
+        field="device",
+    )
+
+
+def _insert_jobs(
+    jobs: list[Job], family: dict[str, int], family_name: str, refused: dict[int, DeploymentRefused]
+) -> list[Job]:
+    """Insert the jobs in one statement; if a concurrent writer got a device first (a unique constraint),
+    one by one instead, so every other device still gets its job and that one its exact reason."""
+    if len(jobs) > 1:
+        try:
+            with transaction.atomic():
+                Job.objects.bulk_create(jobs, batch_size=1000)
+            return jobs
+        except IntegrityError:
+            pass
+    created: list[Job] = []
+    for job in jobs:
+        try:
+            with transaction.atomic():
+                job.save(force_insert=True)
+        except IntegrityError:
+            active = Job.objects.active().filter(device=job.device, **family).first()
+            refused[job.device_id] = _busy(
+                job.device, family_name, active.id if active else None, active.status if active else ""
+            )
+            continue
+        created.append(job)
+    return created
 
 
 def _stream_rollout_progress(rollout_id: int | None) -> None:

@@ -25,7 +25,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.actors import Actor
-from audit.services import audit_record, diff, snapshot
+from audit.services import AuditSpec, audit_record, diff, snapshot
 from endpoints.invalidation import resolve_cache_invalidate
 from protocol import signing
 
@@ -465,23 +465,42 @@ def sign_local_download(key: str, version_id: int, ttl: int) -> str:
     return Signer(salt=DOWNLOAD_SALT).sign_object({"k": key, "v": version_id, "e": expires_ms})
 
 
+def _download_url(version: ModelVersion, ttl: int) -> str:
+    if version.status == Status.REVOKED:
+        raise InvalidTransition(f"version {version.number} is revoked: it can no longer be downloaded")
+    if _is_s3(default_storage):
+        if not default_storage.querystring_auth:
+            raise ImproperlyConfigured("S3 storage must use querystring_auth: artifact URLs are presigned")
+        return str(default_storage.url(version.artifact_key, expire=ttl))
+    return reverse("artifact-download", kwargs={"token": sign_local_download(version.artifact_key, version.pk, ttl)})
+
+
 def model_version_download_url(*, actor: Actor, version: ModelVersion, ttl: int | None = None) -> str:
     """A time-limited URL for the artifact (S3 presigned, or our signed URL on local storage). Audited.
 
     Revoked versions are never handed out. Local URLs are paths; the caller makes them absolute.
     """
     ttl = ttl if ttl is not None else settings.ARTIFACT_URL_TTL_SECONDS
-    if version.status == Status.REVOKED:
-        raise InvalidTransition(f"version {version.number} is revoked: it can no longer be downloaded")
-    if _is_s3(default_storage):
-        if not default_storage.querystring_auth:
-            raise ImproperlyConfigured("S3 storage must use querystring_auth: artifact URLs are presigned")
-        url = default_storage.url(version.artifact_key, expire=ttl)
-    else:
-        url = reverse("artifact-download", kwargs={"token": sign_local_download(version.artifact_key, version.pk, ttl)})
+    url = _download_url(version, ttl)
     with transaction.atomic():
         audit_record(
             actor=actor, action="model_version.download", object_type="model_version", object_id=version.pk,
             object_repr=str(version), changes={"ttl_seconds": ttl, "sha256": version.sha256},
         )
     return url
+
+
+def model_version_download_grant(*, actor: Actor, version: ModelVersion, ttl: int, jobs: int) -> tuple[str, AuditSpec]:
+    """One URL for the job documents of a batch of `jobs` deployments, and the one audit entry saying so.
+
+    The same URL `model_version_download_url` issues (it names no device: our signed token or an S3
+    presigned URL carry only the artifact, the version and the expiry), so a rollout chunk asks once per
+    version instead of once per job. The caller records the returned entry with `audit_record_many` in
+    the transaction that creates the jobs (one chain-head lock for the whole batch).
+    """
+    url = _download_url(version, ttl)
+    audit = AuditSpec(
+        actor=actor, action="model_version.download", object_type="model_version", object_id=version.pk,
+        object_repr=str(version), changes={"ttl_seconds": ttl, "sha256": version.sha256, "jobs": jobs},
+    )  # fmt: skip
+    return url, audit
