@@ -21,8 +21,9 @@ from bench import common
 from bench.report import Row, machine, print_rows, table, write_json
 
 # Order matters a little: `api` adds 100,000 devices and reads the rollout `fanout` leaves behind; `resolve`
-# shares that database; `dashboard` and `drift` keep databases of their own (each runs in a child process).
-BENCHMARKS = ["ingest", "latency", "fanout", "api", "resolve", "dashboard", "drift"]
+# shares that database; `dashboard`, `drift` and `dispatch` keep databases of their own (each runs in a child
+# process).
+BENCHMARKS = ["ingest", "latency", "fanout", "api", "resolve", "dashboard", "drift", "dispatch"]
 
 
 def main() -> None:

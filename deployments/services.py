@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Prefetch
 from django.utils import timezone
 
 from audit.actors import Actor
@@ -248,7 +249,12 @@ def deployments_create_many(
         batch.refused = dict.fromkeys(device_ids, refusal)
         return batch
 
-    devices = Device.objects.select_related("site", "parent").prefetch_related("runtimes").in_bulk(device_ids)
+    # runtimes as a plain list: Django builds a queryset per device to cache a prefetched relation
+    devices = (
+        Device.objects.select_related("site", "parent")
+        .prefetch_related(Prefetch("runtimes", to_attr="runtime_rows"))
+        .in_bulk(device_ids)
+    )
     eligible: list[tuple[JobRequest, Device]] = []
     for request in requests:
         device = devices.get(request.device.pk)
@@ -258,7 +264,7 @@ def deployments_create_many(
             )
         elif device.is_revoked:
             batch.refused[device.pk] = DeploymentRefused(f"device {device.uid} is revoked", field="device")
-        elif reasons := reasons_for(requirements, profile_of(device, device.runtimes.all())):
+        elif reasons := reasons_for(requirements, profile_of(device, device.runtime_rows)):  # type: ignore[attr-defined]
             batch.refused[device.pk] = DeploymentRefused(
                 f"device {device.uid} cannot run {target}: {'; '.join(reasons)}", field="device"
             )
