@@ -11,8 +11,8 @@ from django.test.utils import CaptureQueriesContext
 from audit.actors import Actor
 from audit.models import AuditEntry
 from audit.services import audit_verify_chain
-from deployments.models import Job, JobEvent, JobStatus, RolloutTarget
-from deployments.rollout_services import rollout_advance, rollout_create, rollout_start
+from deployments.models import Job, JobEvent, JobKind, JobStatus, RolloutTarget
+from deployments.rollout_services import rollout_advance, rollout_create, rollout_rollback, rollout_start
 from deployments.services import DeploymentBatch, JobRequest, deployment_create, deployments_create_many
 from fleet.models import Device
 from fleet.services import device_mark_seen, device_report_state, device_revoke
@@ -20,7 +20,7 @@ from models_registry.services import model_version_revoke
 from mqttbridge.models import OutboxMessage
 from protocol.messages import parse_jobs_notify, utc_now
 from telemetry.streaming import rollout_stream_touch
-from tests.deployments.rollout_helpers import finish
+from tests.deployments.rollout_helpers import finish, publish_next_version
 from tests.factories import DeviceFactory
 
 pytestmark = pytest.mark.django_db
@@ -246,3 +246,28 @@ def test_a_refused_target_gets_its_skip_reason_and_the_wave_goes_on(published_ve
     assert targets[devices[2].pk].skip_reason == f"device {devices[2].uid} is revoked"
     assert targets[devices[2].pk].install_job_id is None and targets[devices[2].pk].attempts == 0
     assert all(targets[d.pk].install_job_id and targets[d.pk].attempts == 1 for d in devices if d != devices[2])
+
+
+def test_a_rollback_sends_each_device_its_own_baseline_in_one_tick(published_version):
+    second = publish_next_version(published_version)
+    devices = [DeviceFactory() for _ in range(6)]
+    for index, device in enumerate(devices):  # half run v1, half v2: two baselines in one rollback chunk
+        finish(deployment_create(actor=OPERATOR, device=device, version=second if index % 2 else published_version))
+    third = publish_next_version(second, name="fogdeck-sample-classifier-third")
+    rollout = rollout_create(actor=OPERATOR, version=third, plan={
+        "target": {"devices": [d.pk for d in devices]}, "waves": [{"percent": 100}],
+        "rate_per_minute": 60000, "seed": 3,
+    })  # fmt: skip
+    rollout_start(actor=OPERATOR, rollout=rollout)
+    rollout_advance(rollout_id=rollout.pk)
+    for job in Job.objects.filter(rollout=rollout).select_related("device"):
+        finish(job)
+    rollout_rollback(actor=OPERATOR, rollout=rollout, reason="tests")
+    outbox_before = OutboxMessage.objects.count()
+    rollout_advance(rollout_id=rollout.pk)
+    targets = list(RolloutTarget.objects.filter(rollout=rollout).select_related("rollback_job"))
+    assert all(t.rollback_job and t.rollback_job.kind == JobKind.ROLLBACK for t in targets)
+    assert all(t.rollback_job.version_id == t.baseline_version_id for t in targets)
+    assert {t.baseline_version_id for t in targets} == {published_version.pk, second.pk}
+    assert OutboxMessage.objects.count() == outbox_before + len(devices)
+    assert audit_verify_chain().ok
