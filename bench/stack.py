@@ -144,14 +144,18 @@ class Stack:
         os.environ["MQTT_URL"] = f"mqtt://127.0.0.1:{self.broker_port}"
         return self.broker_port
 
-    def server(self, **env: str) -> str:
-        """`manage.py serve` (uvicorn, ASGI: HTTP and websockets on the Redis channel layer)."""
+    def server(self, workers: int = 1, **env: str) -> str:
+        """`manage.py serve` (uvicorn, ASGI: HTTP and websockets on the Redis channel layer), in `workers`
+        processes (more than 1: uvicorn's supervisor and its worker processes share the port)."""
         self.server_port = free_port()
         # Under ASGI, Django's sync views run on a thread pool and persistent connections (DB_CONN_MAX_AGE 60
         # by default) pile up per thread: 73 idle ones after a 2,000-device fan-out exhausted the shared
         # PostgreSQL's max_connections. Django's advice for ASGI is 0 (or a pool); the bench follows it.
         env = {"DB_CONN_MAX_AGE": "0", **env}
-        self.python("server", "manage.py", "serve", "--port", str(self.server_port), "--no-broker", **env)
+        self.python(
+            "server", "manage.py", "serve", "--port", str(self.server_port), "--no-broker", "--workers", str(workers),
+            **env,
+        )  # fmt: skip
         wait_for_port(self.server_port)
         return f"http://127.0.0.1:{self.server_port}"
 

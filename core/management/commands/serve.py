@@ -5,10 +5,12 @@ from typing import Any
 
 import uvicorn
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.channels_relay import relay_serve, relay_socket_path
 from core.mqtt import embedded_broker
+
+APP = "config.asgi:application"  # an import string: uvicorn's worker processes import it themselves
 
 
 class Command(BaseCommand):
@@ -17,22 +19,52 @@ class Command(BaseCommand):
         "in-process and relays live updates from the bridge and worker processes to its in-memory channel layer."
     )
 
-    def add_arguments(self, parser: Any) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--no-broker", action="store_true", help="don't start the in-process MQTT broker")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            help="server processes sharing the port (uvicorn's supervisor); more than 1 needs REDIS_URL",
+        )
 
-    def handle(self, *args: Any, host: str, port: int, no_broker: bool, **options: Any) -> None:
+    def handle(self, *args: Any, host: str, port: int, no_broker: bool, workers: int, **options: Any) -> None:
+        if workers < 1:
+            raise CommandError(f"--workers must be at least 1, not {workers}")
+        layer = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")
+        if workers > 1 and layer.endswith("InMemoryChannelLayer"):
+            # The embedded channel layer lives in one process's memory and its relay socket has one
+            # listener: with several workers a websocket would miss every update sent to another worker.
+            raise CommandError(
+                f"--workers {workers} needs REDIS_URL: the embedded default's in-memory channel layer "
+                "cannot be shared between server processes (use --workers 1, or set REDIS_URL)"
+            )
         broker = None
         if settings.EMBEDDED_MQTT and not no_broker:
             broker = embedded_broker()
             broker.start_in_thread()
             self.stdout.write(f"in-process MQTT broker on 127.0.0.1:{broker.port}")
         relay = relay_socket_path()
-        config = uvicorn.Config("config.asgi:application", host=host, port=port, log_level="info", lifespan="off")
+        try:
+            if workers > 1:
+                # uvicorn.run binds the socket here and spawns `workers` processes that each import APP;
+                # this process only supervises them (restarts a dead one, stops them on SIGTERM/SIGINT).
+                self.stdout.write(f"serving on {host}:{port} with {workers} worker processes")
+                uvicorn.run(APP, host=host, port=port, workers=workers, log_level="info", lifespan="off")
+            else:
+                self._serve_in_process(host, port, relay)
+        finally:
+            if broker is not None:
+                broker.stop_thread()
+
+    def _serve_in_process(self, host: str, port: int, relay: str | None) -> None:
+        config = uvicorn.Config(APP, host=host, port=port, log_level="info", lifespan="off")
         server = uvicorn.Server(config)
 
         async def main() -> None:
+            listener = None
             if relay:
                 # the channel layer is in memory: other processes' live updates come in through this socket
                 listener = await relay_serve(relay)
@@ -40,11 +72,7 @@ class Command(BaseCommand):
             try:
                 await server.serve()
             finally:
-                if relay:
+                if listener is not None:
                     listener.close()
 
-        try:
-            asyncio.run(main())
-        finally:
-            if broker is not None:
-                broker.stop_thread()
+        asyncio.run(main())
