@@ -156,11 +156,40 @@ TEMPLATES = [
 
 # --- database -------------------------------------------------------------------------------------
 DATABASE_URL = env_str("DATABASE_URL")
+# A psycopg 3 connection pool per process (Django's native one): connections go back to the pool at the end
+# of each request instead of being closed, so a request no longer pays a PostgreSQL connect, and the
+# pool's max size bounds what a process holds. It is the fix for ASGI, where persistent connections
+# (DB_CONN_MAX_AGE > 0) pile up one per executor thread; Django refuses the two together.
+DB_POOL = env_bool("DB_POOL", False)
+DB_POOL_MIN_SIZE = env_int("DB_POOL_MIN_SIZE", 2, minimum=0)
+DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 10, minimum=1)
+DB_POOL_TIMEOUT = env_float("DB_POOL_TIMEOUT", 10, minimum=0.1)
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0))}
+    _conn_max_age = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=_conn_max_age)}
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    _postgres = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+    if _postgres:
         DATABASES["default"].setdefault("TEST", {})["NAME"] = env_str("TEST_DATABASE_NAME") or None
+    if DB_POOL:
+        if not _postgres:
+            raise ImproperlyConfigured("DB_POOL=true needs a PostgreSQL DATABASE_URL")
+        if _conn_max_age:
+            raise ImproperlyConfigured(
+                f"DB_POOL=true and DB_CONN_MAX_AGE={_conn_max_age}: a pooled connection goes back to the pool "
+                "after each request, so unset DB_CONN_MAX_AGE (or set it to 0)"
+            )
+        if DB_POOL_MIN_SIZE > DB_POOL_MAX_SIZE:
+            raise ImproperlyConfigured(
+                f"DB_POOL_MIN_SIZE={DB_POOL_MIN_SIZE} is above DB_POOL_MAX_SIZE={DB_POOL_MAX_SIZE}"
+            )
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": DB_POOL_MIN_SIZE,
+            "max_size": DB_POOL_MAX_SIZE,
+            "timeout": DB_POOL_TIMEOUT,  # seconds a request waits for a free connection before failing
+        }
+elif DB_POOL:
+    raise ImproperlyConfigured("DB_POOL=true needs a PostgreSQL DATABASE_URL (the embedded SQLite has no pool)")
 else:
     DATABASES = {
         "default": {

@@ -92,3 +92,53 @@ def test_secret_can_come_from_a_file(tmp_path):
         },
     )
     assert result.stdout.strip() == "True", result.stderr
+
+
+def database_settings(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    code = "import json, config.settings as s; print(json.dumps(s.DATABASES['default'], default=str))"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**CLEAN, "DEBUG": "true", "FOGDECK_DATA_DIR": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_db_pool_puts_a_psycopg_pool_in_the_database_options(tmp_path):
+    import json
+
+    result = database_settings(
+        tmp_path, DATABASE_URL="postgres://postgres@db.internal:5432/fogdeck", DB_POOL="true", DB_POOL_MAX_SIZE="6"
+    )
+    assert result.returncode == 0, result.stderr
+    database = json.loads(result.stdout)
+    assert database["OPTIONS"]["pool"] == {"min_size": 2, "max_size": 6, "timeout": 10.0}
+    assert database["CONN_MAX_AGE"] == 0  # Django refuses persistent connections with a pool
+
+
+def test_without_db_pool_connections_are_per_request_and_unpooled(tmp_path):
+    import json
+
+    result = database_settings(tmp_path, DATABASE_URL="postgres://postgres@db.internal:5432/fogdeck")
+    assert result.returncode == 0, result.stderr
+    database = json.loads(result.stdout)
+    assert "pool" not in database.get("OPTIONS", {}) and database["CONN_MAX_AGE"] == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DATABASE_URL": "postgres://p@db:5432/f", "DB_POOL": "true", "DB_CONN_MAX_AGE": "60"}, "DB_CONN_MAX_AGE=60"),
+        ({"DB_POOL": "true"}, "needs a PostgreSQL DATABASE_URL"),
+        ({"DATABASE_URL": "sqlite:////tmp/x.sqlite3", "DB_POOL": "true"}, "needs a PostgreSQL DATABASE_URL"),
+        ({"DATABASE_URL": "postgres://p@db:5432/f", "DB_POOL": "true", "DB_POOL_MIN_SIZE": "5",
+          "DB_POOL_MAX_SIZE": "2"}, "above DB_POOL_MAX_SIZE"),
+        ({"DATABASE_URL": "postgres://p@db:5432/f", "DB_POOL_MAX_SIZE": "0"}, "must be at least 1"),
+    ],
+)  # fmt: skip
+def test_pool_settings_that_cannot_work_refuse_to_start(tmp_path, env, message):
+    result = database_settings(tmp_path, **env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and message in result.stderr
