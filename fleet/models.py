@@ -60,6 +60,17 @@ class DeviceQuerySet(models.QuerySet["Device"]):
         """Everything a device list shows, in a fixed number of queries (no N+1)."""
         return self.select_related("site", "parent").prefetch_related("runtimes", "tag_links")
 
+    def listing(self) -> DeviceQuerySet:
+        """What the API's device list shows, for reading only: runtimes and tags prefetched into plain
+        lists (`runtime_list` and `tag_list` read them), so Django builds no related manager and queryset
+        per device and relation; site and parent are not joined, the list shows their ids. 9 ms of a
+        100-device page. Code that calls `device.runtimes.all()` or reads `device.site.name` on the rows
+        wants `with_inventory`: here either would be a query per device."""
+        return self.prefetch_related(
+            models.Prefetch("runtimes", to_attr="prefetched_runtimes"),
+            models.Prefetch("tag_links", to_attr="prefetched_tags"),
+        )
+
     def active(self) -> DeviceQuerySet:
         return self.filter(revoked_at__isnull=True)
 
@@ -108,8 +119,11 @@ class Device(models.Model):
     class Meta:
         ordering = ["uid"]
         indexes = [
-            # the device list's most common filters: tier and online state, ordered by uid
+            # the device list's most common filters: tier and online state, ordered by uid (the page)
             models.Index(fields=["tier", "status", "uid"], name="device_tier_status_idx"),
+            # the same list's COUNT(*) for its pagination: an index-only scan of (tier, status) alone reads
+            # ~10x fewer pages than the uid index above (deduplicated keys), 8 ms → 4 ms at 48,000 matches
+            models.Index(fields=["tier", "status"], name="device_tier_status_count_idx"),
             models.Index(fields=["site", "tier"], name="device_site_tier_idx"),
             # the stale-heartbeat sweep
             models.Index(fields=["status", "last_seen"], name="device_status_seen_idx"),
@@ -129,11 +143,17 @@ class Device(models.Model):
 
     @property
     def runtime_list(self) -> list[dict[str, str]]:
-        return [{"name": r.name, "version": r.version} for r in self.runtimes.all()]
+        runtimes = getattr(self, "prefetched_runtimes", None)  # set by DeviceQuerySet.listing()
+        if runtimes is None:
+            runtimes = self.runtimes.all()
+        return [{"name": r.name, "version": r.version} for r in runtimes]
 
     @property
     def tag_list(self) -> list[str]:
-        return sorted(t.tag for t in self.tag_links.all())
+        tags = getattr(self, "prefetched_tags", None)  # set by DeviceQuerySet.listing()
+        if tags is None:
+            tags = self.tag_links.all()
+        return sorted(t.tag for t in tags)
 
 
 class DeviceRuntime(models.Model):

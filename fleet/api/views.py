@@ -93,15 +93,13 @@ class DeviceViewSet(viewsets.ModelViewSet):
         device_delete(actor=actor_of(self.request), device=instance)
 
     def get_queryset(self) -> QuerySet[Device]:
+        # the list only reads its rows: related rows into plain lists (DeviceQuerySet.listing)
+        devices = Device.objects.listing() if self.action == "list" else super().get_queryset()
         # `installed` in one query for the page, not one per device
         current = Installation.objects.filter(until__isnull=True).select_related(
             "model", "version", "pipeline", "pipeline_version"
         )
-        return (
-            super()
-            .get_queryset()
-            .prefetch_related(Prefetch("installations", queryset=current, to_attr="current_installations"))
-        )
+        return devices.prefetch_related(Prefetch("installations", queryset=current, to_attr="current_installations"))
 
     @extend_schema(
         parameters=[OpenApiParameter("model", int, description="only this model"),

@@ -6,6 +6,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from fleet.models import Device
 from tests.factories import DeviceFactory, SiteFactory
 
 pytestmark = pytest.mark.django_db
@@ -24,3 +25,25 @@ def test_filtering_by_tier_site_arch_and_accelerator_needs_no_distinct(viewer_cl
     assert sorted(d["uid"] for d in response.json()["results"]) == sorted(d.uid for d in wanted)
     assert response.json()["count"] == 3
     assert not [q["sql"] for q in captured.captured_queries if "DISTINCT" in q["sql"].upper()]
+
+
+@pytest.mark.django_db(transaction=True)  # VACUUM cannot run inside the test's transaction
+def test_the_lists_count_is_an_index_only_scan_of_the_tier_status_index(viewer_client):
+    """The pagination COUNT for ?tier=&status= reads device_tier_status_count_idx alone, not the table
+    (the visibility map, which VACUUM sets and autovacuum keeps, makes it index-only)."""
+    site = SiteFactory.create()
+    Device.objects.bulk_create(
+        Device(uid=f"cnt-{i:05d}", name=f"c {i}", site=site, tier=("edge", "fog", "cloud")[i % 3], arch="aarch64",
+               cpu="A72", memory_mb=1024, status="online" if i % 2 else "offline")
+        for i in range(6000)
+    )  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE fleet_device")
+    with CaptureQueriesContext(connection) as captured:
+        response = viewer_client.get("/api/v1/devices/?tier=edge&status=online&page_size=100")
+    assert response.status_code == 200 and response.json()["count"] == 1000
+    (count_sql,) = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("SELECT COUNT(*)")]
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN {count_sql}")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Index Only Scan using device_tier_status_count_idx" in plan, plan
