@@ -2,37 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from protocol.messages import parse_job_update, parse_jobs_get
+from protocol.messages import JobsGet, JobUpdate
 
 from .artifact_mirrors import artifact_transfer_record
-from .services import ForeignJob, job_apply_device_update, jobs_answer_pending
+from .services import jobs_answer_pending, jobs_apply_device_updates
 
 if TYPE_CHECKING:
-    from mqttbridge.runtime import Bridge, JobHandler
+    from mqttbridge.runtime import Bridge
+
+# outcomes that are refusals (counted and logged); the other misses are normal on QoS 1 (duplicates,
+# late updates) and only counted as ignored
+_REFUSED = {"unknown_job", "foreign_job"}
 
 
-def job_handlers(bridge: Bridge) -> dict[str, JobHandler]:
-    from mqttbridge.runtime import Rejected
+def job_updates_handler(bridge: Bridge) -> Callable[[list[tuple[str, JobUpdate]]], list[tuple[str, str] | None]]:
+    def job_updates(items: list[tuple[str, JobUpdate]]) -> list[tuple[str, str] | None]:
+        outcomes = jobs_apply_device_updates(updates=items)
+        verdicts: list[tuple[str, str] | None] = []
+        for (uid, update), outcome in zip(items, outcomes, strict=True):
+            if outcome.why in _REFUSED:
+                verdicts.append((outcome.why, outcome.detail or update.job_id))
+                continue
+            # also on a redelivered SUCCEEDED (already terminal): the record is idempotent per job
+            artifact_transfer_record(uid=uid, update=update)
+            if not outcome.applied:
+                bridge.count_applied(f"job_update_ignored:{outcome.why}")
+            verdicts.append(None)
+        return verdicts
 
-    def jobs_get(uid: str, payload: bytes, job_id: str | None) -> None:
-        jobs_answer_pending(uid=uid, request_id=parse_jobs_get(payload).request_id)
+    return job_updates
 
-    def job_update(uid: str, payload: bytes, job_id: str | None) -> None:
-        update = parse_job_update(payload)
-        if update.job_id != job_id:
-            raise Rejected("topic_mismatch", f"payload job {update.job_id} on topic of job {job_id}")
-        try:
-            outcome = job_apply_device_update(uid=uid, update=update)
-        except ForeignJob as exc:
-            raise Rejected("foreign_job", str(exc)) from None
-        if outcome.why == "unknown_job":
-            raise Rejected("unknown_job", update.job_id)
-        # also on a redelivered SUCCEEDED (already terminal): the record is idempotent per job
-        artifact_transfer_record(uid=uid, update=update)
-        if not outcome.applied:
-            # duplicates and late updates are normal on QoS 1: ignored, not rejected
-            bridge.stats.applied[f"job_update_ignored:{outcome.why}"] += 1
 
-    return {"jobs_get": jobs_get, "job_update": job_update}
+def jobs_get_handler() -> Callable[[str, JobsGet], None]:
+    def jobs_get(uid: str, request: JobsGet) -> None:
+        jobs_answer_pending(uid=uid, request_id=request.request_id)
+
+    return jobs_get

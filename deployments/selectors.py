@@ -119,13 +119,19 @@ def artifact_transfer_summary(rollout: Rollout) -> dict[str, Any]:
 # --- rollout pages and streams (frontend/, telemetry/streaming.py) ---------------------------------
 
 
-def active_rollouts_of_devices(device_ids: Iterable[int]) -> dict[int, list[tuple[int, str, int]]]:
+def active_rollouts_of_devices(
+    device_ids: Iterable[int], *, rollout_ids: Iterable[int] | None = None
+) -> dict[int, list[tuple[int, str, int]]]:
     """{device id: [(rollout id, model name, version number)]} for the active rollouts (running, paused,
-    rolling back) that include these devices in a wave. One query, served by `rollout_target_device_idx`."""
+    rolling back; only `rollout_ids` when given) that include these devices in a wave. One query, served
+    by `rollout_target_device_idx`."""
     out: dict[int, list[tuple[int, str, int]]] = defaultdict(list)
-    rows = RolloutTarget.objects.filter(
+    targets = RolloutTarget.objects.filter(
         device_id__in=list(device_ids), wave__isnull=False, rollout__status__in=ROLLOUT_ACTIVE
-    ).values_list(
+    )
+    if rollout_ids is not None:
+        targets = targets.filter(rollout_id__in=list(rollout_ids))
+    rows = targets.values_list(
         "device_id",
         "rollout_id",
         "rollout__model__name",

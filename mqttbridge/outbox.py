@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from django.db import connection, transaction
 from django.db.models import F
@@ -13,8 +14,19 @@ from .models import OutboxMessage
 
 logger = logging.getLogger("fogdeck.outbox")
 
-PublishFn = Callable[[str, bytes, int, bool], bool]
-"""(topic, payload, qos, retain) -> True once the broker acknowledged it."""
+
+class Delivery(Protocol):
+    """A publish in flight (paho's MQTTMessageInfo is one)."""
+
+    def wait_for_publish(self, timeout: float | None = None) -> None: ...
+
+    def is_published(self) -> bool: ...
+
+
+SendFn = Callable[[str, bytes, int, bool], Delivery | None]
+"""(topic, payload, qos, retain) -> the publish in flight, or None when it could not be sent at all."""
+
+ACK_TIMEOUT_SECONDS = 5.0
 
 
 def outbox_enqueue(*, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> OutboxMessage:
@@ -33,32 +45,51 @@ def outbox_enqueue_many(
     )
 
 
-def outbox_drain(publish: PublishFn, *, limit: int = 500) -> int:
+def outbox_drain(send: SendFn, *, limit: int = 1000) -> int:
     """Publish pending messages in order; each is marked published only after the broker's ack.
 
     Rows are claimed with SELECT … FOR UPDATE SKIP LOCKED on PostgreSQL, so several publishers never
-    send the same row at the same time. A failure stops the pass; the row is retried on the next one.
+    send the same row at the same time. The claimed rows are all sent first and their acks awaited
+    after, so a pass costs one round trip to the broker, not one per message (a wave of 10,000 job
+    notifications took 10,000 sequential round trips). Rows the broker did not acknowledge stay pending
+    and are retried on the next pass; the published ones are marked in one UPDATE.
     """
-    published = 0
     with transaction.atomic():
         pending = OutboxMessage.objects.filter(published_at__isnull=True).order_by("id")
         if connection.features.has_select_for_update_skip_locked:
             pending = pending.select_for_update(skip_locked=True)
-        for message in pending[:limit]:
+        claimed = list(pending[:limit])
+        in_flight: list[tuple[OutboxMessage, Delivery | None, str]] = []
+        for message in claimed:
             try:
-                ok = publish(message.topic, bytes(message.payload), message.qos, message.retain)
-                error = "" if ok else "broker did not acknowledge"
+                delivery, error = send(message.topic, bytes(message.payload), message.qos, message.retain), ""
             except Exception as exc:  # the broker being away is the normal failure here
-                ok, error = False, f"{type(exc).__name__}: {exc}"[:300]
-            if not ok:
-                OutboxMessage.objects.filter(pk=message.pk).update(attempts=F("attempts") + 1, last_error=error)
-                logger.warning("outbox publish of #%s to %s failed: %s", message.pk, message.topic, error)
-                break
-            OutboxMessage.objects.filter(pk=message.pk).update(
-                published_at=timezone.now(), attempts=F("attempts") + 1, last_error=""
+                delivery, error = None, f"{type(exc).__name__}: {exc}"[:300]
+            in_flight.append((message, delivery, error or ("" if delivery else "not connected to the broker")))
+            if delivery is None:
+                break  # the connection is gone: the rest waits for the next pass, in order
+        published: list[int] = []
+        failed: dict[int, str] = {}
+        for message, delivery, error in in_flight:
+            if delivery is not None:
+                try:
+                    delivery.wait_for_publish(ACK_TIMEOUT_SECONDS)
+                except (RuntimeError, ValueError) as exc:
+                    error = f"{type(exc).__name__}: {exc}"[:300]
+                if delivery.is_published():
+                    published.append(message.pk)
+                    continue
+                error = error or "broker did not acknowledge"
+            failed[message.pk] = error
+        now = timezone.now()
+        if published:
+            OutboxMessage.objects.filter(pk__in=published).update(
+                published_at=now, attempts=F("attempts") + 1, last_error=""
             )
-            published += 1
-    return published
+        for pk, error in failed.items():
+            OutboxMessage.objects.filter(pk=pk).update(attempts=F("attempts") + 1, last_error=error)
+            logger.warning("outbox publish of #%s failed: %s", pk, error)
+    return len(published)
 
 
 def outbox_prune(*, older_than_days: int = 7) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -11,6 +13,8 @@ from core.roles import VIEWER, has_role
 from deployments.models import Rollout
 from fleet.models import Device
 from protocol.streams import device_group, rollout_group
+
+from .watchers import WATCH_REFRESH_SECONDS, stream_watch
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
@@ -25,6 +29,7 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
     """
 
     groups_joined: list[str]
+    _watching: asyncio.Task[None] | None = None
 
     async def stream_groups(self) -> list[str] | None:
         raise NotImplementedError
@@ -42,9 +47,20 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
         for group in groups:
             await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined = groups
+        await sync_to_async(stream_watch)(groups)  # before accept: the first update after it is not skipped
+        self._watching = asyncio.ensure_future(self._keep_watching(groups))
         await self.accept()
 
+    async def _keep_watching(self, groups: list[str]) -> None:
+        """Re-mark the groups as watched while the socket is open (the marks expire; see telemetry/watchers.py)."""
+        while True:
+            await asyncio.sleep(WATCH_REFRESH_SECONDS)
+            with contextlib.suppress(Exception):  # a cache hiccup: the next round marks them again
+                await sync_to_async(stream_watch)(groups)
+
     async def disconnect(self, code: int) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
 

@@ -6,6 +6,9 @@ sends each changed group one message carrying those items, and never flushes mor
 `TELEMETRY_STREAM_INTERVAL_MS` (200 ms: at most 5 messages per group per second). An update that
 arrives after a quiet period goes out at once, so coalescing adds latency only under load.
 
+Only groups some browser is watching are sent (telemetry/watchers.py: consumers register their groups),
+so a fleet of thousands of reporting devices costs a send per open page, not per device.
+
 The coalescer lives in the producing process (the MQTT bridge, a worker, a web process acting on a
 rollout). It reaches the web processes through the channel layer, so that needs Redis whenever they are
 different processes; on the embedded default (in-memory layer) `manage.py serve` runs the bridge in the
@@ -32,6 +35,8 @@ from django.db import connections
 
 from protocol.streams import TELEMETRY_EVENT, StreamMessage, rollout_group
 
+ROLLOUT_GROUP_PREFIX = rollout_group(0).removesuffix("0")
+
 logger = logging.getLogger("fogdeck.telemetry.stream")
 
 SEND_CONCURRENCY = 16
@@ -48,10 +53,17 @@ class Deferred:
 Item = dict[str, object] | Deferred
 
 
+WatchFilter = Callable[[Iterable[str]], set[str]]
+
+
 class Coalescer:
-    def __init__(self, *, interval_s: float, send: Sender | None = None) -> None:
+    """`watched`, when given, narrows each flush to the groups it returns (see telemetry/watchers.py);
+    without it every offered group is sent."""
+
+    def __init__(self, *, interval_s: float, send: Sender | None = None, watched: WatchFilter | None = None) -> None:
         self.interval_s = interval_s
         self._send = send
+        self._watched = watched
         self._pending: dict[str, dict[str, Item]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -70,6 +82,10 @@ class Coalescer:
         """Everything pending as one message per group, and forget it (what one flush sends)."""
         with self._lock:
             pending, self._pending = self._pending, {}
+        if pending and self._watched is not None:
+            # before computing anything: an unwatched rollout group's progress is not even read
+            watched = self._watched(pending)
+            pending = {group: items for group, items in pending.items() if group in watched}
         out: list[tuple[str, StreamMessage]] = []
         deferred = False
         for group, items in pending.items():
@@ -146,7 +162,9 @@ def coalescer() -> Coalescer:
     global _coalescer
     with _coalescer_lock:
         if _coalescer is None:
-            _coalescer = Coalescer(interval_s=settings.TELEMETRY_STREAM_INTERVAL_MS / 1000)
+            from .watchers import stream_watched
+
+            _coalescer = Coalescer(interval_s=settings.TELEMETRY_STREAM_INTERVAL_MS / 1000, watched=stream_watched)
         return _coalescer
 
 
@@ -210,12 +228,21 @@ def rollout_cohort_items(
 
 
 def rollout_cohort_offer(samples: list[CohortSample]) -> None:
-    """Offer a committed telemetry batch to the groups of the active rollouts its devices are in
-    (one indexed query per batch; nothing when no device of the batch is in an active rollout)."""
+    """Offer a committed telemetry batch to the groups of the active rollouts its devices are in, whose
+    pages are open (one indexed query per batch; none when no rollout page is open)."""
     if not samples:
         return
     from deployments.selectors import active_rollouts_of_devices
 
-    memberships = active_rollouts_of_devices({s[0] for s in samples})
+    from .watchers import EVERYTHING, stream_watched_groups
+
+    watched = stream_watched_groups()
+    if watched is EVERYTHING:
+        rollouts = None
+    else:
+        rollouts = {int(g.removeprefix(ROLLOUT_GROUP_PREFIX)) for g in watched if g.startswith(ROLLOUT_GROUP_PREFIX)}
+        if not rollouts:
+            return  # no rollout page is open: nothing to look up
+    memberships = active_rollouts_of_devices({s[0] for s in samples}, rollout_ids=rollouts)
     if memberships:
         stream_offer(rollout_cohort_items(samples, memberships))

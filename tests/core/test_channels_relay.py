@@ -31,9 +31,14 @@ def embedded_server(processes, settings):
     directory = tempfile.mkdtemp(prefix="fd-relay-")  # short: a UNIX socket path has ~100 characters
     relay = f"{directory}/relay.sock"
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": LAYER, "CONFIG": {"relay_socket": relay}}}
+    # the embedded default's shared file cache, as every process there has it: the server's consumers mark
+    # the groups they watch in it, and this process (the producer) reads them there
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                                   "LOCATION": f"{directory}/data/cache"}}  # fmt: skip
     port = free_port()
     proc = processes("web", "manage.py", "serve", "--port", str(port), "--no-broker",
-                     REDIS_URL="", CHANNEL_RELAY_SOCKET=relay, DEBUG="true")  # fmt: skip
+                     REDIS_URL="", CHANNEL_RELAY_SOCKET=relay, DEBUG="true",
+                     FOGDECK_DATA_DIR=f"{directory}/data")  # fmt: skip
     wait_for_port(port, timeout=30)
     yield port, proc
     proc.stop()

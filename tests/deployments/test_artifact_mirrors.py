@@ -9,7 +9,7 @@ import pytest
 
 from audit.actors import Actor
 from deployments.artifact_mirrors import artifact_transfer_record
-from deployments.bridge_handlers import job_handlers
+from deployments.bridge_handlers import job_updates_handler
 from deployments.models import Job, JobStatus
 from deployments.rollout_services import rollout_create
 from deployments.selectors import artifact_transfer_summary
@@ -17,7 +17,6 @@ from deployments.services import deployment_create, job_document
 from fleet.models import ArtifactTransfer, Device
 from fleet.services import device_mark_seen, device_report_state, device_revoke
 from models_registry.keys import active_key
-from mqttbridge.runtime import BridgeStats
 from protocol import gateway_tokens
 from protocol.messages import JobsNotify, JobUpdate, RefusedSource, encode, parse_jobs_notify, utc_now
 from tests.deployments.rollout_helpers import finish
@@ -108,10 +107,12 @@ def succeeded(job: Job, *, source: str, size: int, refused: list[RefusedSource] 
 def test_the_bridge_stores_where_a_succeeded_job_got_its_artifact_once(gateway, published_version):
     device = edge(gateway)
     job = deployment_create(actor=ACTOR, device=device, version=published_version)
-    handle = job_handlers(type("FakeBridge", (), {"stats": BridgeStats()})())["job_update"]
+    ignored: list[str] = []
+    handle = job_updates_handler(type("FakeBridge", (), {"count_applied": lambda _, kind: ignored.append(kind)})())
     update = succeeded(job, source="gateway", size=published_version.size)
-    handle(device.uid, encode(update), str(job.pk))
-    handle(device.uid, encode(update), str(job.pk))  # a QoS 1 redelivery
+    assert handle([(device.uid, update)]) == [None]
+    assert handle([(device.uid, update)]) == [None]  # a QoS 1 redelivery: ignored, not refused
+    assert ignored == ["job_update_ignored:job_already_terminal"]
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED
     (transfer,) = ArtifactTransfer.objects.all()

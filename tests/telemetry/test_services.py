@@ -13,6 +13,7 @@ from protocol.streams import device_group
 from telemetry import services, streaming
 from telemetry.models import TelemetryRollup, TelemetrySample
 from telemetry.services import telemetry_enforce_retention, telemetry_ingest_batch
+from telemetry.watchers import stream_watch
 from tests.factories import DeviceFactory, SiteFactory
 from tests.telemetry.helpers import envelope
 
@@ -104,17 +105,20 @@ def test_websocket_update_is_offered_on_commit_with_the_latest_point_per_version
 ):
     offered: list[dict] = []
     monkeypatch.setattr(services, "stream_offer", offered.append)
-    device = DeviceFactory()
+    device, unwatched = DeviceFactory(), DeviceFactory()
+    stream_watch([device_group(device.pk)])  # the device page is open; the other device's is not
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         telemetry_ingest_batch(
             [
                 envelope(device.uid, ts=MINUTE + dt.timedelta(seconds=20), p95=22.0),
                 envelope(device.uid, ts=MINUTE + dt.timedelta(seconds=10), p95=11.0),
+                envelope(unwatched.uid, ts=MINUTE, p95=5.0),
             ]
         )
     assert offered == []  # nothing before commit
     assert len(callbacks) == 1
     callbacks[0]()
+    assert list(offered[0]) == [device_group(device.pk)]  # nothing computed for a page nobody has open
     items = offered[0][device_group(device.pk)]
     assert list(items) == ["demo-classifier:1"]
     assert items["demo-classifier:1"]["p95_ms"] == 22.0

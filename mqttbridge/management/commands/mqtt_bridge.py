@@ -16,8 +16,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--telemetry-flush-ms",
             type=int,
-            default=1000,
-            help="longest a telemetry message waits for its batch under continuous traffic (default 1000)",
+            default=200,
+            help="longest a telemetry message waits for its batch under continuous traffic (default 200)",
         )
 
     def handle(self, *args: Any, client_id: str, telemetry_flush_ms: int, **options: Any) -> None:

@@ -1,0 +1,94 @@
+"""Which stream groups a browser is watching, so producers send (and compute) only for those.
+
+A consumer marks its groups as watched when it connects and re-marks them every `WATCH_REFRESH_SECONDS`
+while it is open; a mark expires after `WATCH_TTL_SECONDS`, so a crashed web process stops counting
+within that time. The marks live in one index in the Django cache (Redis in production, the shared file
+cache on the embedded default), so every process sees the same answer; producers read it at most every
+`READ_EVERY_SECONDS` per process. At 10,000 reporting devices and a handful of open pages that is a
+handful of channel-layer sends per flush instead of 10,000 (the unwatched sends, and a rollout lookup
+per telemetry batch for rollout pages nobody had open, were a third of the bridge's time in the ingest
+profile).
+
+When the cache fails, every group counts as watched: the cost of an outage is the old behaviour, never a
+page that silently stops updating.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+
+from django.core.cache import cache
+
+logger = logging.getLogger("fogdeck.telemetry.stream")
+
+WATCH_TTL_SECONDS = 90
+WATCH_REFRESH_SECONDS = 30
+READ_EVERY_SECONDS = 0.25
+INDEX_KEY = "stream-watch:index"
+_LOCK_KEY = "stream-watch:lock"
+
+
+class _Everything(frozenset[str]):
+    """What `stream_watched_groups` answers when the registry can't be read: every group is in it."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+EVERYTHING = _Everything()
+
+
+def stream_watch(groups: Iterable[str]) -> None:
+    """Mark `groups` as watched for the next WATCH_TTL_SECONDS (a consumer calls it on connect and then
+    every WATCH_REFRESH_SECONDS). Writers take turns under a short cache lock, so two pages opening at
+    once don't overwrite each other's marks."""
+    for _ in range(50):
+        if cache.add(_LOCK_KEY, 1, timeout=2):
+            break
+        time.sleep(0.01)
+    try:
+        now = time.time()
+        index = {g: until for g, until in (cache.get(INDEX_KEY) or {}).items() if until > now}
+        index.update({g: now + WATCH_TTL_SECONDS for g in groups})
+        cache.set(INDEX_KEY, index, timeout=WATCH_TTL_SECONDS)
+    finally:
+        cache.delete(_LOCK_KEY)
+    _read.at = 0.0  # this process sees its own mark at once
+
+
+class _Read:
+    """This process's latest reading of the index."""
+
+    def __init__(self) -> None:
+        self.at = 0.0
+        self.groups: frozenset[str] = frozenset()
+        self.lock = threading.Lock()
+
+
+_read = _Read()
+
+
+def stream_watched_groups() -> frozenset[str]:
+    """The groups some open websocket is watching (re-read at most every READ_EVERY_SECONDS per process);
+    EVERYTHING when the registry is unavailable. A page that just opened may miss what is sent within
+    that time; live streams carry the latest figures, so the next update makes up for it."""
+    with _read.lock:
+        now = time.monotonic()
+        if now - _read.at >= READ_EVERY_SECONDS:
+            try:
+                wall = time.time()
+                _read.groups = frozenset(g for g, until in (cache.get(INDEX_KEY) or {}).items() if until > wall)
+            except Exception:
+                logger.warning("stream watch registry unavailable: sending to every group", exc_info=True)
+                _read.groups = EVERYTHING
+            _read.at = now
+        return _read.groups
+
+
+def stream_watched(groups: Iterable[str]) -> set[str]:
+    """The subset of `groups` that is watched."""
+    watched = stream_watched_groups()
+    return {g for g in groups if g in watched}
