@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
@@ -60,16 +61,20 @@ class DeviceQuerySet(models.QuerySet["Device"]):
         """Everything a device list shows, in a fixed number of queries (no N+1)."""
         return self.select_related("site", "parent").prefetch_related("runtimes", "tag_links")
 
-    def listing(self) -> DeviceQuerySet:
-        """What the API's device list shows, for reading only: runtimes and tags prefetched into plain
-        lists (`runtime_list` and `tag_list` read them), so Django builds no related manager and queryset
-        per device and relation; site and parent are not joined, the list shows their ids. 9 ms of a
-        100-device page. Code that calls `device.runtimes.all()` or reads `device.site.name` on the rows
-        wants `with_inventory`: here either would be a query per device."""
-        return self.prefetch_related(
-            models.Prefetch("runtimes", to_attr="prefetched_runtimes"),
-            models.Prefetch("tag_links", to_attr="prefetched_tags"),
-        )
+    # The columns the API's device list shows (DeviceSerializer's model fields; site and parent as ids,
+    # credential_hash and revoked_at for its two flags). Not reported_state: a JSON column it never shows.
+    LISTING_FIELDS = (
+        "id", "uid", "name", "site_id", "tier", "parent_id", "arch", "cpu", "memory_mb", "accelerator",
+        "agent_version", "status", "last_seen", "credential_hash", "revoked_at", "created_at", "updated_at",
+    )  # fmt: skip
+
+    def listing(self) -> models.QuerySet[Device, dict[str, Any]]:
+        """What the API's device list shows, for reading only: one dict per device of LISTING_FIELDS
+        (`values()`), no model instances, no JSON decoding. It filters, orders and paginates like any
+        queryset; `fleet.api.serializers.device_list_rows` turns a page of it into DeviceSerializer's
+        output, with runtimes, tags and current installations in one query each for the page. Code that
+        needs model instances wants `with_inventory`."""
+        return self.values(*self.LISTING_FIELDS)
 
     def active(self) -> DeviceQuerySet:
         return self.filter(revoked_at__isnull=True)
