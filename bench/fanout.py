@@ -1,6 +1,6 @@
 """Rollout fan-out: one 100 % wave of a small artifact to 10,000 simulated devices.
 
-    .venv/bin/python -u -m bench.fanout [--devices 10000] [--baseline-devices 1000] [--sim-processes 4]
+    .venv/bin/python -u -m bench.fanout [--devices 10000] [--baseline-devices 1000] [--sim-processes 4] [--bridges 2]
 
 The real pieces, on the real services: `manage.py serve` (API and artifact downloads), the MQTT bridge, a
 Celery worker with beat (the rollout tick) on Redis, a Mosquitto of our own, and the simulator split over a
@@ -118,7 +118,7 @@ def roll_out(base: str, token: str, version_id: int, uids: list[str]) -> dict[st
             "succeeded": statuses.get("SUCCEEDED", 0)}  # fmt: skip
 
 
-def run(devices: int = 1000, baseline_devices: int = 250, sim_processes: int = 2, bridges: int = 2) -> list[Row]:
+def run(devices: int = 10000, baseline_devices: int = 1000, sim_processes: int = 4, bridges: int = 2) -> list[Row]:
     from fleet.models import Device
 
     run_id = time.strftime("%H%M%S")  # fresh devices each run: the earlier ones already run both versions
@@ -181,9 +181,9 @@ def run(devices: int = 1000, baseline_devices: int = 250, sim_processes: int = 2
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--baseline-devices", type=int, default=250)
-    parser.add_argument("--sim-processes", type=int, default=2)
+    parser.add_argument("--devices", type=int, default=10000)
+    parser.add_argument("--baseline-devices", type=int, default=1000)
+    parser.add_argument("--sim-processes", type=int, default=4)
     parser.add_argument("--bridges", type=int, default=2)
     args = parser.parse_args()
     common.setup_django()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from protocol.messages import JobsGet, JobUpdate
 
 from .artifact_mirrors import artifact_transfer_record
-from .services import jobs_answer_pending, jobs_apply_device_updates
+from .services import jobs_answer_pending_many, jobs_apply_device_updates
 
 if TYPE_CHECKING:
     from mqttbridge.runtime import Bridge
@@ -36,8 +36,8 @@ def job_updates_handler(bridge: Bridge) -> Callable[[list[tuple[str, JobUpdate]]
     return job_updates
 
 
-def jobs_get_handler() -> Callable[[str, JobsGet], None]:
-    def jobs_get(uid: str, request: JobsGet) -> None:
-        jobs_answer_pending(uid=uid, request_id=request.request_id)
+def jobs_get_handler() -> Callable[[list[tuple[str, JobsGet]]], None]:
+    def jobs_get(requests: list[tuple[str, JobsGet]]) -> None:
+        jobs_answer_pending_many(requests=[(uid, request.request_id) for uid, request in requests])
 
     return jobs_get

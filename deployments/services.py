@@ -463,15 +463,14 @@ def _record_installations(jobs: Sequence[Job], at: dt.datetime) -> None:
         Installation.objects.filter(
             device_id__in=[j.device_id for j in members], until__isnull=True, **{column: family_id}
         ).update(until=at)
-    Installation.objects.bulk_create(
-        [
-            Installation(device_id=j.device_id, pipeline_id=j.pipeline_id, pipeline_version_id=j.pipeline_version_id,
-                         job=j, since=at)  # fmt: skip
-            if j.pipeline_version_id is not None
-            else Installation(device_id=j.device_id, model_id=j.model_id, version_id=j.version_id, job=j, since=at)
-            for j in jobs
-        ]
-    )
+    rows = []
+    for j in jobs:
+        if j.pipeline_version_id is not None:
+            target = {"pipeline_id": j.pipeline_id, "pipeline_version_id": j.pipeline_version_id}
+        else:
+            target = {"model_id": j.model_id, "version_id": j.version_id}
+        rows.append(Installation(device_id=j.device_id, job=j, since=at, **target))
+    Installation.objects.bulk_create(rows)
     if any(j.pipeline_version_id is None for j in jobs):
         resolve_cache_invalidate()
 
@@ -612,18 +611,65 @@ def jobs_apply_device_updates(*, updates: Sequence[tuple[str, JobUpdate]]) -> li
     return [outcome or UpdateOutcome(False, "unknown_job") for outcome in outcomes]
 
 
-@transaction.atomic
 def jobs_answer_pending(*, uid: str, request_id: str) -> int:
     """Reply to a device's jobs/get with every job of it that is not terminal (fresh URLs)."""
-    jobs = list(
-        Job.objects.active()
-        .for_device_uid(uid)
-        .select_related("device__parent", "version__model", "pipeline_version__pipeline")
-        .order_by("created_at")
-    )
-    reply = JobsGetAccepted(schema_version=1, request_id=request_id, jobs=[job_document(j) for j in jobs])
-    outbox_enqueue(topic=jobs_get_accepted_topic(uid), payload=encode(reply))
-    return len(jobs)
+    return jobs_answer_pending_many(requests=[(uid, request_id)])[uid]
+
+
+def jobs_answer_pending_many(*, requests: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """Reply to many devices' jobs/get (uid, request id), each with every job of it that is not terminal;
+    {uid: jobs sent}. One query for all their jobs, one artifact URL (and its audit entry) per version,
+    one outbox insert: a connect storm of 10,000 devices asks this 10,000 times in a few seconds."""
+    if not requests:
+        return {}
+    with transaction.atomic():
+        jobs_of: dict[str, list[Job]] = {uid: [] for uid, _ in requests}
+        for job in (
+            Job.objects.active()
+            .filter(device__uid__in=list(jobs_of))
+            .select_related("device__parent", "version__model", "pipeline_version__pipeline")
+            .order_by("created_at")
+        ):
+            jobs_of[job.device.uid].append(job)
+        pending = [job for jobs in jobs_of.values() for job in jobs]
+        stages: dict[int, list[PipelineStage]] = {}
+        wanted: dict[tuple[int, int], tuple[ModelVersion, int]] = {}  # (version, ttl) -> (version, documents)
+        for job in pending:
+            ttl = _url_ttl(job.timeout_seconds)
+            if job.pipeline_version_id is not None:
+                if job.pipeline_version_id not in stages:
+                    stages[job.pipeline_version_id] = (
+                        PipelineVersion.objects.with_stages().get(pk=job.pipeline_version_id).ordered_stages()
+                    )
+                versions = [stage.version for stage in stages[job.pipeline_version_id]]
+            else:
+                versions = [job.version]  # type: ignore[list-item]  # a job has one or the other
+            for version in versions:
+                _, count = wanted.get((version.pk, ttl), (version, 0))
+                wanted[(version.pk, ttl)] = (version, count + 1)
+        urls: dict[tuple[int, int], str] = {}
+        audits: list[AuditSpec] = []
+        for (pk, ttl), (version, count) in wanted.items():
+            url, audit = model_version_download_grant(actor=_DOWNLOAD_ACTOR, version=version, ttl=ttl, jobs=count)
+            urls[(pk, ttl)] = _absolute(url)
+            audits.append(audit)
+
+        def url_for(ttl: int) -> ArtifactUrl:
+            return lambda version: urls[(version.pk, ttl)]
+
+        messages: list[tuple[str, bytes]] = []
+        for uid, request_id in requests:
+            documents = []
+            for job in jobs_of[uid]:
+                ttl = _url_ttl(job.timeout_seconds)
+                url_of = url_for(ttl)
+                built = _stage_documents(stages[job.pipeline_version_id], url_of) if job.pipeline_version_id else None
+                documents.append(_job_document(job, ttl=ttl, url_of=url_of, stages=built))
+            reply = JobsGetAccepted(schema_version=1, request_id=request_id, jobs=documents)
+            messages.append((jobs_get_accepted_topic(uid), encode(reply)))
+        audit_record_many(audits)
+        outbox_enqueue_many(messages=messages)
+    return {uid: len(jobs) for uid, jobs in jobs_of.items()}
 
 
 @transaction.atomic

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from core.roles import VIEWER, has_role
 from protocol.streams import FLEET_GROUP
+from telemetry.watchers import stream_watch, watch_while_open
 
 
 class FleetConsumer(AsyncJsonWebsocketConsumer):
@@ -17,9 +20,14 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4401)
             return
         await self.channel_layer.group_add(FLEET_GROUP, self.channel_name)
+        await sync_to_async(stream_watch)([FLEET_GROUP])  # producers skip the fleet group while no page is open
+        self._watching = asyncio.ensure_future(watch_while_open([FLEET_GROUP]))
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
+        watching = getattr(self, "_watching", None)
+        if watching is not None:
+            watching.cancel()
         await self.channel_layer.group_discard(FLEET_GROUP, self.channel_name)
 
     async def device_status(self, event: dict[str, Any]) -> None:
@@ -27,6 +35,4 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
 
 
 async def _can_view(user: Any) -> bool:
-    from asgiref.sync import sync_to_async
-
     return await sync_to_async(has_role)(user, VIEWER)

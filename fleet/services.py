@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.actors import Actor
-from audit.services import audit_record, diff, snapshot
+from audit.services import AuditSpec, audit_record, audit_record_many, diff, snapshot
 from broker.passwords import generate_secret, hash_secret
 from endpoints.invalidation import resolve_cache_invalidate
 from protocol.streams import DEVICE_STATUS_EVENT, FLEET_GROUP
@@ -252,41 +252,91 @@ def device_credential_hash(uid: str) -> str | None:
 def device_mark_seen(*, actor: Actor, uid: str, online: bool, at: dt.datetime | None = None) -> Device:
     """Record a device's heartbeat or status message. Only a change of online state is audited."""
     with transaction.atomic():
-        device = Device.objects.select_for_update().get(uid=uid)
-        if device.is_revoked:
+        refused = devices_mark_seen_many(reports=[(uid, online)], actor_of=lambda _: actor, at=at)
+        if refused.get(uid) == "revoked_device":
             raise DeviceRevoked(uid)
-        new_status = ConnectionStatus.ONLINE if online else ConnectionStatus.OFFLINE
-        old_status = device.status
-        changed = old_status != new_status
-        device.status = new_status
-        device.last_seen = at or timezone.now()
-        device.save(update_fields=["status", "last_seen", "updated_at"])
-        if changed:
-            audit_record(
-                actor=actor,
-                action=f"device.{new_status}",
-                object_type="device",
-                object_id=device.pk,
-                object_repr=device.uid,
-                changes={"status": {"before": old_status, "after": new_status}},
+        return Device.objects.get(uid=uid)
+
+
+def devices_mark_seen_many(
+    *,
+    reports: Sequence[tuple[str, bool]],
+    actor_of: Callable[[str], Actor] = Actor.device,
+    at: dt.datetime | None = None,
+) -> dict[str, str]:
+    """Record many status messages (uid, online?) in one transaction, in order (the MQTT bridge's batch).
+
+    Only changes of online state are audited, by `actor_of(uid)` (the device itself), in one insert; the
+    fleet page gets them in one pass after commit and the resolve cache is bumped once. Rows are locked in
+    id order, so two bridges never deadlock. Returns {uid: "unknown_device" | "revoked_device"} for the
+    reports that were refused; the others are applied.
+    """
+    if not reports:
+        return {}
+    now = at or timezone.now()
+    refused: dict[str, str] = {}
+    with transaction.atomic():
+        devices = {
+            d.uid: d
+            for d in Device.objects.select_for_update()
+            .filter(uid__in={uid for uid, _ in reports})
+            .order_by("pk")
+            .only("pk", "uid", "status", "revoked_at")
+        }
+        changes: list[tuple[Device, str, str]] = []
+        seen: dict[str, Device] = {}
+        for uid, online in reports:
+            device = devices.get(uid)
+            if device is None or device.is_revoked:
+                refused[uid] = "unknown_device" if device is None else "revoked_device"
+                continue
+            new_status = ConnectionStatus.ONLINE if online else ConnectionStatus.OFFLINE
+            if device.status != new_status:
+                changes.append((device, device.status, new_status))
+                device.status = new_status
+            seen[uid] = device
+        for status in (ConnectionStatus.ONLINE, ConnectionStatus.OFFLINE):
+            pks = [d.pk for d in seen.values() if d.status == status]
+            if pks:
+                Device.objects.filter(pk__in=pks).update(status=status, last_seen=now, updated_at=now)
+        if changes:
+            audit_record_many(
+                [
+                    AuditSpec(
+                        actor_of(d.uid),
+                        f"device.{after}",
+                        "device",
+                        d.pk,
+                        d.uid,
+                        {"status": {"before": before, "after": after}},
+                    )
+                    for d, before, after in changes
+                ]
             )
-            payload = {
-                "id": device.pk,
-                "uid": device.uid,
-                "status": new_status,
-                "last_seen": device.last_seen.isoformat(),
-            }
-            transaction.on_commit(lambda: _broadcast_device_status(payload))
+            payloads = [
+                {"id": d.pk, "uid": d.uid, "status": after, "last_seen": now.isoformat()} for d, _, after in changes
+            ]
+            transaction.on_commit(lambda: _broadcast_device_statuses(payloads))
             resolve_cache_invalidate()
-            if new_status == ConnectionStatus.OFFLINE:
-                storms.offline_storm_observe(count=1)
-    return device
+            went_offline = sum(1 for _, _, after in changes if after == ConnectionStatus.OFFLINE)
+            if went_offline:
+                storms.offline_storm_observe(count=went_offline)
+    return refused
 
 
-def _broadcast_device_status(payload: dict[str, Any]) -> None:
+def _broadcast_device_statuses(payloads: list[dict[str, Any]]) -> None:
+    """The fleet page's online/offline events, in one pass; nothing when no fleet page is open."""
+    from telemetry.watchers import stream_watched_groups
+
     layer = get_channel_layer()
-    if layer is not None:
-        async_to_sync(layer.group_send)(FLEET_GROUP, {"type": DEVICE_STATUS_EVENT, "payload": payload})
+    if layer is None or FLEET_GROUP not in stream_watched_groups():
+        return
+
+    async def send_all() -> None:
+        for payload in payloads:
+            await layer.group_send(FLEET_GROUP, {"type": DEVICE_STATUS_EVENT, "payload": payload})
+
+    async_to_sync(send_all)()
 
 
 def device_report_state(*, actor: Actor, uid: str, state: dict[str, Any], agent_version: str) -> Device:

@@ -31,7 +31,7 @@ from django.db.utils import InterfaceError, OperationalError
 from audit.actors import Actor
 from fleet.exceptions import DeviceRevoked
 from fleet.models import Device
-from fleet.services import device_mark_seen, device_report_state, devices_touch
+from fleet.services import device_report_state, devices_mark_seen_many, devices_touch
 from protocol.device_topics import BRIDGE_SUBSCRIPTIONS, QOS, parse_topic
 from protocol.messages import (
     JobUpdate,
@@ -478,41 +478,44 @@ class Bridge:
                 self.reject(item.incoming, *verdict)
 
     def _apply_device_batch(self, batch: list[DeviceMessage]) -> list[tuple[str, str] | None]:
+        """Job updates, then status messages, each kind in one service call for the whole batch; state
+        reports one by one (each in a savepoint, so one that fails is rejected alone); jobs/get last, so
+        the answers leave out jobs this batch finished."""
         verdicts: list[tuple[str, str] | None] = [None] * len(batch)
-        updates = [i for i, item in enumerate(batch) if item.kind == "job_update"]
-        if updates:
-            for index, verdict in zip(
-                updates, self._job_updates([(batch[i].uid, batch[i].message) for i in updates]), strict=True
-            ):
-                verdicts[index] = verdict
+        by_kind: dict[str, list[int]] = {}
         for index, item in enumerate(batch):
-            if item.kind == "job_update":
-                continue
+            by_kind.setdefault(item.kind, []).append(index)
+        if updates := by_kind.get("job_update"):
+            applied = self._job_updates([(batch[i].uid, batch[i].message) for i in updates])
+            for index, verdict in zip(updates, applied, strict=True):
+                verdicts[index] = verdict
+        if statuses := by_kind.get("status"):
+            refused = devices_mark_seen_many(
+                reports=[(batch[i].uid, batch[i].message.state == "online") for i in statuses]
+            )
+            for index in statuses:
+                if reason := refused.get(batch[index].uid):
+                    verdicts[index] = (reason, batch[index].uid)
+        for index in by_kind.get("state", []):
+            item = batch[index]
             try:
                 with transaction.atomic():
-                    self._apply_one(item)
+                    device_report_state(
+                        actor=Actor.device(item.uid),
+                        uid=item.uid,
+                        state=item.message.model_dump(mode="json"),
+                        agent_version=item.message.agent_version,
+                    )
             except (OperationalError, InterfaceError):
                 raise  # the transaction is gone: the whole batch again
             except DeviceRevoked as exc:
                 verdicts[index] = ("revoked_device", str(exc))
-            except Rejected as exc:
-                verdicts[index] = (exc.reason, exc.detail)
             except Exception as exc:
-                logger.exception("applying %s from %s failed", item.kind, item.uid)
+                logger.exception("applying the state report of %s failed", item.uid)
                 verdicts[index] = ("handler_error", f"{type(exc).__name__}: {exc}")
+        if requests := by_kind.get("jobs_get"):
+            self._jobs_get([(batch[i].uid, batch[i].message) for i in requests])
         return verdicts
-
-    def _apply_one(self, item: DeviceMessage) -> None:
-        actor = Actor.device(item.uid)
-        if item.kind == "status":
-            device_mark_seen(actor=actor, uid=item.uid, online=item.message.state == "online")
-        elif item.kind == "state":
-            state = item.message
-            device_report_state(
-                actor=actor, uid=item.uid, state=state.model_dump(mode="json"), agent_version=state.agent_version
-            )
-        elif item.kind == "jobs_get":
-            self._jobs_get(item.uid, item.message)
 
     def flush_counters(self) -> None:
         with self._stats_lock:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -14,7 +13,7 @@ from deployments.models import Rollout
 from fleet.models import Device
 from protocol.streams import device_group, rollout_group
 
-from .watchers import WATCH_REFRESH_SECONDS, stream_watch
+from .watchers import stream_watch, watch_while_open
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
@@ -48,15 +47,8 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined = groups
         await sync_to_async(stream_watch)(groups)  # before accept: the first update after it is not skipped
-        self._watching = asyncio.ensure_future(self._keep_watching(groups))
+        self._watching = asyncio.ensure_future(watch_while_open(groups))
         await self.accept()
-
-    async def _keep_watching(self, groups: list[str]) -> None:
-        """Re-mark the groups as watched while the socket is open (the marks expire; see telemetry/watchers.py)."""
-        while True:
-            await asyncio.sleep(WATCH_REFRESH_SECONDS)
-            with contextlib.suppress(Exception):  # a cache hiccup: the next round marks them again
-                await sync_to_async(stream_watch)(groups)
 
     async def disconnect(self, code: int) -> None:
         if self._watching is not None:

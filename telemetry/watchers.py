@@ -15,6 +15,7 @@ page that silently stops updating.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -92,3 +93,16 @@ def stream_watched(groups: Iterable[str]) -> set[str]:
     """The subset of `groups` that is watched."""
     watched = stream_watched_groups()
     return {g for g in groups if g in watched}
+
+
+async def watch_while_open(groups: list[str]) -> None:
+    """For a consumer that has marked `groups` (`stream_watch`, before `accept()`): mark them again every
+    WATCH_REFRESH_SECONDS until cancelled on disconnect."""
+    from asgiref.sync import sync_to_async
+
+    while True:
+        await asyncio.sleep(WATCH_REFRESH_SECONDS)
+        try:
+            await sync_to_async(stream_watch)(groups)
+        except Exception:  # a cache hiccup: the next round marks them again
+            logger.warning("could not mark %s as watched", groups, exc_info=True)
