@@ -108,8 +108,9 @@ class DeviceViewSet(viewsets.ModelViewSet):
         )
 
     def list(self, request: Request, *args: object, **kwargs: object) -> Response:
-        """DeviceSerializer's output for a page, built from plain rows (device_list_rows), not by the
-        serializer's fields: the same bytes for a fraction of the CPU (docs/benchmarks.md)."""
+        # DeviceSerializer's output for a page, built from plain rows (device_list_rows), not by the
+        # serializer's fields: the same bytes for a fraction of the CPU (docs/benchmarks.md). A comment,
+        # not a docstring: drf-spectacular would make a docstring the operation's description.
         devices = self.filter_queryset(self.get_queryset())
         page = self.paginate_queryset(devices)
         if page is None:
