@@ -46,6 +46,16 @@ class DeviceFilter(django_filters.FilterSet):
             "search",
         ]
 
+    def get_form_class(self) -> Any:
+        # django-filter makes a new Form class (Django's form metaclass over these 12 fields) for every
+        # filterset, i.e. every list request. Nothing in it depends on the request (the site field's
+        # queryset is cloned by each form's copy of its fields), so it is made once per FilterSet class.
+        form_class = type(self).__dict__.get("_form_class")
+        if form_class is None:
+            form_class = super().get_form_class()
+            type(self)._form_class = form_class  # type: ignore[attr-defined]
+        return form_class
+
     def filter_tag(self, queryset: QuerySet[Device], name: str, value: str) -> QuerySet[Device]:
         return queryset.filter(Exists(DeviceTag.objects.filter(device=OuterRef("pk"), tag=value)))
 
