@@ -311,7 +311,8 @@ def run(
     # least clients x CPU per request / cores, whatever else the machine runs; p95 sits well above it.
     unmet = (
         f"; NOT met at {clients} clients on {cores} cores: "
-        + (f"met at {max(met_at)} clients (p95 {by_clients[max(met_at)]['p95']:.0f} ms)" if met_at
+        + (f"met at {max(met_at)} client{'s' if max(met_at) != 1 else ''} "
+           f"(p95 {by_clients[max(met_at)]['p95']:.0f} ms)" if met_at
            else "met at no client count measured")
         + f"; server + PostgreSQL CPU {listing['cpu_ms']:.1f} + {listing['pg_cpu_ms']:.1f} ms/request, so "
         f"{clients} clients queue for a mean >= {clients} x {cost:.1f} / {cores} = {clients * cost / cores:.0f} ms"
