@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import json
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +83,44 @@ def audit_record(
 ) -> AuditEntry:
     """Append one entry to the chain. Must run inside the caller's transaction."""
     spec = AuditSpec(actor, action, object_type, object_id, object_repr, changes)
-    return audit_record_many([spec])[0]
+    entries = audit_record_many([spec])
+    return entries[0] if entries else AuditEntry(action=action)  # queued inside audit_deferred
+
+
+_deferred: ContextVar[list[tuple[AuditSpec, Callable[[], None]]] | None] = ContextVar("audit_deferred", default=None)
+
+
+@contextmanager
+def audit_deferred() -> Iterator[None]:
+    """Entries recorded inside the block are appended to the chain together when it ends, still inside
+    the caller's transaction, so the chain head (which every writer locks in turn) is held only for that
+    insert and the commit, not for the whole block. The MQTT bridges' batches and a rollout tick hold
+    their transactions for a while; with the head locked from their first entry on, two bridges and a
+    worker took turns instead of working side by side.
+
+    An entry recorded in a savepoint that is rolled back is dropped with it (Django's own bookkeeping of
+    on-commit callbacks per savepoint tells which survived). Nested blocks join the outer one.
+    """
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        raise RuntimeError("audit_deferred must run inside the transaction of the changes it records")
+    if _deferred.get() is not None:
+        yield
+        return
+    pending: list[tuple[AuditSpec, Callable[[], None]]] = []
+    token = _deferred.set(pending)
+    try:
+        yield
+    finally:
+        _deferred.reset(token)
+    markers = {id(marker) for _, marker in pending}
+    alive = {id(func) for _, func, _ in connection.run_on_commit if id(func) in markers}
+    connection.run_on_commit = [entry for entry in connection.run_on_commit if id(entry[1]) not in markers]
+    _append([spec for spec, marker in pending if id(marker) in alive])
+
+
+def _noop() -> None:
+    return None
 
 
 def audit_record_many(specs: Sequence[AuditSpec]) -> list[AuditEntry]:
@@ -89,9 +129,24 @@ def audit_record_many(specs: Sequence[AuditSpec]) -> list[AuditEntry]:
     The chain head row is locked first, so concurrent writers append one after another and every
     entry's `prev_hash` is the hash of the entry just before it; a batch costs three statements however
     many entries it has (the MQTT bridge and rollout dispatch record thousands of job changes a minute).
+    Inside `audit_deferred` the entries are only queued (and not returned): the block appends them.
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("audit_record must run inside the transaction of the change it records")
+    if not specs:
+        return []
+    pending = _deferred.get()
+    if pending is not None:
+        for spec in specs:
+            # a marker per entry: Django forgets it if the savepoint around this call is rolled back
+            marker = functools.partial(_noop)
+            transaction.on_commit(marker)
+            pending.append((spec, marker))
+        return []
+    return _append(specs)
+
+
+def _append(specs: Sequence[AuditSpec]) -> list[AuditEntry]:
     if not specs:
         return []
     head, _ = AuditChainHead.objects.select_for_update().get_or_create(pk=1)

@@ -28,7 +28,7 @@ from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from audit.actors import Actor
-from audit.services import audit_record
+from audit.services import audit_deferred, audit_record
 from core.events import publish
 from models_registry.models import ModelVersion, Pipeline, PipelineVersion, RegisteredModel
 from telemetry.streaming import rollout_stream_touch
@@ -742,7 +742,7 @@ def rollout_advance(*, rollout_id: int, now: dt.datetime | None = None) -> str |
     the rollout row is claimed with SKIP LOCKED and everything it does commits or rolls back together.
     Returns the rollout's status afterwards, None when another worker holds it or it is not ticked.
     """
-    with transaction.atomic():
+    with transaction.atomic(), audit_deferred():  # the audit chain head is locked only at the end of the tick
         rollout = (
             Rollout.objects.select_for_update(skip_locked=True, of=_ROLLOUT_LOCK)
             .select_related(*_ROLLOUT_RELATED)
