@@ -63,32 +63,50 @@ def job_artifact_mirrors(
     ]
 
 
-@transaction.atomic
 def artifact_transfer_record(*, uid: str, update: JobUpdate) -> ArtifactTransfer | None:
     """Store where a succeeded job's artifact came from (the device's SUCCEEDED update says).
 
     Only for a job of that device that is SUCCEEDED in the database; one row per job, so a redelivered
     update changes nothing. Reported facts like telemetry: not audited (the job's own transition is).
     """
-    if update.status != JobStatus.SUCCEEDED or update.artifact_source is None or update.artifact_bytes is None:
-        return None
-    job = (
-        Job.objects.select_related("device__parent", "version")
-        .filter(pk=update.job_id, device__uid=uid, status=JobStatus.SUCCEEDED)
-        .first()
+    artifact_transfers_record_many(items=[(uid, update)])
+    return ArtifactTransfer.objects.filter(job_id=update.job_id).first() if _reports_source(update) else None
+
+
+def _reports_source(update: JobUpdate) -> bool:
+    return (
+        update.status == JobStatus.SUCCEEDED
+        and update.artifact_source is not None
+        and update.artifact_bytes is not None
     )
-    if job is None:
-        return None
-    transfer, _ = ArtifactTransfer.objects.get_or_create(
-        job_id=job.pk,
-        defaults={
-            "rollout_id": job.rollout_id,
-            "device": job.device,
-            "gateway": job.device.parent if update.artifact_source == "gateway" else None,
-            "sha256": job.version.sha256,
-            "source": update.artifact_source,
-            "size": update.artifact_bytes,
-            "refused": [r.model_dump() for r in update.refused_sources or []],
-        },
-    )
-    return transfer
+
+
+def artifact_transfers_record_many(*, items: list[tuple[str, JobUpdate]]) -> int:
+    """`artifact_transfer_record` for a batch of (uid, update): one query for their jobs, one insert
+    (a row that exists already is left as it is). Returns the rows inserted or already there."""
+    reports = {update.job_id: (uid, update) for uid, update in items if _reports_source(update)}
+    if not reports:
+        return 0
+    rows = []
+    with transaction.atomic():
+        jobs = Job.objects.select_related("device__parent", "version").filter(
+            pk__in=list(reports), status=JobStatus.SUCCEEDED
+        )
+        for job in jobs:
+            uid, update = reports[str(job.pk)]
+            if job.device.uid != uid or job.version is None:
+                continue
+            rows.append(
+                ArtifactTransfer(
+                    job_id=job.pk,
+                    rollout_id=job.rollout_id,
+                    device=job.device,
+                    gateway=job.device.parent if update.artifact_source == "gateway" else None,
+                    sha256=job.version.sha256,
+                    source=update.artifact_source,
+                    size=update.artifact_bytes,
+                    refused=[r.model_dump() for r in update.refused_sources or []],
+                )
+            )
+        ArtifactTransfer.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(rows)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from protocol.messages import JobsGet, JobUpdate
 
-from .artifact_mirrors import artifact_transfer_record
+from .artifact_mirrors import artifact_transfers_record_many
 from .services import jobs_answer_pending_many, jobs_apply_device_updates
 
 if TYPE_CHECKING:
@@ -22,15 +22,15 @@ def job_updates_handler(bridge: Bridge) -> Callable[[list[tuple[str, JobUpdate]]
     def job_updates(items: list[tuple[str, JobUpdate]]) -> list[tuple[str, str] | None]:
         outcomes = jobs_apply_device_updates(updates=items)
         verdicts: list[tuple[str, str] | None] = []
-        for (uid, update), outcome in zip(items, outcomes, strict=True):
+        for (_, update), outcome in zip(items, outcomes, strict=True):
             if outcome.why in _REFUSED:
                 verdicts.append((outcome.why, outcome.detail or update.job_id))
                 continue
-            # also on a redelivered SUCCEEDED (already terminal): the record is idempotent per job
-            artifact_transfer_record(uid=uid, update=update)
             if not outcome.applied:
                 bridge.count_applied(f"job_update_ignored:{outcome.why}")
             verdicts.append(None)
+        # also on a redelivered SUCCEEDED (already terminal): the record is idempotent per job
+        artifact_transfers_record_many(items=[item for item, v in zip(items, verdicts, strict=True) if v is None])
         return verdicts
 
     return job_updates

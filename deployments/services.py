@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Prefetch
 from django.utils import timezone
 
@@ -545,6 +545,43 @@ def _fold(fold: _Fold, update: JobUpdate, uid: str, now: dt.datetime) -> UpdateO
     return UpdateOutcome(True)
 
 
+_FOLD_COLUMNS = ("status", "step", "progress", "last_seq", "updated_at", "reason", "started_at", "finished_at")
+_FOLD_TYPES = ("text", "text", "double precision", "bigint", "timestamptz", "text", "timestamptz", "timestamptz")
+
+
+def _write_folds(folds: Sequence[_Fold]) -> set[uuid.UUID]:
+    """Write each fold's fields with a guarded update (status and last_seq as read), in one statement on
+    PostgreSQL (`UPDATE … FROM (VALUES …)`), one per job elsewhere; the ids written."""
+    if not folds:
+        return set()
+    if connection.vendor != "postgresql":
+        return {
+            fold.job.pk
+            for fold in folds
+            if Job.objects.filter(pk=fold.job.pk, status=fold.job.status, last_seq=fold.job.last_seq).update(
+                **fold.fields
+            )
+        }
+    table = connection.ops.quote_name(Job._meta.db_table)
+    # reason, started_at and finished_at change only when a fold sets them; NULL in VALUES means "keep"
+    keep = {"reason", "started_at", "finished_at"}
+    assignments = ", ".join(f"{c} = COALESCE(v.{c}, j.{c})" if c in keep else f"{c} = v.{c}" for c in _FOLD_COLUMNS)
+    row = "(%s::uuid, %s::text, %s::bigint, " + ", ".join(f"%s::{t}" for t in _FOLD_TYPES) + ")"
+    params: list[object] = []
+    for fold in folds:
+        fields = fold.fields
+        params += [fold.job.pk, fold.job.status, fold.job.last_seq, fold.status]
+        params += [fields.get(c) for c in _FOLD_COLUMNS[1:]]
+    columns = ", ".join(("id", "old_status", "old_seq", *_FOLD_COLUMNS))
+    sql = (
+        f"UPDATE {table} AS j SET {assignments} FROM (VALUES {', '.join([row] * len(folds))}) AS v({columns}) "  # noqa: S608 - identifiers are ours
+        "WHERE j.id = v.id AND j.status = v.old_status AND j.last_seq = v.old_seq RETURNING j.id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {row_id for (row_id,) in cursor.fetchall()}
+
+
 def jobs_apply_device_updates(*, updates: Sequence[tuple[str, JobUpdate]]) -> list[UpdateOutcome]:
     """Apply many devices' job updates (uid, update) in one transaction, with the rules of
     `job_apply_device_update`; one outcome per update, in order (`foreign_job` and `unknown_job` among them).
@@ -583,12 +620,11 @@ def jobs_apply_device_updates(*, updates: Sequence[tuple[str, JobUpdate]]) -> li
         audits: list[AuditSpec] = []
         succeeded: list[Job] = []
         rollouts: set[int] = set()
-        for fold in folds.values():
-            if not fold.fields:
-                continue
+        changed = [fold for fold in folds.values() if fold.fields]
+        written = _write_folds(changed)
+        for fold in changed:
             job = fold.job
-            guarded = Job.objects.filter(pk=job.pk, status=job.status, last_seq=job.last_seq)
-            if not guarded.update(**fold.fields):  # not while we hold the lock; kept as the invariant's guard
+            if job.pk not in written:  # not while we hold the lock; kept as the invariant's guard
                 for index in fold.applied:
                     outcomes[index] = UpdateOutcome(False, "concurrent_update")
                 continue

@@ -346,32 +346,68 @@ def device_report_state(*, actor: Actor, uid: str, state: dict[str, Any], agent_
     that is what answers "which version ran on which device, from when".
     """
     with transaction.atomic():
-        device = Device.objects.select_for_update().get(uid=uid)
-        if device.is_revoked:
+        refused = devices_report_state_many(reports=[(uid, state, agent_version)], actor_of=lambda _: actor)
+        if refused.get(uid) == "revoked_device":
             raise DeviceRevoked(uid)
-        before_active = device.reported_state.get("active", {})
-        before_url = device.inference_url
-        device.reported_state = state
-        device.reported_at = timezone.now()
-        device.last_seen = device.reported_at
-        device.agent_version = agent_version[:40]
-        device.inference_url = state.get("inference_url") or ""
-        device.save(
-            update_fields=["reported_state", "reported_at", "last_seen", "agent_version", "inference_url", "updated_at"]
-        )
-        after_active = state.get("active", {})
-        if before_active != after_active or before_url != device.inference_url:
-            resolve_cache_invalidate()
-        if before_active != after_active:
-            audit_record(
-                actor=actor,
-                action="device.active_models_changed",
-                object_type="device",
-                object_id=device.pk,
-                object_repr=device.uid,
-                changes={"active": {"before": before_active, "after": after_active}},
+        return Device.objects.get(uid=uid)
+
+
+def devices_report_state_many(
+    *, reports: Sequence[tuple[str, dict[str, Any], str]], actor_of: Callable[[str], Actor] = Actor.device
+) -> dict[str, str]:
+    """`device_report_state` for many (uid, state, agent version) in one transaction, in order (the MQTT
+    bridge's batch): rows locked once in id order, written in one UPDATE, changes of active models
+    audited by `actor_of(uid)` in one insert, the resolve cache bumped once. Returns
+    {uid: "unknown_device" | "revoked_device"} for the reports refused."""
+    if not reports:
+        return {}
+    refused: dict[str, str] = {}
+    with transaction.atomic():
+        devices = {
+            d.uid: d
+            for d in Device.objects.select_for_update()
+            .filter(uid__in={uid for uid, _, _ in reports})
+            .order_by("pk")
+            .only("pk", "uid", "revoked_at", "reported_state", "inference_url")
+        }
+        now = timezone.now()
+        audits: list[AuditSpec] = []
+        changed_endpoints = False
+        written: dict[str, Device] = {}
+        for uid, state, agent_version in reports:
+            device = devices.get(uid)
+            if device is None or device.is_revoked:
+                refused[uid] = "unknown_device" if device is None else "revoked_device"
+                continue
+            before_active = (device.reported_state or {}).get("active", {})
+            before_url = device.inference_url
+            device.reported_state = state
+            device.reported_at = device.last_seen = device.updated_at = now
+            device.agent_version = agent_version[:40]
+            device.inference_url = state.get("inference_url") or ""
+            after_active = state.get("active", {})
+            changed_endpoints |= before_active != after_active or before_url != device.inference_url
+            if before_active != after_active:
+                audits.append(
+                    AuditSpec(
+                        actor_of(uid),
+                        "device.active_models_changed",
+                        "device",
+                        device.pk,
+                        device.uid,
+                        {"active": {"before": before_active, "after": after_active}},
+                    )
+                )
+            written[uid] = device
+        if written:
+            Device.objects.bulk_update(
+                list(written.values()),
+                ["reported_state", "reported_at", "last_seen", "agent_version", "inference_url", "updated_at"],
             )
-    return device
+        audit_record_many(audits)
+        if changed_endpoints:
+            resolve_cache_invalidate()
+    return refused
 
 
 def devices_touch(uids: Iterable[str], *, at: dt.datetime | None = None) -> int:

@@ -30,11 +30,9 @@ from django.db.models import F, Q
 from django.db.utils import IntegrityError, InterfaceError, OperationalError
 from django.utils import timezone
 
-from audit.actors import Actor
 from audit.services import audit_deferred
-from fleet.exceptions import DeviceRevoked
 from fleet.models import Device
-from fleet.services import device_report_state, devices_mark_seen_many, devices_touch
+from fleet.services import devices_mark_seen_many, devices_report_state_many, devices_touch
 from protocol.device_topics import BRIDGE_SUBSCRIPTIONS, QOS, parse_topic
 from protocol.messages import (
     JobUpdate,
@@ -509,9 +507,8 @@ class Bridge:
                 self.reject(item.incoming, *verdict)
 
     def _apply_device_batch(self, batch: list[DeviceMessage]) -> list[tuple[str, str] | None]:
-        """Job updates, then status messages, each kind in one service call for the whole batch; state
-        reports one by one (each in a savepoint, so one that fails is rejected alone); jobs/get last, so
-        the answers leave out jobs this batch finished."""
+        """Job updates, status messages, state reports, then jobs/get (last, so the answers leave out jobs
+        this batch finished): each kind in one service call for the whole batch."""
         verdicts: list[tuple[str, str] | None] = [None] * len(batch)
         by_kind: dict[str, list[int]] = {}
         for index, item in enumerate(batch):
@@ -527,23 +524,16 @@ class Bridge:
             for index in statuses:
                 if reason := refused.get(batch[index].uid):
                     verdicts[index] = (reason, batch[index].uid)
-        for index in by_kind.get("state", []):
-            item = batch[index]
-            try:
-                with transaction.atomic():
-                    device_report_state(
-                        actor=Actor.device(item.uid),
-                        uid=item.uid,
-                        state=item.message.model_dump(mode="json"),
-                        agent_version=item.message.agent_version,
-                    )
-            except (OperationalError, InterfaceError):
-                raise  # the transaction is gone: the whole batch again
-            except DeviceRevoked as exc:
-                verdicts[index] = ("revoked_device", str(exc))
-            except Exception as exc:
-                logger.exception("applying the state report of %s failed", item.uid)
-                verdicts[index] = ("handler_error", f"{type(exc).__name__}: {exc}")
+        if states := by_kind.get("state"):
+            refused = devices_report_state_many(
+                reports=[
+                    (batch[i].uid, batch[i].message.model_dump(mode="json"), batch[i].message.agent_version)
+                    for i in states
+                ]
+            )
+            for index in states:
+                if reason := refused.get(batch[index].uid):
+                    verdicts[index] = (reason, batch[index].uid)
         if requests := by_kind.get("jobs_get"):
             self._jobs_get([(batch[i].uid, batch[i].message) for i in requests])
         return verdicts
