@@ -200,28 +200,48 @@ class DeviceMessage:
 
 
 class TelemetryWriter:
-    """Stores telemetry batches on a thread (and a database connection) of its own, so the bridge goes on
-    reading and parsing while the previous batch is copied in: the two overlap instead of taking turns.
+    """Stores telemetry batches on threads (and database connections) of their own, so the bridge goes on
+    reading and parsing while earlier batches are copied in: parsing and storing overlap instead of
+    taking turns, and with two threads one batch's COPY overlaps the next one's commit.
 
-    At most one batch waits (a slow database slows the reader, it does not fill memory). Each batch is
-    retried as a whole until stored, and its messages are acknowledged only after the commit.
+    At most one batch per thread waits (a slow database slows the reader, it does not fill memory). Each
+    batch is retried as a whole until stored, and its messages are acknowledged only after the commit.
+    Each thread keeps its own device directory. Rollup rows are upserted in key order and device rows
+    touched in id order, so two threads never deadlock.
     """
 
-    def __init__(self, bridge: Bridge) -> None:
+    def __init__(self, bridge: Bridge, threads: int = 2) -> None:
         self._bridge = bridge
-        self._queue: queue.Queue[list[tuple[Incoming, TelemetryEnvelope]] | None] = queue.Queue(maxsize=1)
-        self._devices = DeviceDirectory()
-        self._touched: dict[str, float] = {}  # uid -> when this writer last refreshed its last_seen
-        self._thread = threading.Thread(target=self._run, name="telemetry-writer", daemon=True)
-        self._thread.start()
+        self._queue: queue.Queue[list[tuple[Incoming, TelemetryEnvelope]] | None] = queue.Queue(maxsize=threads)
+        self._local = threading.local()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"telemetry-writer-{n}", daemon=True) for n in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, batch: list[tuple[Incoming, TelemetryEnvelope]]) -> None:
         self._queue.put(batch)
 
     def close(self) -> None:
         """Store what was submitted, then stop."""
-        self._queue.put(None)
-        self._thread.join()
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    @property
+    def _devices(self) -> DeviceDirectory:
+        if not hasattr(self._local, "devices"):
+            self._local.devices = DeviceDirectory()
+        return self._local.devices  # type: ignore[no-any-return]
+
+    @property
+    def _touched(self) -> dict[str, float]:
+        """uid -> when this thread last refreshed its last_seen."""
+        if not hasattr(self._local, "touched"):
+            self._local.touched = {}
+        return self._local.touched  # type: ignore[no-any-return]
 
     def _run(self) -> None:
         try:
@@ -247,11 +267,12 @@ class TelemetryWriter:
         touch = {uid for uid in senders if now - self._touched.get(uid, -TOUCH_EVERY_SECONDS) >= TOUCH_EVERY_SECONDS}
         try:
             with transaction.atomic():
+                if touch:
+                    devices_touch(touch)
+                # last: its rollup upsert locks rows every writer shares, so they are held only until the commit
                 stored = telemetry_ingest_batch(
                     [envelope for _, envelope in accepted], profiles=self._devices.profiles(senders)
                 )
-                if touch:
-                    devices_touch(touch)
         except IntegrityError:
             # a device deleted since the directory read it: read the batch's senders again and retry
             self._devices.reload(list(senders))
@@ -274,6 +295,7 @@ class Bridge:
         client_id: str = "fogdeck-bridge",
         telemetry_flush_seconds: float = 0.2,
         telemetry_batch_size: int = 500,
+        telemetry_writers: int = 2,
         device_batch_seconds: float = 0.05,
         device_batch_size: int = 500,
         counters_flush_seconds: float = 5.0,
@@ -282,6 +304,7 @@ class Bridge:
         self.client_id = client_id
         self.telemetry_flush_seconds = telemetry_flush_seconds
         self.telemetry_batch_size = telemetry_batch_size
+        self.telemetry_writers = telemetry_writers
         self.device_batch_seconds = device_batch_seconds
         self.device_batch_size = device_batch_size
         self.counters_flush_seconds = counters_flush_seconds
@@ -375,7 +398,7 @@ class Bridge:
 
     def run(self) -> None:
         """Work until `stop()`; survives broker restarts (paho reconnects) and database hiccups."""
-        self._writer = TelemetryWriter(self)
+        self._writer = TelemetryWriter(self, self.telemetry_writers)
         self.start()
         now = time.monotonic()
         next_flush = now + self.telemetry_flush_seconds
