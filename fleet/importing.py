@@ -183,16 +183,20 @@ def devices_import(*, actor: Actor, upload: BinaryIO, filename: str) -> ImportRe
         for line, row in pending:
             uid = str(row.get("uid", ""))
             try:
-                data = _resolve_references(row, sites_by_name, file_uids)
-                existing = Device.objects.filter(uid=uid).first() if uid else None
-                serializer = DeviceSerializer(instance=existing, data=data, partial=existing is not None)
-                serializer.is_valid(raise_exception=True)
-                if existing:
-                    device_update(actor=actor, device=existing, **serializer.to_service_kwargs())
-                    outcomes.append(RowOutcome(line, uid, "updated"))
-                else:
-                    device_create(actor=actor, **serializer.to_service_kwargs())
-                    outcomes.append(RowOutcome(line, uid, "created"))
+                # a savepoint per row: a database error in one row must not leave the caller's transaction
+                # aborted (every later row, and the commit, would fail with it)
+                with transaction.atomic():
+                    data = _resolve_references(row, sites_by_name, file_uids)
+                    existing = Device.objects.filter(uid=uid).first() if uid else None
+                    serializer = DeviceSerializer(instance=existing, data=data, partial=existing is not None)
+                    serializer.is_valid(raise_exception=True)
+                    if existing:
+                        device_update(actor=actor, device=existing, **serializer.to_service_kwargs())
+                        outcome = RowOutcome(line, uid, "updated")
+                    else:
+                        device_create(actor=actor, **serializer.to_service_kwargs())
+                        outcome = RowOutcome(line, uid, "created")
+                outcomes.append(outcome)
             except _Pending:
                 deferred.append((line, row))
             except ValidationError as exc:

@@ -16,6 +16,7 @@ import functools
 import logging
 import queue
 import ssl
+import struct
 import threading
 import time
 from collections import Counter
@@ -90,6 +91,21 @@ class BridgeStats:
     applied: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
     last_detail: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+class AckingClient(mqtt.Client):
+    """paho's client with `ack_many`: the PUBACKs of a whole batch in one queued write.
+
+    paho's `ack()` queues one 4-byte packet and wakes its network thread (a write to its socket pair)
+    per message: for a 500-message batch, 500 wake-ups and 500 `send` calls, which took a tenth of the
+    bridge's time in the ingest profile. MQTT lets control packets follow each other in the stream, so
+    the batch's PUBACKs go out as one buffer. Uses paho's internal packet queue (`paho-mqtt<3` is pinned).
+    """
+
+    def ack_many(self, mids: Iterable[int]) -> None:
+        packet = b"".join(struct.pack("!BBH", mqtt.PUBACK, 2, mid) for mid in mids)
+        if packet:
+            self._packet_queue(mqtt.PUBACK, packet, 0, 1)
 
 
 class DeviceDirectory:
@@ -283,8 +299,7 @@ class TelemetryWriter:
                 bridge.reject(incoming, refused[envelope.uid], envelope.uid)
         bridge.count_applied("telemetry", len(accepted))
         bridge.count_applied("telemetry_samples", stored)
-        for incoming, _ in accepted:
-            bridge._ack(incoming)
+        bridge.ack_all(incoming for incoming, _ in accepted)
         logger.debug("telemetry batch of %s stored in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
 
 
@@ -326,8 +341,8 @@ class Bridge:
         self._jobs_get = jobs_get_handler()
 
     # --- MQTT plumbing -------------------------------------------------------------------------
-    def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
+    def _make_client(self) -> AckingClient:
+        client = AckingClient(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=False,  # the broker queues QoS 1 device messages while the bridge is down
@@ -387,6 +402,10 @@ class Bridge:
     def _ack(self, incoming: Incoming) -> None:
         if incoming.qos > 0:
             self._client.ack(incoming.mid, incoming.qos)
+
+    def ack_all(self, messages: Iterable[Incoming]) -> None:
+        """Acknowledge a committed batch (QoS 1 only: the protocol uses no QoS 2) in one write."""
+        self._client.ack_many(m.mid for m in messages if m.qos == 1)
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -520,10 +539,10 @@ class Bridge:
         except Exception:
             self._device_messages = batch + self._device_messages
             raise
+        self.ack_all(item.incoming for item, verdict in zip(batch, verdicts, strict=True) if verdict is None)
         for item, verdict in zip(batch, verdicts, strict=True):
             if verdict is None:
                 self.count_applied(item.kind)
-                self._ack(item.incoming)
             else:
                 if verdict[0] == "revoked_device":
                     self._devices.forget(item.uid)

@@ -237,3 +237,37 @@ def test_outbox_survives_a_broker_outage(mosquitto, bridge, published_version):
     wait_until(lambda: OutboxMessage.objects.get().published_at is not None, 10, "outbox row marked published")
     client.disconnect()
     client.loop_stop()
+
+
+def test_a_batch_is_acknowledged_once_stored_so_the_next_session_gets_nothing_again(mosquitto):
+    """Acks go out per committed batch (`AckingClient.ack_many`): a bridge that stops after storing a burst
+    and a new bridge on the same persistent session must not receive (and store) any of it again."""
+    device, secret = provision(mosquitto)
+    client_id = f"bridge-{uuid.uuid4().hex[:6]}"
+    sample = {"model": "m", "version": 1, "requests": 1, "errors": 0,
+              "latency_ms": {"p50": 1.0, "p95": 2.0, "p99": 3.0, "max": 4.0}, "inputs": {}}  # fmt: skip
+
+    def run_bridge():  # type: ignore[no-untyped-def]
+        instance = Bridge(client_id=client_id, telemetry_flush_seconds=0.2, counters_flush_seconds=0.2)
+        thread = threading.Thread(target=instance.run, daemon=True)
+        thread.start()
+        assert instance.connected.wait(10), "bridge did not connect"
+        return instance, thread
+
+    with override_settings(MQTT_HOST="127.0.0.1", MQTT_PORT=mosquitto.port, MQTT_USERNAME=CONTROL_USER,
+                           MQTT_PASSWORD=CONTROL_PASSWORD, MQTT_TLS=False):  # fmt: skip
+        first, thread = run_bridge()
+        sender = DeviceClient(mosquitto.port, device.uid, secret)
+        for _ in range(120):
+            sender.publish("telemetry", {"schema_version": 1, "ts": NOW(), "interval_s": 5.0, "samples": [sample]})
+        wait_until(lambda: TelemetrySample.objects.filter(device=device).count() == 120, 15, "burst stored")
+        first.stop()
+        thread.join(10)
+        second, thread = run_bridge()
+        sender.publish("status", {"schema_version": 1, "state": "online", "agent_version": "1", "ts": NOW()})
+        wait_until(lambda: Device.objects.get(pk=device.pk).status == "online", 10, "second bridge applying")
+        second.stop()
+        thread.join(10)
+        sender.close()
+    assert TelemetrySample.objects.filter(device=device).count() == 120  # nothing redelivered
+    assert second.stats.applied.get("telemetry", 0) == 0
