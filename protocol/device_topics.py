@@ -72,12 +72,15 @@ def telemetry_topic(uid: str) -> str:
     return f"{device_prefix(uid)}/telemetry"
 
 
+_ROOT_PARTS = DEVICES_ROOT.split("/")
+
+
 def parse_topic(topic: str) -> tuple[str, TopicKind, str | None]:
     """`(uid, kind, job_id or None)` of a device → control plane topic; else `ProtocolError("unknown_topic")`."""
     if not isinstance(topic, str):
         raise ProtocolError("unknown_topic", "topic is not a string")
     parts = topic.split("/")
-    root = DEVICES_ROOT.split("/")
+    root = _ROOT_PARTS
     if len(parts) < len(root) + 2 or parts[: len(root)] != root:
         raise ProtocolError("unknown_topic", topic[:200])
     uid, rest = parts[len(root)], parts[len(root) + 1 :]

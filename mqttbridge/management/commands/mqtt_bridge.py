@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import signal
 from typing import Any
 
@@ -24,6 +25,9 @@ class Command(BaseCommand):
         if telemetry_flush_ms < 10:
             raise CommandError("--telemetry-flush-ms must be at least 10")
         bridge = Bridge(client_id=client_id, telemetry_flush_seconds=telemetry_flush_ms / 1000)
+        # What is loaded by now (Django, the models, the protocol's schemas) lives as long as the process;
+        # frozen, full cyclic collections no longer walk it (as config/asgi.py does for the web process).
+        gc.freeze()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: bridge.stop())
         self.stdout.write(f"MQTT bridge {client_id} starting")
