@@ -57,6 +57,9 @@ def start_asgi_server(processes: Any, settings: Any, **extra: str) -> Server:
         settings.CHANNEL_LAYERS = {
             "default": {**layer, "CONFIG": {**layer["CONFIG"], "hosts": [{"address": private, "socket_timeout": 30}]}}
         }
+        # and the same cache: the server's consumers mark the groups they watch there (telemetry/watchers.py)
+        # and this process, producing the telemetry, reads the marks
+        settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": private}}
     port = free_port()
     proc = processes("web", "manage.py", "serve", "--port", str(port), "--no-broker", **env)
     wait_for_port(port, timeout=30)
