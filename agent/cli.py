@@ -22,6 +22,8 @@ from protocol.messages import DEFAULT_HIST_EDGES, Hardware, Runtime
 from protocol.topics import is_valid_device_uid
 
 SECRET_ENV = "FOGDECK_DEVICE_SECRET"  # noqa: S105 (the name of the variable, not a secret)
+INFERENCE_TOKEN_ENV = "FOGDECK_INFERENCE_TOKEN"  # noqa: S105 (a variable name)
+STATS_TOKEN_ENV = "FOGDECK_GATEWAY_STATS_TOKEN"  # noqa: S105 (a variable name)
 
 
 def _memory_mb() -> int:
@@ -55,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8600, help="local inference API port (default 8600)")
     parser.add_argument("--host", default="127.0.0.1", help="local inference API address (default 127.0.0.1)")
     parser.add_argument("--public-url", help="the inference URL to advertise (default http://<host>:<port>/infer)")
+    parser.add_argument(
+        "--api-token",
+        help=f"require `Authorization: Bearer TOKEN` on POST /infer (default: ${INFERENCE_TOKEN_ENV}; unset: no token)",
+    )
+    parser.add_argument(
+        "--max-body-mb", type=float, default=8.0, help="largest POST /infer body accepted, in MiB (default 8)"
+    )
     parser.add_argument("--hardware", help='JSON: {"arch","cpu","memory_mb","accelerator"} (default: detected)')
     parser.add_argument("--arch")
     parser.add_argument("--cpu")
@@ -66,12 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated bin edges of the input histograms reported for drift detection "
         "(default: the protocol's DEFAULT_HIST_EDGES, in standardized units)",
     )
+    parser.add_argument(
+        "--dialect", choices=["fogdeck", "aws-iot-jobs"], default="fogdeck",
+        help="the jobs API to speak (default fogdeck; aws-iot-jobs: the AWS IoT Jobs MQTT API, docs/protocol.md)",
+    )  # fmt: skip
     parser.add_argument("--log-level", default="INFO")
     gateway = parser.add_argument_group("fog gateway artifact cache (see agent/gateway.py)")
     gateway.add_argument("--gateway", action="store_true", help="cache artifacts for the edge devices behind this one")
     gateway.add_argument("--cache-dir", type=Path, help="cache directory (default: STATE_DIR/artifact-cache)")
     gateway.add_argument("--cache-max-mb", type=float, default=1024.0, help="size limit, LRU eviction (default 1024)")
-    gateway.add_argument("--cache-host", default="0.0.0.0", help="cache HTTP address (default 0.0.0.0)")  # noqa: S104
+    gateway.add_argument(
+        "--cache-host",
+        default="127.0.0.1",
+        help="cache HTTP address (default 127.0.0.1: only this machine; give the LAN address edge devices use)",
+    )
+    gateway.add_argument(
+        "--stats-token", help=f"bearer token for GET /v1/stats (default: ${STATS_TOKEN_ENV}; unset: /v1/stats refused)"
+    )
     gateway.add_argument("--cache-port", type=int, default=8700, help="cache HTTP port (default 8700)")
     gateway.add_argument("--cache-url", help="the URL devices use to reach the cache (default http://HOST:PORT)")
     return parser
@@ -90,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--public-url must be an http:// or https:// URL")
     if not 0 < args.telemetry_interval <= 86400:
         parser.error("--telemetry-interval must be in (0, 86400]")
+    if not 0 < args.max_body_mb <= 1024:
+        parser.error("--max-body-mb must be in (0, 1024]")
     if args.gateway and not args.cache_max_mb > 0:
         parser.error("--cache-max-mb must be positive")
     if args.cache_url and not args.cache_url.startswith(("http://", "https://")):
@@ -117,11 +139,15 @@ def main(argv: list[str] | None = None) -> int:
             host=args.cache_host,
             port=args.cache_port,
             advertise_url=args.cache_url,
+            stats_token=args.stats_token or os.environ.get(STATS_TOKEN_ENV) or None,
         )
         if args.gateway
         else None,
         hist_edges=hist_edges,
         public_url=args.public_url,
+        http_token=args.api_token or os.environ.get(INFERENCE_TOKEN_ENV) or None,
+        http_max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        dialect=args.dialect,
     )
     agent = DeviceAgent(config)
     stop = threading.Event()

@@ -17,8 +17,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import AGENT_VERSION
+from agent.aws_dialect import AwsJobsLink
 from agent.gateway import ArtifactCache, GatewayServer
-from agent.http_api import InferenceServer
+from agent.http_api import MAX_BODY_BYTES, InferenceServer
 from agent.inference import LoadedModel
 from agent.jobs import JobRunner, slot_path
 from agent.mqtt_url import parse_mqtt_url
@@ -26,9 +27,12 @@ from agent.pipeline import load_slot
 from agent.policy import SigningKeys
 from agent.state import StateStore
 from agent.telemetry import TelemetryRecorder
+from protocol import aws_jobs
 from protocol import device_topics as topics
 from protocol.messages import (
+    CAPABILITY_ACKED_UPDATES,
     CAPABILITY_ARTIFACT_MIRRORS,
+    CAPABILITY_SIGNED_JOBS,
     DEFAULT_HIST_EDGES,
     Hardware,
     JobUpdate,
@@ -38,6 +42,8 @@ from protocol.messages import (
     StatusMessage,
     TelemetryMessage,
     encode,
+    parse_job_update_accepted,
+    parse_job_update_rejected,
     parse_jobs_get_accepted,
     parse_jobs_notify,
     utc_now,
@@ -50,6 +56,7 @@ QOS = 1
 KEEPALIVE_S = 30
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 30
 MAX_QUEUED_MESSAGES = 1000  # QoS 1 publishes kept while the broker is away
+RESEND_TICK_S = 1.0  # how often unanswered job updates are looked at (each has its own backoff, agent/ledger.py)
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8700
     advertise_url: str | None = None  # what devices connect to, when not http://host:port
+    stats_token: str | None = None  # GET /v1/stats needs it as a bearer token; None refuses /v1/stats
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,11 @@ class AgentConfig:
     hist_edges: tuple[float, ...] = DEFAULT_HIST_EDGES  # input histogram bin edges (drift detection)
     # how applications reach POST /infer from outside (a NAT, a proxy); default: http://<http_host>:<port>/infer
     public_url: str | None = None
+    http_token: str | None = None  # when set, POST /infer needs `Authorization: Bearer <it>`
+    http_max_body_bytes: int = MAX_BODY_BYTES
+    dialect: str = (
+        aws_jobs.DIALECT_FOGDECK
+    )  # or aws-iot-jobs: jobs over the AWS IoT Jobs MQTT API (agent/aws_dialect.py)
 
 
 class DeviceAgent:
@@ -95,16 +108,20 @@ class DeviceAgent:
         self.runner = JobRunner(
             store=self.store,
             keys=keys,
+            device_uid=self.uid,
             publish_update=self._publish_update,
             on_activated=self._serve,
             on_state_changed=self.publish_state,
         )
+        self._resend_thread: threading.Thread | None = None
         self.http = InferenceServer(
             host=config.http_host,
             port=config.http_port,
             current_model=lambda: self.model,
             telemetry=self.telemetry,
             health=lambda: {"mqtt_connected": self.connected.is_set(), "device_id": self.uid},
+            token=config.http_token,
+            max_body_bytes=config.http_max_body_bytes,
         )
         self.gateway: GatewayServer | None = None
         if config.gateway is not None:
@@ -115,9 +132,15 @@ class DeviceAgent:
                 host=config.gateway.host,
                 port=config.gateway.port,
                 advertise_url=config.gateway.advertise_url,
+                stats_token=config.gateway.stats_token,
             )
         self._client = self._make_client()
         self._telemetry_thread: threading.Thread | None = None
+        self.aws = (
+            AwsJobsLink(self.uid, lambda topic, payload: self._client.publish(topic, payload, qos=QOS))
+            if config.dialect == aws_jobs.DIALECT_AWS
+            else None
+        )
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -128,6 +151,12 @@ class DeviceAgent:
         if self.gateway is not None:
             self.gateway.start()
             logger.info("serving the artifact cache at %s", self.gateway.url)
+            if self.config.gateway.host in ("127.0.0.1", "::1", "localhost") and not self.config.gateway.advertise_url:
+                logger.warning(
+                    "the artifact cache listens on %s only: edge devices cannot reach it (they fall back to the cloud)."
+                    " Set --cache-host to the LAN address they use.",
+                    self.config.gateway.host,
+                )
         self.runner.start()
         address = parse_mqtt_url(self.config.mqtt_url)
         if address.tls:
@@ -139,6 +168,8 @@ class DeviceAgent:
             target=self._telemetry_loop, name="fogdeck-agent-telemetry", daemon=True
         )
         self._telemetry_thread.start()
+        self._resend_thread = threading.Thread(target=self._resend_loop, name="fogdeck-agent-resend", daemon=True)
+        self._resend_thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Say offline (retained), disconnect cleanly, stop serving."""
@@ -203,10 +234,21 @@ class DeviceAgent:
         self.connected.set()
         client.publish(topics.status_topic(self.uid), self._status("online"), qos=QOS, retain=True)
         self.publish_state()
-        client.subscribe([(topics.jobs_notify_topic(self.uid), QOS), (topics.jobs_get_accepted_topic(self.uid), QOS)])
+        if self.aws is not None:  # start-next plays the part of jobs/get (no Fogdeck answers, no re-sends)
+            client.subscribe(self.aws.subscriptions())
+            self.aws.start_next()
+            return
+        client.subscribe(
+            [
+                (topics.jobs_notify_topic(self.uid), QOS),
+                (topics.jobs_get_accepted_topic(self.uid), QOS),
+                (topics.job_update_answers_filter(self.uid), QOS),
+            ]
+        )
         # After SUBSCRIBE on the same connection, so the reply cannot overtake the subscription.
-        request = JobsGetMessage(schema_version=1, request_id=secrets.token_hex(8))
-        client.publish(topics.jobs_get_topic(self.uid), encode(request), qos=QOS)
+        self._ask_for_jobs()
+        for update in self.runner.unanswered():  # a lost connection may have taken them (or their answers)
+            self._publish_update(update)
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
         self.connected.clear()
@@ -215,15 +257,28 @@ class DeviceAgent:
 
     def _on_message(self, _client, _userdata, message: mqtt.MQTTMessage) -> None:
         try:
-            if message.topic == topics.jobs_notify_topic(self.uid):
+            if self.aws is not None and self.aws.handles(message.topic):
+                self.aws.on_message(
+                    message.topic, message.payload, submit=lambda job: self.runner.submit(job, resend_finished=True),
+                    cancel=self.runner.cancel, in_hand=self.runner.held_job_ids,
+                )  # fmt: skip
+            elif message.topic == topics.jobs_notify_topic(self.uid):
                 notify = parse_jobs_notify(message.payload)
                 for job in notify.jobs:
                     self.runner.submit(job)
                 for job_id in notify.cancel:
                     self.runner.cancel(job_id)
             elif message.topic == topics.jobs_get_accepted_topic(self.uid):
+                unsigned_before = self.runner.dropped_unsigned
                 for job in parse_jobs_get_accepted(message.payload).jobs:
                     self.runner.submit(job, resend_finished=True)
+                if self.runner.dropped_unsigned == unsigned_before:
+                    self.runner.jobs_reply_signed()
+            elif answer := topics.job_answer_of(self.uid, message.topic):
+                if answer[1] == "accepted":
+                    self.runner.accepted(parse_job_update_accepted(message.payload))
+                else:
+                    self.runner.rejected(parse_job_update_rejected(message.payload))
             else:
                 logger.warning("ignoring message on unexpected topic %s", message.topic)
         except ProtocolError as exc:
@@ -252,9 +307,10 @@ class DeviceAgent:
             runtimes=list(self.config.runtimes),
             slots=self.store.slots(),
             active=self.store.active(),
-            capabilities=[CAPABILITY_ARTIFACT_MIRRORS],
+            capabilities=[CAPABILITY_ARTIFACT_MIRRORS, CAPABILITY_SIGNED_JOBS, CAPABILITY_ACKED_UPDATES],
             cache_url=self.gateway.url if self.gateway is not None else None,
             inference_url=self.inference_url,
+            recent_jobs=self.runner.recent_jobs() or None,
         )
 
     @property
@@ -277,7 +333,27 @@ class DeviceAgent:
         logger.info(
             "job %s seq %s: %s %s %s", update.job_id, update.seq, update.status, update.step or "", update.reason or ""
         )
-        self._client.publish(topics.job_update_topic(self.uid, update.job_id), encode(update), qos=QOS)
+        if self.aws is None:
+            self._client.publish(topics.job_update_topic(self.uid, update.job_id), encode(update), qos=QOS)
+            return
+        self.aws.publish_update(update)
+        if update.status in aws_jobs.TERMINAL_STATUSES:
+            self.aws.start_next()  # the next pending execution, if any
+
+    def _ask_for_jobs(self) -> None:
+        request = JobsGetMessage(schema_version=1, request_id=secrets.token_hex(8))
+        self._client.publish(topics.jobs_get_topic(self.uid), encode(request), qos=QOS)
+
+    def _resend_loop(self) -> None:
+        """Send each unanswered job update again when its backoff is over (while connected); after a job
+        came unsigned, report the state and ask for the jobs again (agent/ledger.py, REASK_MIN_S)."""
+        while not self._stopping.wait(RESEND_TICK_S):
+            if self.connected.is_set() and self.aws is None:  # the AWS dialect's answers are its own
+                for update in self.runner.due():
+                    self._publish_update(update)
+                if self.runner.reask_due():
+                    self.publish_state()
+                    self._ask_for_jobs()
 
     def _telemetry_loop(self) -> None:
         interval = self.config.telemetry_interval_s

@@ -9,7 +9,10 @@
 - Edge devices authenticate with the short-lived token in their job's mirror URL
   (protocol/gateway_tokens.py), which names this gateway, the artifact and where to fill it from.
 
-HTTP: `GET /v1/artifacts/{sha256}?token=…` (the artifact), `GET /v1/stats` (counters), `GET /healthz`.
+HTTP: `GET /v1/artifacts/{sha256}?token=…` (the artifact), `GET /v1/stats` (counters and cached hashes;
+needs `Authorization: Bearer <--stats-token>`, refused when none is configured), `GET /healthz`.
+The server binds 127.0.0.1 unless `--cache-host` names the LAN address edge devices use; it is
+bounded and timed out like every agent server (agent/http_json.py).
 """
 
 from __future__ import annotations
@@ -27,11 +30,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from agent.http_json import JsonRequestHandler
+from agent.http_json import DEFAULT_IO_TIMEOUT_S, BoundedHTTPServer, JsonRequestHandler
 from agent.policy import JobRefused
 from protocol import gateway_tokens
 
@@ -269,6 +271,9 @@ class GatewayServer:
         host: str,
         port: int,
         advertise_url: str | None = None,
+        stats_token: str | None = None,
+        max_connections: int = 64,
+        io_timeout_s: float = DEFAULT_IO_TIMEOUT_S,
     ) -> None:
         server = self
 
@@ -278,8 +283,11 @@ class GatewayServer:
         self.cache = cache
         self.gateway_uid = gateway_uid
         self.public_key = public_key
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
+        self.stats_token = stats_token or None
+        # every edge device behind the gateway may download at once; each held slot is one streaming thread
+        self._httpd = BoundedHTTPServer(
+            (host, port), Handler, max_connections=max_connections, io_timeout_s=io_timeout_s
+        )
         # A wildcard address is no URL: devices get this machine's name unless --cache-url says otherwise.
         reachable = socket.gethostname() if host in ("0.0.0.0", "::", "") else host  # noqa: S104
         self.url = (advertise_url or f"http://{reachable}:{self.port}").rstrip("/")
@@ -313,11 +321,15 @@ class _GatewayHandler(JsonRequestHandler):
     access_logger = logger
 
     def do_GET(self) -> None:
+        if self._refuse_body():
+            return
         url = urllib.parse.urlsplit(self.path)
         if url.path == "/healthz":
             self._json(HTTPStatus.OK, {"status": "ok", "gateway": self.owner.gateway_uid})
         elif url.path == "/v1/stats":
-            self._json(HTTPStatus.OK, self.owner.cache.snapshot())
+            # the counters list every cached artifact's sha256: what this site runs is not for anyone on the LAN
+            if not self._refuse_unauthorized(self.owner.stats_token):
+                self._json(HTTPStatus.OK, self.owner.cache.snapshot())
         elif url.path.startswith(ARTIFACT_PATH) and _SHA256.match(url.path[len(ARTIFACT_PATH) :]):
             sha256 = url.path[len(ARTIFACT_PATH) :]
             token = (urllib.parse.parse_qs(url.query).get("token") or [""])[0]

@@ -1,4 +1,9 @@
-"""The local inference API: `POST /infer` on the active model, `GET /healthz`."""
+"""The local inference API: `POST /infer` on the active model, `GET /healthz`.
+
+Bound to 127.0.0.1 unless `--host` says otherwise; bounded and timed out like every agent server
+(agent/http_json.py). With `--api-token` (or $FOGDECK_INFERENCE_TOKEN) `/infer` needs
+`Authorization: Bearer <token>`; `/healthz` stays open (status only).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,26 @@ import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 
-from agent.http_json import JsonRequestHandler
+from agent.http_json import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_IO_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    BoundedHTTPServer,
+    JsonRequestHandler,
+)
 from agent.inference import BadInput, LoadedModel
 from agent.pipeline import LoadedPipeline, StageRun
 from agent.telemetry import TelemetryRecorder
 
 logger = logging.getLogger("fogdeck.agent.http")
 
-MAX_BODY_BYTES = 32 * 1024 * 1024
+# default for --max-body-mb: a JSON tensor of a few hundred thousand numbers; the cap bounds memory at
+# max_connections x this
+MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 class InferenceServer:
@@ -34,6 +46,11 @@ class InferenceServer:
         current_model: Callable[[], LoadedModel | LoadedPipeline | None],
         telemetry: TelemetryRecorder,
         health: Callable[[], dict[str, Any]],
+        token: str | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        io_timeout_s: float = DEFAULT_IO_TIMEOUT_S,
+        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     ) -> None:
         server = self
 
@@ -43,8 +60,15 @@ class InferenceServer:
         self.current_model = current_model
         self.telemetry = telemetry
         self.health = health
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
+        self.token = token or None
+        self.max_body_bytes = max_body_bytes
+        self._httpd = BoundedHTTPServer(
+            (host, port),
+            Handler,
+            max_connections=max_connections,
+            io_timeout_s=io_timeout_s,
+            body_timeout_s=body_timeout_s,
+        )
         self._thread: threading.Thread | None = None
 
     @property
@@ -68,6 +92,8 @@ class _Handler(JsonRequestHandler):
         self._json(status, {"error": reason})
 
     def do_GET(self) -> None:
+        if self._refuse_body():
+            return
         if self.path.split("?")[0] != "/healthz":
             self._error(HTTPStatus.NOT_FOUND, "not found")
             return
@@ -77,18 +103,15 @@ class _Handler(JsonRequestHandler):
 
     def do_POST(self) -> None:
         if self.path.split("?")[0] != "/infer":
+            self.close_connection = True  # its body, if any, is not read
             self._error(HTTPStatus.NOT_FOUND, "not found")
             return
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self._error(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
-            return
-        if length < 0 or length > MAX_BODY_BYTES:
+        if self.owner.token is not None and self._refuse_unauthorized(self.owner.token):
             self.close_connection = True
-            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes")
             return
-        body = self.rfile.read(length)
+        body = self._read_body(self.owner.max_body_bytes)
+        if body is None:
+            return
         model = self.owner.current_model()
         if model is None:
             self._error(HTTPStatus.SERVICE_UNAVAILABLE, "no model is active")
@@ -124,19 +147,24 @@ class _Handler(JsonRequestHandler):
             return
         latency_ms = (time.perf_counter() - started) * 1000
         recorder.record_success(model.model, model.version, latency_ms, feeds)
-        body: dict[str, Any] = {
+        reply: dict[str, Any] = {
             "outputs": {name: _jsonable(value) for name, value in outputs.items()},
             "model": model.model,
             "version": model.version,
         }
         if runs is not None:
             recorder.record_stages(model.model, model.version, runs)
-            body["stages"] = [run.as_json() for run in runs]
-        self._json(HTTPStatus.OK, body)
+            reply["stages"] = [run.as_json() for run in runs]
+        self._json(HTTPStatus.OK, reply)
 
 
 def _jsonable(value: np.ndarray) -> Any:
     if value.dtype.kind == "f":
         # JSON has no NaN/Infinity; null marks them.
-        return np.where(np.isfinite(value), value, None).tolist() if not np.isfinite(value).all() else value.tolist()
+        finite = np.isfinite(value)
+        if finite.all():
+            return value.tolist()
+        with_nulls = value.astype(object)
+        with_nulls[~finite] = None
+        return with_nulls.tolist()
     return value.tolist()

@@ -7,41 +7,54 @@ state.json (see `StateStore.activate`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import shutil
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.download import DownloadFailed, RetryPolicy, fetch, hash_file
 from agent.inference import LoadedModel
-from agent.pipeline import install_pipeline
-from agent.policy import JobRefused, SigningKeys, check_artifact, check_version, verify_download
+from agent.pipeline import LoadedPipeline, StageDownload, install_pipeline
+from agent.policy import (
+    JobRefused,
+    SigningKeys,
+    admission_refusal,
+    check_artifact,
+    check_envelope,
+    check_version,
+    verify_download,
+)
 from agent.state import StateStore
 from protocol.messages import (
+    TERMINAL_JOB_STATUSES,
     ArtifactMirror,
     ArtifactSource,
     JobDocument,
     JobStatus,
     JobStep,
     JobUpdate,
+    JobUpdateAccepted,
+    JobUpdateRejected,
+    RecentJob,
     RefusedSource,
     SlotContent,
-    utc_now,
+    SlotName,
 )
 
 logger = logging.getLogger("fogdeck.agent.jobs")
 
 MODEL_FILE = "model.onnx"
-_CHUNK = 64 * 1024
 _PROGRESS_EVERY_S = 0.5
 _HTTP_TIMEOUT_S = 30.0
 _MIRROR_TIMEOUT_S = 5.0  # a gateway that does not answer within this falls back to the next source
+# The last source (the cloud) is retried, resuming with Range, until the job's deadline allows no more;
+# a mirror gets one more try before the next source is asked (agent/download.py).
+_LAST_SOURCE_RETRY = RetryPolicy(attempts=6)
+_MIRROR_RETRY = RetryPolicy(attempts=2)
 
 
 @dataclass
@@ -63,7 +76,7 @@ class ArtifactTransfer:
 def artifact_sources(job: JobDocument) -> list[ArtifactMirror]:
     """The job's mirrors in order, ending with its `artifact_url` (the cloud) when they don't list it."""
     mirrors = list(job.mirrors or [])
-    if all(m.url != job.artifact_url for m in mirrors):
+    if job.artifact_url is not None and all(m.url != job.artifact_url for m in mirrors):
         mirrors.append(ArtifactMirror(url=job.artifact_url, source="cloud"))
     return mirrors
 
@@ -73,28 +86,30 @@ def slot_path(state_dir: Path, slot: str) -> Path:
 
 
 class JobRunner:
-    """Accepts jobs from any thread (`submit`, `cancel`) and runs them on its own worker thread."""
+    """Accepts jobs from any thread (`submit`, `cancel`) and runs them on its own worker thread.
+
+    The queue, the cancel rules, the seqs and the unanswered updates are the ledger's (agent/ledger.py,
+    shared with the simulator), kept in the state store and persisted with it.
+    """
 
     def __init__(
         self,
         *,
         store: StateStore,
         keys: SigningKeys,
+        device_uid: str,
         publish_update: Callable[[JobUpdate], None],
-        on_activated: Callable[[LoadedModel], None],
+        on_activated: Callable[[LoadedModel | LoadedPipeline], None],
         on_state_changed: Callable[[], None],
     ) -> None:
         self._store = store
         self._keys = keys
+        self._uid = device_uid
+        self.dropped_unsigned = 0  # jobs dropped unqueued: no envelope, or an expired one (admission_refusal)
         self._publish_update = publish_update
         self._on_activated = on_activated
         self._on_state_changed = on_state_changed
-        self._queue: queue.Queue[JobDocument | None] = queue.Queue()
-        self._lock = threading.Lock()
-        self._pending: dict[str, JobDocument] = {}  # queued, not started
-        self._running: str | None = None
-        self._activating = False
-        self._cancel_requested: set[str] = set()
+        self._wake: queue.Queue[bool] = queue.Queue()  # True: look at the ledger's queue; False: stop
         self._thread: threading.Thread | None = None
         self.downloads = store.dir / "downloads"
 
@@ -106,36 +121,82 @@ class JobRunner:
         `resend_finished` re-reports a finished job's outcome: the control plane listing it in a
         jobs/get reply means it never got that outcome.
         """
-        done = self._store.finished(job.job_id)
+        with self._store.jobs() as ledger:
+            done = ledger.finished_job(job.job_id)
         if done is not None:
             logger.info("dropping job %s: already finished (%s)", job.job_id, done.status)
             if resend_finished:
-                again = self._store.next_finished_seq(job.job_id)
+                with self._store.jobs() as ledger:
+                    again = ledger.resend_finished(job.job_id, time.monotonic())
                 if again is not None:
-                    self._send(job.job_id, again.seq, again.status, None, None, again.reason)
+                    self._publish_update(again)
             return False
-        with self._lock:
-            if job.job_id in self._pending or job.job_id == self._running:
+        refusal = admission_refusal(job)
+        if refusal is not None:
+            self.dropped_unsigned += 1
+            with self._store.jobs() as ledger:
+                ledger.refused_unsigned(time.monotonic())
+            logger.warning(
+                "dropping job %s unqueued: %s (a signed copy comes with the jobs/get reply)", job.job_id, refusal
+            )
+            return False
+        with self._store.jobs() as ledger:
+            if ledger.admit(job) != "queued":
                 return False
-            self._pending[job.job_id] = job
-        self._queue.put(job)
+        self._wake.put(True)
         logger.info("queued job %s: %s %s v%s", job.job_id, job.kind, job.model, job.version)
         return True
 
     def cancel(self, job_id: str) -> None:
-        with self._lock:
-            queued = self._pending.pop(job_id, None)
-            if queued is None:
-                if job_id == self._running and not self._activating:
-                    self._cancel_requested.add(job_id)
-                return
-        self._report(job_id, "CANCELED", reason="canceled by the control plane before it started")
+        with self._store.jobs() as ledger:
+            outcome = ledger.cancel(job_id)
+        if outcome == "dequeued":
+            self._report(job_id, "CANCELED", reason="canceled by the control plane before it started")
+
+    def accepted(self, answer: JobUpdateAccepted) -> None:
+        with self._store.jobs() as ledger:
+            ledger.on_accepted(answer)
+
+    def rejected(self, answer: JobUpdateRejected) -> None:
+        with self._store.jobs() as ledger:
+            if ledger.on_rejected(answer):
+                logger.warning("the control plane rejected job %s's update %s: %s", answer.job_id, answer.seq,
+                               answer.reason_code)  # fmt: skip
+
+    def unanswered(self) -> list[JobUpdate]:
+        """Every update the control plane has not answered (to send again after a connect)."""
+        with self._store.jobs() as ledger:
+            return ledger.unanswered(time.monotonic())
+
+    def jobs_reply_signed(self) -> None:
+        with self._store.jobs() as ledger:
+            ledger.jobs_reply_signed()
+
+    def reask_due(self) -> bool:
+        """Time to publish the state and a jobs/get again (a job came unsigned: agent/ledger.py)."""
+        with self._store.jobs() as ledger:
+            return ledger.reask_due(time.monotonic())
+
+    def recent_jobs(self) -> list[RecentJob]:
+        with self._store.jobs() as ledger:
+            return ledger.recent_jobs()
+
+    def due(self) -> list[JobUpdate]:
+        """The unanswered updates whose backoff is over (to send again now)."""
+        with self._store.jobs() as ledger:
+            return ledger.due(time.monotonic())
+
+    def held_job_ids(self) -> list[str]:
+        """The jobs queued or running here (the AWS dialect cancels those the control plane no longer lists)."""
+        with self._store.jobs() as ledger:
+            return ledger.held()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
         self.downloads.mkdir(parents=True, exist_ok=True)
-        interrupted = self._store.current_job()
+        with self._store.jobs() as ledger:
+            interrupted = ledger.interrupted()
         if interrupted is not None:
             # We restarted in the middle of it; whatever it did, the active slot in state.json serves.
             self._report(interrupted, "FAILED", reason="interrupted by agent restart")
@@ -145,32 +206,33 @@ class JobRunner:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._queue.put(None)
+        self._wake.put(False)
         if self._thread is not None:
             self._thread.join(timeout)
 
     def _work(self) -> None:
-        while (job := self._queue.get()) is not None:
-            with self._lock:
-                if self._pending.pop(job.job_id, None) is None:
-                    continue  # canceled while queued
-                self._running, self._activating = job.job_id, False
-            try:
-                self._execute(job)
-            finally:
-                with self._lock:
-                    self._running = None
-                    self._cancel_requested.discard(job.job_id)
+        while self._wake.get():
+            while True:
+                with self._store.jobs() as ledger:
+                    job = ledger.take_next()
+                if job is None:
+                    break
+                try:
+                    self._execute(job)
+                finally:
+                    with self._store.jobs() as ledger:
+                        ledger.done_running()
 
     # --- one job --------------------------------------------------------------------------------
 
     def _execute(self, job: JobDocument) -> None:
         deadline = time.monotonic() + job.timeout_seconds
-        self._store.set_current_job(job.job_id)
         download = self.downloads / f"{job.job_id}.part"
         transfer = ArtifactTransfer()
         try:
-            check_version(job, self._store.active_version(job.model))
+            claims = check_envelope(job, device_uid=self._uid, keys=self._keys)
+            revoked = self._store.note_revoked(job.model, claims.revoked)
+            check_version(job, self._store.active_version(job.model), claims=claims, revoked=revoked)
             if job.is_pipeline:
                 install_pipeline(self, job, deadline)  # every stage, activated together (agent/pipeline.py)
                 self._report(job.job_id, "SUCCEEDED")
@@ -179,7 +241,7 @@ class JobRunner:
             reused = self._reusable_slot(job)
             if reused is not None:
                 path = slot_path(self._store.dir, reused)
-                size, sha256 = _hash_file(path)
+                size, sha256 = hash_file(path)
                 self._report(job.job_id, "IN_PROGRESS", step="downloading", progress=1.0)
             else:
                 path = download
@@ -188,10 +250,9 @@ class JobRunner:
             self._report(job.job_id, "IN_PROGRESS", step="verifying")
             verify_download(job, size, sha256, self._keys)
             self._checkpoint(job, deadline)
-            with self._lock:
-                self._activating = True
+            self.start_activation()
             self._report(job.job_id, "IN_PROGRESS", step="activating")
-            self._activate(job, path, reused)
+            self._activate(job, path, reused, sha256)
             self._report(job.job_id, "SUCCEEDED", reason=transfer.note() or None, transfer=transfer)
         except JobRefused as refused:
             logger.warning("job %s %s: %s", job.job_id, refused.status, refused.reason)
@@ -203,15 +264,15 @@ class JobRunner:
         finally:
             download.unlink(missing_ok=True)
 
-    def _checkpoint(self, job: JobDocument, deadline: float) -> None:
-        with self._lock:
-            canceled = job.job_id in self._cancel_requested
-        if canceled:
-            raise JobRefused("CANCELED", "canceled by the control plane")
-        if time.monotonic() > deadline:
-            raise JobRefused("TIMED_OUT", f"not finished within {job.timeout_seconds} s")
+    def _checkpoint(self, job: JobDocument | StageDownload, deadline: float) -> None:
+        with self._store.jobs() as ledger:
+            ledger.checkpoint(job, deadline, time.monotonic())
 
-    def _reusable_slot(self, job: JobDocument) -> str | None:
+    def start_activation(self) -> None:
+        with self._store.jobs() as ledger:
+            ledger.start_activation()
+
+    def _reusable_slot(self, job: JobDocument) -> SlotName | None:
         """The inactive slot when it already holds this artifact (a rollback to the previous version)."""
         slot = self._store.inactive_slot()
         content = getattr(self._store.slots(), slot)
@@ -243,35 +304,38 @@ class JobRunner:
         raise AssertionError("unreachable: the last source returns or raises")
 
     def _download(
-        self, job: JobDocument, url: str, target: Path, deadline: float, *, fallback: bool = False
+        self, job: JobDocument | StageDownload, url: str, target: Path, deadline: float, *, fallback: bool = False
     ) -> tuple[int, str]:
-        """Stream the artifact to `target`; (bytes received, sha256). Stops after size+1 bytes."""
-        digest, received, last_report = hashlib.sha256(), 0, time.monotonic()
-        timeout = max(1.0, min(_MIRROR_TIMEOUT_S if fallback else _HTTP_TIMEOUT_S, deadline - time.monotonic()))
-        try:
-            # The URL comes from a signed-in control plane and is checked to be http(s) by the protocol.
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:  # noqa: S310
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    if received > job.size:
-                        break  # more than announced: the sha256 check will refuse it, no need for the rest
-                    now = time.monotonic()
-                    if now - last_report >= _PROGRESS_EVERY_S:
-                        last_report = now
-                        self._report(
-                            job.job_id, "IN_PROGRESS", step="downloading", progress=min(1.0, received / job.size)
-                        )
-                    self._checkpoint(job, deadline)
-        except urllib.error.HTTPError as exc:
-            raise JobRefused("FAILED", f"download failed: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise JobRefused("FAILED", f"download failed: {getattr(exc, 'reason', exc)}") from None
-        self._report(job.job_id, "IN_PROGRESS", step="downloading", progress=min(1.0, received / job.size))
-        return received, digest.hexdigest()
+        """Fetch the artifact into `target`, resuming after a dropped connection; (bytes received, sha256)."""
+        size = job.size or 0
+        last_report = time.monotonic()
 
-    def _activate(self, job: JobDocument, artifact: Path, reused: str | None) -> None:
+        def progress(received: int) -> None:
+            nonlocal last_report
+            now = time.monotonic()
+            if size and now - last_report >= _PROGRESS_EVERY_S:
+                last_report = now
+                self._report(job.job_id, "IN_PROGRESS", step="downloading", progress=min(1.0, received / size))
+            self._checkpoint(job, deadline)
+
+        try:
+            received, sha256 = fetch(
+                url,
+                target,
+                timeout=_MIRROR_TIMEOUT_S if fallback else _HTTP_TIMEOUT_S,
+                deadline=deadline,
+                max_bytes=job.size,
+                on_progress=progress,
+                retry=_MIRROR_RETRY if fallback else _LAST_SOURCE_RETRY,
+            )
+        except DownloadFailed as exc:
+            raise JobRefused("FAILED", f"download failed: {exc.reason}") from None
+        if size:
+            self._report(job.job_id, "IN_PROGRESS", step="downloading", progress=min(1.0, received / size))
+        return received, sha256
+
+    def _activate(self, job: JobDocument, artifact: Path, reused: SlotName | None, sha256: str) -> None:
+        """`sha256`: the artifact's, already checked against the job's by `verify_download`."""
         slot = reused or self._store.inactive_slot()
         installed = slot_path(self._store.dir, slot)
         if reused is None:
@@ -280,9 +344,9 @@ class JobRunner:
             shutil.rmtree(installed.parent, ignore_errors=True)
             installed.parent.mkdir(parents=True)
             artifact.replace(installed)
-            self._store.set_slot(slot, SlotContent(model=job.model, version=job.version, sha256=job.sha256))
+            self._store.set_slot(slot, SlotContent(model=job.model, version=job.version, sha256=sha256))
         try:
-            loaded = LoadedModel(installed, model=job.model, version=job.version, sha256=job.sha256)
+            loaded = LoadedModel(installed, model=job.model, version=job.version, sha256=sha256)
         except Exception as exc:
             self._discard(slot)
             raise JobRefused("FAILED", f"model does not load: {exc}"[:1000]) from None
@@ -295,8 +359,8 @@ class JobRunner:
         self._on_activated(loaded)
         self._on_state_changed()
 
-    def _discard(self, slot: str) -> None:
-        self._store.set_slot(slot, None)  # type: ignore[arg-type]
+    def _discard(self, slot: SlotName) -> None:
+        self._store.set_slot(slot, None)
         shutil.rmtree(slot_path(self._store.dir, slot).parent, ignore_errors=True)
         self._on_state_changed()
 
@@ -312,42 +376,19 @@ class JobRunner:
         reason: str | None = None,
         transfer: ArtifactTransfer | None = None,
     ) -> None:
-        seq = self._store.next_seq(job_id)
-        self._send(job_id, seq, status, step, progress, reason, transfer)
-        if status != "IN_PROGRESS" and status != "QUEUED":
-            self._store.finish(job_id, status, reason)
-
-    def _send(
-        self,
-        job_id: str,
-        seq: int,
-        status: JobStatus,
-        step: JobStep | None,
-        progress: float | None,
-        reason: str | None,
-        transfer: ArtifactTransfer | None = None,
-    ) -> None:
         succeeded_with_source = status == "SUCCEEDED" and transfer is not None and transfer.source is not None
-        update = JobUpdate(
-            schema_version=1,
-            job_id=job_id,
-            seq=seq,
-            status=status,
-            step=step,
-            progress=progress,
-            reason=reason[:1024] if reason else None,
-            ts=utc_now(),
-            artifact_source=transfer.source if succeeded_with_source else None,  # type: ignore[union-attr]
-            artifact_bytes=transfer.size if succeeded_with_source else None,  # type: ignore[union-attr]
-            refused_sources=(transfer.refused or None) if transfer is not None else None,
-        )
+        with self._store.jobs() as ledger:
+            update = ledger.update(
+                job_id,
+                status,
+                now=time.monotonic(),
+                step=step,
+                progress=progress,
+                reason=reason,
+                artifact_source=transfer.source if succeeded_with_source else None,  # type: ignore[union-attr]
+                artifact_bytes=transfer.size if succeeded_with_source else None,  # type: ignore[union-attr]
+                refused_sources=(transfer.refused or None) if transfer is not None else None,
+            )
         self._publish_update(update)
-
-
-def _hash_file(path: Path) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+        if update.status in TERMINAL_JOB_STATUSES:
+            self._on_state_changed()  # the retained state lists it among the recent jobs (reconciliation)

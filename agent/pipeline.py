@@ -17,20 +17,20 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from agent.download import hash_file
 from agent.inference import BadInput, LoadedModel
-from agent.policy import JobRefused
+from agent.policy import JobRefused, SigningKeys
+from agent.state import StateStore
 from protocol import signing
-from protocol.messages import JobDocument, PipelineStageDocument, SlotContent
+from protocol.messages import JobDocument, JobStatus, JobStep, PipelineStageDocument, SlotContent, SlotName
 from protocol.pipelines import Condition, condition_holds
-
-if TYPE_CHECKING:
-    from agent.jobs import JobRunner
 
 PIPELINE_FILE = "pipeline.json"
 STAGE_MANIFEST_FIELDS = ("model", "version", "format", "sha256", "size")
@@ -222,7 +222,7 @@ def verify_stage(stage: PipelineStageDocument, position: int, size: int, sha256:
 
 
 @dataclass(frozen=True)
-class _StageDownload:
+class StageDownload:
     """What the runner's downloader reads from a job, for one stage."""
 
     job_id: str
@@ -231,10 +231,37 @@ class _StageDownload:
     timeout_seconds: int
 
 
-def install_pipeline(runner: JobRunner, job: JobDocument, deadline: float) -> None:
-    """Download and verify every stage, then activate them together (raises JobRefused on any failure)."""
-    from agent.jobs import _hash_file  # the runner's own helper; imported here to avoid an import cycle
+class PipelineRunner(Protocol):
+    """What an install needs from the job runner (agent/jobs.py `JobRunner`), which calls it: named here
+    so that this module does not import the runner back."""
 
+    downloads: Path
+    _store: StateStore
+    _keys: SigningKeys
+
+    def start_activation(self) -> None: ...
+
+    @property
+    def _on_activated(self) -> Callable[[LoadedModel | LoadedPipeline], None]: ...
+
+    @property
+    def _on_state_changed(self) -> Callable[[], None]: ...
+
+    def _report(
+        self, job_id: str, status: JobStatus, *, step: JobStep | None = ..., progress: float | None = ...
+    ) -> None: ...
+
+    def _download(
+        self, job: JobDocument | StageDownload, url: str, target: Path, deadline: float, *, fallback: bool = ...
+    ) -> tuple[int, str]: ...
+
+    def _checkpoint(self, job: JobDocument | StageDownload, deadline: float) -> None: ...
+
+    def _discard(self, slot: SlotName) -> None: ...
+
+
+def install_pipeline(runner: PipelineRunner, job: JobDocument, deadline: float) -> None:
+    """Download and verify every stage, then activate them together (raises JobRefused on any failure)."""
     store, stages = runner._store, job.stages or []
     runner._report(job.job_id, "IN_PROGRESS", step="verifying")
     verify_pipeline_manifest(job, runner._keys.public_key(job.key_id))
@@ -247,10 +274,10 @@ def install_pipeline(runner: JobRunner, job: JobDocument, deadline: float) -> No
             fetched.append(target)
             if reused is not None:
                 shutil.copyfile(reused, target)
-                size, sha256 = _hash_file(target)
+                size, sha256 = hash_file(target)
             else:
                 size, sha256 = runner._download(
-                    _StageDownload(job.job_id, stage.artifact_url, stage.size, job.timeout_seconds),  # type: ignore[arg-type]
+                    StageDownload(job.job_id, str(stage.artifact_url), stage.size, job.timeout_seconds),
                     str(stage.artifact_url),
                     target,
                     deadline,
@@ -258,8 +285,7 @@ def install_pipeline(runner: JobRunner, job: JobDocument, deadline: float) -> No
             runner._checkpoint(job, deadline)
             verify_stage(stage, position, size, sha256, runner._keys.public_key(stage.key_id))
             runner._report(job.job_id, "IN_PROGRESS", step="downloading", progress=(position + 1) / len(stages))
-        with runner._lock:
-            runner._activating = True
+        runner.start_activation()
         runner._report(job.job_id, "IN_PROGRESS", step="activating")
         _activate(runner, job, fetched)
     finally:
@@ -282,7 +308,7 @@ def _already_installed(state_dir: Path, stage: PipelineStageDocument) -> Path | 
     return None
 
 
-def _activate(runner: JobRunner, job: JobDocument, files: list[Path]) -> None:
+def _activate(runner: PipelineRunner, job: JobDocument, files: list[Path]) -> None:
     store, stages = runner._store, job.stages or []
     slot = store.inactive_slot()
     slot_dir = store.dir / "slots" / slot
@@ -315,5 +341,5 @@ def _activate(runner: JobRunner, job: JobDocument, files: list[Path]) -> None:
         runner._discard(slot)
         raise JobRefused("FAILED", f"pipeline does not load or run: {exc}"[:1000]) from None
     store.activate(slot)  # the one atomic switch: all stages at once
-    runner._on_activated(loaded)  # type: ignore[arg-type]
+    runner._on_activated(loaded)
     runner._on_state_changed()

@@ -15,7 +15,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, Literal
 
-from protocol import signing
+from protocol import job_envelope, signing
+from protocol.job_envelope import EnvelopeRefused, JobEnvelopeClaims
 from protocol.messages import JobDocument
 
 logger = logging.getLogger("fogdeck.agent.policy")
@@ -34,9 +35,43 @@ class JobRefused(Exception):
         self.reason = reason
 
 
-def check_version(job: JobDocument, active_version: int | None) -> None:
-    """Only a newer version than the active one of the same model, unless the job is a rollback."""
-    if active_version is None or job.kind == "rollback" or job.version > active_version:
+def check_envelope(job: JobDocument, *, device_uid: str, keys: SigningKeys) -> JobEnvelopeClaims:
+    """The control plane's signed envelope must name this job, this device, its kind, version and artifact,
+    and be unexpired (protocol/job_envelope.py). Checked before anything else of the job is believed."""
+    if job.envelope is None:
+        raise JobRefused("REJECTED", "job has no signed envelope")
+    try:
+        return job_envelope.verify(job.envelope, job, device_uid=device_uid, public_key_b64=keys.public_key)
+    except EnvelopeRefused as exc:
+        raise JobRefused("REJECTED", str(exc)) from None
+
+
+def admission_refusal(job: JobDocument) -> str | None:
+    """Why a job should be dropped unqueued (None: queue it): no envelope, or an expired one.
+
+    Both are what a control plane's stale copy looks like (a notification queued by the broker before
+    the agent declared `signed_jobs`, or long before it reconnected); the `jobs/get` reply sent on every
+    connect carries a fresh, signed copy of each job still active, so dropping these loses nothing.
+    Any other envelope problem is left to `check_envelope`, which reports the job REJECTED.
+    """
+    if job.envelope is None:
+        return "no signed envelope"
+    try:
+        claims, _, _ = job_envelope.decode(job.envelope)
+        job_envelope.check_fresh(claims)
+    except EnvelopeRefused as exc:
+        return None if str(exc) != "job envelope expired" else str(exc)
+    return None
+
+
+def check_version(
+    job: JobDocument, active_version: int | None, *, claims: JobEnvelopeClaims, revoked: set[int] | frozenset[int]
+) -> None:
+    """Never a revoked version; otherwise only a newer version than the active one of the same model,
+    unless the control plane signed this job as a rollback (`claims.kind`, verified by `check_envelope`)."""
+    if job.version in revoked:
+        raise JobRefused("REJECTED", f"version {job.version} of {job.model} is revoked")
+    if active_version is None or job.version > active_version or claims.kind == "rollback":
         return
     relation = "older than" if job.version < active_version else "not newer than"
     raise JobRefused("REJECTED", f"version {job.version} is {relation} active version {active_version}")

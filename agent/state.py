@@ -1,6 +1,7 @@
 """What the agent must remember across restarts, in one `state.json` replaced atomically.
 
-Slots, the active model, per-job update sequence numbers and the ids of finished jobs. A reader
+Slots, the active model, and the job ledger's state (per-job update sequence numbers, the finished
+jobs, the updates the control plane has not answered yet; see agent/ledger.py). A reader
 after a crash sees either the old or the new file, never half of one (write, fsync, rename).
 """
 
@@ -10,35 +11,33 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ConfigDict, ValidationError
 
-from protocol.messages import ActiveModel, JobStatus, SlotContent, SlotName, Slots
+from agent.ledger import FINISHED_JOBS_KEPT, FinishedJob, JobLedger, LedgerState
+from protocol.messages import ActiveModel, SlotContent, SlotName, Slots
+
+__all__ = ["FINISHED_JOBS_KEPT", "FinishedJob", "StateStore"]
 
 logger = logging.getLogger("fogdeck.agent.state")
 
 STATE_FILE = "state.json"
-# Enough to outlive any job the control plane could still redeliver; bounded so the file stays small.
-FINISHED_JOBS_KEPT = 2000
+MAX_REVOKED_KEPT = 4096  # per model; the newest revoked numbers are kept (old ones are below any floor that matters)
 
 
-class FinishedJob(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _StateFile(LedgerState):
+    """Slots, the active model and revoked versions; the job ledger's fields (`LedgerState`) besides."""
 
-    status: JobStatus
-    reason: str | None = None
-    seq: int = 0  # the last seq sent, so a re-sent outcome still moves forward
-
-
-class _StateFile(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     slots: Slots = Slots(a=None, b=None)
     active: dict[str, ActiveModel] = {}
-    seqs: dict[str, int] = {}  # last seq sent per unfinished job
-    current_job: str | None = None  # the job that was running; reported FAILED if we restart mid-way
-    finished: dict[str, FinishedJob] = {}  # insertion-ordered: the oldest are dropped first
+    # version numbers per model that signed job envelopes said are revoked; only ever grows, so an
+    # older (still valid) envelope replayed later cannot make a revoked version installable again
+    revoked: dict[str, list[int]] = {}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -61,6 +60,7 @@ class StateStore:
         self._lock = threading.RLock()
         state_dir.mkdir(parents=True, exist_ok=True)
         self._state = self._load()
+        self._ledger = JobLedger(self._state)
 
     def _load(self) -> _StateFile:
         try:
@@ -125,48 +125,35 @@ class StateStore:
 
     # --- jobs ------------------------------------------------------------------------------------
 
-    def next_seq(self, job_id: str) -> int:
+    @contextmanager
+    def jobs(self) -> Iterator[JobLedger]:
+        """The job ledger, under the store's lock; what it changed is on disk when the block ends."""
         with self._lock:
-            seq = self._state.seqs.get(job_id, 0) + 1
-            self._state.seqs[job_id] = seq
-            self._save()
-            return seq
+            before = self._ledger_snapshot()
+            yield self._ledger
+            if self._ledger_snapshot() != before:
+                self._save()
 
-    def set_current_job(self, job_id: str | None) -> None:
-        with self._lock:
-            self._state.current_job = job_id
-            self._save()
+    def _ledger_snapshot(self) -> tuple[object, ...]:
+        state = self._state
+        return (
+            dict(state.seqs),
+            state.current_job,
+            [(k, v.status, v.seq) for k, v in state.finished.items()],
+            [(k, v.seq) for k, v in state.unacked.items()],
+        )
 
-    def current_job(self) -> str | None:
+    def note_revoked(self, model: str, versions: list[int]) -> frozenset[int]:
+        """Remember `versions` of `model` as revoked (persisted); every version of it known revoked."""
         with self._lock:
-            return self._state.current_job
-
-    def finished(self, job_id: str) -> FinishedJob | None:
-        with self._lock:
-            return self._state.finished.get(job_id)
-
-    def finish(self, job_id: str, status: JobStatus, reason: str | None) -> None:
-        with self._lock:
-            seq = self._state.seqs.pop(job_id, 0)
-            if self._state.current_job == job_id:
-                self._state.current_job = None
-            finished = self._state.finished
-            finished.pop(job_id, None)
-            finished[job_id] = FinishedJob(status=status, reason=reason, seq=seq)
-            while len(finished) > FINISHED_JOBS_KEPT:
-                finished.pop(next(iter(finished)))
-            self._save()
-
-    def next_finished_seq(self, job_id: str) -> FinishedJob | None:
-        """Reserve a new seq to re-send a finished job's outcome; None when the job is not finished."""
-        with self._lock:
-            done = self._state.finished.get(job_id)
-            if done is None:
-                return None
-            done.seq += 1
-            self._save()
-            return done.model_copy()
+            known = set(self._state.revoked.get(model, []))
+            if not set(versions) <= known:
+                known |= set(versions)
+                self._state.revoked[model] = sorted(known)[-MAX_REVOKED_KEPT:]
+                self._save()
+            return frozenset(known)
 
     def dump(self) -> dict[str, object]:
         with self._lock:
-            return json.loads(self._state.model_dump_json())
+            dumped: dict[str, object] = json.loads(self._state.model_dump_json())
+            return dumped

@@ -1,6 +1,8 @@
 """Inference metrics per (model, version) between two telemetry publishes.
 
-Latency percentiles and per-feature summary statistics (count, mean, variance, min, max) merged
+Latency percentiles (from a reservoir of latencies), every successful request counted in the protocol's
+fixed latency buckets (a mergeable histogram: the control plane's gates read quantiles over a cohort
+from it), and per-feature summary statistics (count, mean, variance, min, max) merged
 batch by batch with Chan's parallel algorithm, plus a fixed-edge histogram per feature (for drift
 detection), so memory does not grow with traffic.
 """
@@ -15,11 +17,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from protocol import latency_histogram
 from protocol.messages import (
     DEFAULT_HIST_EDGES,
     MAX_HIST_EDGES,
     FeatureHistogram,
     FeatureStats,
+    LatencyHistogram,
     LatencySummary,
     StageLatency,
     TelemetrySample,
@@ -117,6 +121,7 @@ class _Series:
     errors: int = 0
     seen: int = 0  # successful requests, for reservoir sampling of latencies
     latencies: list[float] = field(default_factory=list)
+    latency_counts: np.ndarray = field(default_factory=lambda: np.zeros(latency_histogram.BUCKETS, dtype=np.int64))
     inputs: dict[str, _Moments] = field(default_factory=dict)
     stages: dict[str, _StageSeries] | None = None  # a pipeline's, in stage order
 
@@ -163,7 +168,8 @@ class TelemetryRecorder:
             series.requests += len(latencies_ms) + errors
             series.errors += errors
             for value in latencies_ms:
-                self._add_latency(series, float(value))
+                self._add_latency(series, float(value), counted=True)
+            series.latency_counts += _bucket_counts(np.asarray(latencies_ms, dtype=np.float64))
 
     def record_stages(self, model: str, version: int, runs: list[StageRun]) -> None:
         """What each stage of a pipeline did for one request (ran with its latency, or skipped)."""
@@ -208,7 +214,9 @@ class TelemetryRecorder:
             series.requests += 1
             series.errors += 1
 
-    def _add_latency(self, series: _Series, latency_ms: float) -> None:
+    def _add_latency(self, series: _Series, latency_ms: float, *, counted: bool = False) -> None:
+        if not counted:
+            series.latency_counts[latency_histogram.bucket_of(latency_ms)] += 1
         series.seen += 1
         if len(series.latencies) < _LATENCY_RESERVOIR:
             series.latencies.append(latency_ms)
@@ -225,15 +233,25 @@ class TelemetryRecorder:
         return [_sample(model, version, s, edges) for (model, version), s in series.items()]
 
 
-def _summary(latencies: list[float]) -> LatencySummary:
+def _bucket_counts(latencies_ms: np.ndarray) -> np.ndarray:
+    """A batch of latencies counted in the protocol's latency buckets (`bucket_of` for each, vectorized)."""
+    edges = np.asarray(latency_histogram.EDGES_MS, dtype=np.float64)
+    indexes = np.searchsorted(edges, latencies_ms, side="right")
+    return np.bincount(indexes, minlength=latency_histogram.BUCKETS).astype(np.int64)
+
+
+def _summary(latencies: list[float], counts: np.ndarray | None = None) -> LatencySummary:
+    hist = None
+    if counts is not None and counts.any():
+        hist = LatencyHistogram(counts=latency_histogram.trimmed([int(c) for c in counts]))
     if not latencies:
-        return LatencySummary(p50=0.0, p95=0.0, p99=0.0, max=0.0)
+        return LatencySummary(p50=0.0, p95=0.0, p99=0.0, max=0.0, hist=hist)
     p50, p95, p99 = (float(v) for v in np.percentile(latencies, [50, 95, 99]))
-    return LatencySummary(p50=p50, p95=p95, p99=p99, max=float(max(latencies)))
+    return LatencySummary(p50=p50, p95=p95, p99=p99, max=float(max(latencies)), hist=hist)
 
 
 def _sample(model: str, version: int, series: _Series, edges: list[float]) -> TelemetrySample:
-    latency = _summary(series.latencies)
+    latency = _summary(series.latencies, series.latency_counts)
     features: dict[str, FeatureStats] = {}
     for name, moments in series.inputs.items():
         columns = len(moments.mean)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from typing import Any
 
@@ -26,7 +27,9 @@ class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
 
 
 class AuditEntry(models.Model):
-    """One mutating action. `hash` covers this entry's content and the previous entry's hash."""
+    """One mutating action. `hash` is the HMAC-SHA256, under settings.AUDIT_HMAC_KEY (never stored in the
+    database), of this entry's content and the previous entry's hash: editing an entry, even re-hashing
+    everything after it, needs the key."""
 
     created_at = models.DateTimeField()
     actor = models.CharField(max_length=200, help_text="kind:name, e.g. user:alice, system:celery")
@@ -85,12 +88,19 @@ class AuditEntry(models.Model):
             default=str,
         )
 
-    def compute_hash(self) -> str:
+    def compute_hash(self, key: str | None = None) -> str:
+        secret = (key if key is not None else settings.AUDIT_HMAC_KEY).encode()
+        return hmac.new(secret, self.canonical_content().encode(), hashlib.sha256).hexdigest()
+
+    def compute_legacy_hash(self) -> str:
+        """The unkeyed SHA-256 that entries written before the keyed chain carry (see audit_rekey)."""
         return hashlib.sha256(self.canonical_content().encode()).hexdigest()
 
 
 class AuditChainHead(models.Model):
-    """The single row that serializes appends and remembers the last entry (so deleting it is detected)."""
+    """The single row that serializes appends and remembers the last entry. It lives in the database, so
+    someone who can write there can rewind it with the entries; the keyed checkpoint outside the database
+    (audit/checkpoint.py) is what catches that."""
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     last_entry_id = models.BigIntegerField(default=0)

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from core.context import current_request_id
 
+from . import checkpoint
 from .actors import Actor
 from .models import GENESIS_HASH, AuditChainHead, AuditEntry
 
@@ -179,6 +180,9 @@ def _append(specs: Sequence[AuditSpec]) -> list[AuditEntry]:
     AuditChainHead.objects.filter(pk=1).update(
         last_entry_id=entries[-1].pk, last_hash=entries[-1].hash, count=models.F("count") + len(entries)
     )
+    # the head row is locked, so head.count is exact; the checkpoint outside the database follows the commit
+    newest = checkpoint.Checkpoint(head.count + len(entries), entries[-1].pk, entries[-1].hash)
+    transaction.on_commit(functools.partial(checkpoint.advance, newest), robust=True)
     return entries
 
 
@@ -192,6 +196,9 @@ class ChainProblem:
 class ChainReport:
     checked: int
     problem: ChainProblem | None
+    legacy: int = 0  # unkeyed entries from before the keyed chain, at its start (audit_rekey turns them keyed)
+    checkpoint: str = "missing"  # "ok", "missing", "behind" (entries committed after it was last written)
+    checkpoint_detail: str = ""
 
     @property
     def ok(self) -> bool:
@@ -202,40 +209,126 @@ def _entries_in_order() -> Iterator[AuditEntry]:
     return AuditEntry.objects.order_by("id").iterator(chunk_size=2000)
 
 
-def audit_verify_chain() -> ChainReport:
-    """Walk the chain from the start; report the first entry that was edited, deleted around, or moved."""
+def audit_verify_chain(*, key: str | None = None) -> ChainReport:
+    """Walk the chain from the start; report the first entry that was edited, deleted around, or moved,
+    and whether the newest entries were deleted (the head row and the keyed checkpoint outside the
+    database both name the newest entry they saw).
+
+    Each entry's hash must be its HMAC under the audit key (`key`, default settings.AUDIT_HMAC_KEY).
+    Entries written before the chain was keyed (plain SHA-256) are accepted only as an unbroken run at
+    the start: the first keyed entry covers the last of them, so they cannot be rewritten either."""
+    stored = checkpoint.read()
+    if stored is not None and not stored.is_authentic(key):
+        return ChainReport(
+            0,
+            ChainProblem(
+                None,
+                f"the checkpoint in {checkpoint.location()} is not signed with the audit key: "
+                "it was forged, or AUDIT_HMAC_KEY changed (audit_rekey re-signs it)",
+            ),
+        )
     expected_prev = GENESIS_HASH
-    checked = 0
+    checked = legacy = 0
+    keyed_seen = False
     last: AuditEntry | None = None
+
+    def report(problem: ChainProblem | None, state: str = "missing", detail: str = "") -> ChainReport:
+        return ChainReport(checked, problem, legacy, state, detail)
+
     for entry in _entries_in_order():
         if entry.prev_hash != expected_prev:
             where = f"entry #{last.pk}" if last else "the start of the chain"
-            return ChainReport(
-                checked,
+            return report(
                 ChainProblem(
                     entry.pk,
                     f"prev_hash does not match {where}: an entry before it was deleted, inserted or reordered",
-                ),
+                )
             )
-        if entry.compute_hash() != entry.hash:
-            return ChainReport(checked, ChainProblem(entry.pk, "content does not match its hash: it was edited"))
+        if entry.compute_hash(key) == entry.hash:
+            keyed_seen = True
+        elif not keyed_seen and entry.compute_legacy_hash() == entry.hash:
+            legacy += 1
+        else:
+            return report(ChainProblem(entry.pk, "content does not match its hash: it was edited"))
         expected_prev = entry.hash
         last = entry
         checked += 1
+        if (
+            stored is not None
+            and checked == stored.count
+            and (entry.pk, entry.hash)
+            != (
+                stored.last_id,
+                stored.last_hash,
+            )
+        ):
+            return report(
+                ChainProblem(
+                    entry.pk,
+                    f"the checkpoint outside the database names entry #{stored.last_id} as entry number "
+                    f"{stored.count}, but the chain has #{entry.pk} with another hash there: the chain was "
+                    "rewritten or replaced",
+                )
+            )
     head = AuditChainHead.objects.filter(pk=1).first()
     head_id, head_hash, head_count = (head.last_entry_id, head.last_hash, head.count) if head else (0, GENESIS_HASH, 0)
     last_id = last.pk if last else 0
+    if stored is not None and stored.count > checked:
+        return report(
+            ChainProblem(
+                last_id or None,
+                f"the checkpoint outside the database names entry #{stored.last_id} ({stored.count} entries) "
+                f"but the chain ends at #{last_id} ({checked} entries): the newest entries were deleted "
+                "(or the database was restored from an older backup)",
+            )
+        )
     if head_hash != expected_prev or head_id != last_id:
-        return ChainReport(
-            checked,
+        return report(
             ChainProblem(
                 head_id or None,
                 f"the chain head names entry #{head_id} but the last entry is #{last_id}: "
                 "the newest entries were deleted",
-            ),
+            )
         )
     if head_count != checked:
-        return ChainReport(
-            checked, ChainProblem(None, f"the chain head counts {head_count} entries but {checked} exist")
-        )
-    return ChainReport(checked, None)
+        return report(ChainProblem(None, f"the chain head counts {head_count} entries but {checked} exist"))
+    if stored is None:
+        return report(None, "missing" if checked else "ok", f"no checkpoint in {checkpoint.location()}")
+    state = "ok" if stored.count == checked else "behind"
+    return report(None, state, f"{checkpoint.location()}: {stored.describe()}")
+
+
+def audit_rekey(*, old_key: str | None = None, force: bool = False) -> ChainReport:
+    """Re-sign the whole chain with the current AUDIT_HMAC_KEY: after an upgrade from the unkeyed chain,
+    or when the key is rotated (`old_key` is the previous one). The chain is verified with the old key
+    first and a broken chain is refused unless `force`: re-signing it would make tampering look valid.
+    Runs in one transaction with the head locked, then writes a fresh checkpoint."""
+    from django.db import connection
+
+    with transaction.atomic():
+        AuditChainHead.objects.select_for_update().get_or_create(pk=1)  # appends wait for the rewrite
+        before = audit_verify_chain(key=old_key) if old_key is not None else audit_verify_chain()
+        if not before.ok and not force:
+            return before
+        prev = GENESIS_HASH
+        rows: list[tuple[str, str, int]] = []
+        last: AuditEntry | None = None
+        count = 0
+        for entry in _entries_in_order():
+            entry.prev_hash = prev
+            entry.hash = prev = entry.compute_hash()
+            rows.append((entry.prev_hash, entry.hash, entry.pk))
+            last = entry
+            count += 1
+        table = AuditEntry._meta.db_table
+        with connection.cursor() as cursor:
+            # the model refuses updates (append-only); this is the one sanctioned rewrite
+            for start in range(0, len(rows), 1000):
+                cursor.executemany(
+                    f"UPDATE {table} SET prev_hash = %s, hash = %s WHERE id = %s",  # noqa: S608 - our table
+                    rows[start : start + 1000],
+                )
+        AuditChainHead.objects.filter(pk=1).update(last_entry_id=last.pk if last else 0, last_hash=prev, count=count)
+        newest = checkpoint.Checkpoint(count, last.pk if last else 0, prev)
+        transaction.on_commit(functools.partial(checkpoint.write, newest, force=True))
+    return before

@@ -91,7 +91,7 @@ def _fleet(count: int) -> list:  # type: ignore[type-arg]
 def _free(devices: list) -> None:  # type: ignore[type-arg]
     """Cancel the devices' active jobs and stop earlier bench rollouts (bench data: a plain UPDATE)."""
     from deployments.models import ACTIVE, Job, JobStatus, Rollout, RolloutStatus
-    from mqttbridge.models import OutboxMessage
+    from outbox.models import OutboxMessage
 
     Job.objects.filter(device__in=devices, status__in=ACTIVE).update(status=JobStatus.CANCELED)
     Rollout.objects.filter(name__startswith=PREFIX).exclude(status=RolloutStatus.ROLLED_BACK).update(
@@ -111,8 +111,10 @@ def measure(devices: int, baseline_devices: int) -> list[Row]:
 
     from audit.actors import Actor
     from deployments.models import Job, RolloutTarget
-    from deployments.rollout_services import rollout_advance, rollout_create, rollout_start
-    from deployments.services import JobRequest, deployment_create, deployments_create_many
+    from deployments.services.jobs import JobRequest, deployment_create, deployments_create_many
+    from deployments.services.rollout_drafts import rollout_create
+    from deployments.services.rollouts import rollout_start
+    from deployments.services.tick import rollout_advance
 
     chunk = settings.ROLLOUT_DISPATCH_CHUNK
     actor = Actor.system("bench")

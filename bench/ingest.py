@@ -1,5 +1,4 @@
-"""Telemetry ingest from MQTT into PostgreSQL, in messages per second, end to end (issue 6, re-run at fleet
-scale for issue 7).
+"""Telemetry ingest from MQTT into PostgreSQL, in messages per second, end to end.
 
     .venv/bin/python -u -m bench.ingest [--devices 10000] [--messages 30000] [--naive-messages 6000]
 
@@ -152,7 +151,7 @@ def run_bridge(stack: Stack, messages: list[tuple[str, bytes]]) -> dict[str, flo
     (what a bridge does after a restart): rows stored per second from its connection, and rows stored.
     A fresh process, so its device directory starts empty, as after any restart."""
     _truncate_telemetry()
-    client_id = f"bench-bridge-{uuid.uuid4().hex[:6]}"
+    client_id = f"fogdeck-bench-bridge-{uuid.uuid4().hex[:6]}"
     stack.bridge(client_id, "bridge-session").stop()  # subscribed with a persistent session, then away
     queue_backlog(messages)
     bridge = stack.python("bridge", "manage.py", "mqtt_bridge", "--client-id", client_id)

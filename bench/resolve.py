@@ -38,9 +38,11 @@ MODEL = "bench-resolve"
 
 
 def seed(devices: int, sites: int) -> list[str]:
+    from django.conf import settings
     from django.contrib.auth.models import Group
     from django.utils import timezone
 
+    from deployments.models import Installation
     from fleet.models import Device, Site
     from models_registry.models import Alias, ModelVersion, RegisteredModel
     from telemetry.models import TelemetrySample
@@ -87,6 +89,12 @@ def seed(devices: int, sites: int) -> list[str]:
         Device.objects.bulk_create(rows, batch_size=2000)
     Device.objects.filter(uid__startswith=prefix).update(status="online", last_seen=timezone.now())
     ids = list(Device.objects.filter(uid__startswith=prefix).values_list("pk", flat=True))
+    # resolve serves only what Fogdeck installed (Installation rows) at URLs whose host it trusts
+    settings.ENDPOINTS_TRUSTED_INFERENCE_HOSTS = ["{uid}.bench.invalid"]
+    Installation.objects.filter(device_id__in=ids).delete()
+    Installation.objects.bulk_create(
+        [Installation(device_id=pk, model=model, version=version, since=timezone.now()) for pk in ids], batch_size=2000
+    )
     TelemetrySample.objects.filter(model_name=MODEL).delete()
     now = timezone.now()
     TelemetrySample.objects.bulk_create(
@@ -106,14 +114,14 @@ def seed(devices: int, sites: int) -> list[str]:
 def client() -> Any:
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
-    from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
 
     user, _ = get_user_model().objects.get_or_create(username="bench-resolve-viewer")
     user.groups.add(Group.objects.get(name="viewer"))
-    token, _ = Token.objects.get_or_create(user=user)
+    from bench.fanout import bench_token
+
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {bench_token(user)}")
     return api
 
 
@@ -170,7 +178,7 @@ def run(devices: int = 10000, sites: int = 200, requests: int = 300) -> list[Row
     The suite's default is 300 requests per mode (the CLI's 1,000 take ~4 minutes on a loaded 2-core box)."""
     from django.conf import settings
 
-    from endpoints.invalidation import resolve_cache_bump
+    from core.resolve_cache import resolve_cache_bump
     from fleet.models import Device
 
     t0 = time.perf_counter()

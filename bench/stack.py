@@ -80,6 +80,19 @@ class Proc:
                 self.popen.wait(5)
 
 
+SHIPPED_MOSQUITTO_CONF = common.ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+
+
+def shipped_broker_limits() -> dict[str, str]:
+    """The queue and in-flight window deploy/mosquitto/mosquitto.conf ships (Mosquitto's defaults where unset)."""
+    limits = {"max_queued_messages": "1000", "max_inflight_messages": "20"}
+    for line in SHIPPED_MOSQUITTO_CONF.read_text().splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key in limits:
+            limits[key] = value.strip()
+    return limits
+
+
 @dataclass
 class Stack:
     """Start what a benchmark needs; `close()` stops everything it started, newest first."""
@@ -129,14 +142,18 @@ class Stack:
         return self.spawn(name, [sys.executable, *args], **env)
 
     # --- the pieces ------------------------------------------------------------------------------
-    def broker(self) -> int:
-        """An anonymous Mosquitto of our own that queues rather than drops (a capacity test needs that)."""
+    def broker(self, limits: dict[str, str] | None = None) -> int:
+        """An anonymous Mosquitto of our own that queues rather than drops (a capacity test needs that), or
+        with `limits` (e.g. `shipped_broker_limits()`), logging its drops ("Outgoing messages are being
+        dropped", a notice) to mosquitto.log."""
         self.broker_port = free_port()
         conf = self.directory / "mosquitto.conf"
+        queue = {"max_queued_messages": "1000000", "max_inflight_messages": "1000", **(limits or {})}
         conf.write_text(
             f"listener {self.broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 1000000\nmax_inflight_messages 1000\nmax_connections -1\n"
-            "log_dest stderr\nlog_type error\nlog_type warning\n"
+            + "".join(f"{key} {value}\n" for key, value in queue.items())
+            + "max_connections -1\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+            + ("log_type notice\n" if limits else "")
         )
         self.spawn("mosquitto", [MOSQUITTO, "-c", str(conf)])
         wait_for_port(self.broker_port)
@@ -159,7 +176,7 @@ class Stack:
         wait_for_port(self.server_port)
         return f"http://127.0.0.1:{self.server_port}"
 
-    def bridge(self, client_id: str = "bench-bridge", name: str = "bridge", *args: str, **env: str) -> Proc:
+    def bridge(self, client_id: str = "fogdeck-bench-bridge", name: str = "bridge", *args: str, **env: str) -> Proc:
         proc = self.python(name, "manage.py", "mqtt_bridge", "--client-id", client_id, *args, **env)
         wait_until(lambda: "subscribed" in proc.output(), 30, "the bridge to subscribe")
         return proc
@@ -167,7 +184,10 @@ class Stack:
     def worker(self, **env: str) -> Proc:
         return self.python(
             "worker", "-m", "celery", "-A", "config", "worker", "--beat", "--concurrency", "2",
-            "--loglevel", "WARNING", "-s", str(self.directory / "beat-schedule"), **env,
+            # BENCH_WORKER_LOGLEVEL=INFO logs each task with its duration (worker.log), for profiling
+            "--loglevel", os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING"),
+            "-s", str(self.directory / "beat-schedule"),
+            **env,
         )  # fmt: skip
 
     def close(self) -> None:

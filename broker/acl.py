@@ -1,7 +1,8 @@
 """Who may publish, subscribe to and receive which MQTT topics.
 
 Pure functions over a `Principal`, so the rule is tested without a broker and the same rule
-can later be rendered into a Mosquitto ACL file (`pattern readwrite fogdeck/v1/devices/%u/#`).
+can later be rendered into a Mosquitto ACL file (`pattern readwrite fogdeck/v1/devices/%u/#` and
+`pattern readwrite $aws/things/%u/jobs/#`, fleet/mosquitto_auth.py).
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from protocol.topics import device_prefix, is_valid_device_uid
+from protocol.aws_jobs import jobs_prefix
+from protocol.topics import device_prefix, is_service_client_id, is_valid_device_uid
 
 PrincipalKind = Literal["service", "device"]
 
@@ -25,35 +27,40 @@ class Principal:
     kind: PrincipalKind
 
 
-def _own_root(principal: Principal) -> str | None:
-    """The device's topic prefix, or None when its username could never be a device uid."""
-    if principal.kind != "device" or not is_valid_device_uid(principal.username):
-        return None
-    return device_prefix(principal.username)
+def _own_roots(principal: Principal) -> tuple[str, ...]:
+    """The device's topic prefixes: its Fogdeck prefix and its AWS IoT Jobs prefix (`$aws/things/{uid}/jobs`);
+    none when its username could never be a device uid."""
+    if (
+        principal.kind != "device"
+        or not is_valid_device_uid(principal.username)
+        or is_service_client_id(principal.username)
+    ):
+        return ()
+    return (device_prefix(principal.username), jobs_prefix(principal.username))
+
+
+def _below(topic: str, roots: tuple[str, ...]) -> bool:
+    return any(topic.startswith(root + "/") and len(topic) > len(root) + 1 for root in roots)
 
 
 def may_publish(principal: Principal, topic: str) -> bool:
-    """Services publish anywhere; a device only to concrete topics below its own prefix."""
+    """Services publish anywhere; a device only to concrete topics below its own prefixes."""
     if principal.kind == "service":
         return True
-    root = _own_root(principal)
-    if root is None or "+" in topic or "#" in topic:
+    if "+" in topic or "#" in topic:
         return False
-    return topic.startswith(root + "/") and len(topic) > len(root) + 1
+    return _below(topic, _own_roots(principal))
 
 
 def may_subscribe(principal: Principal, topic_filter: str) -> bool:
-    """Services subscribe to anything; a device only to filters below its own prefix.
+    """Services subscribe to anything; a device only to filters below its own prefixes.
 
     Wildcards are allowed only after `<prefix>/`, so `+` or `#` at or above the device level
     (`fogdeck/v1/devices/+/jobs/notify`, `#`) never reaches another device's topics.
     """
     if principal.kind == "service":
         return True
-    root = _own_root(principal)
-    if root is None:
-        return False
-    return topic_filter.startswith(root + "/") and len(topic_filter) > len(root) + 1
+    return _below(topic_filter, _own_roots(principal))
 
 
 def may_receive(principal: Principal, topic: str) -> bool:
@@ -63,7 +70,4 @@ def may_receive(principal: Principal, topic: str) -> bool:
     """
     if principal.kind == "service":
         return True
-    root = _own_root(principal)
-    if root is None:
-        return False
-    return topic == root or topic.startswith(root + "/")
+    return any(topic == root or topic.startswith(root + "/") for root in _own_roots(principal))

@@ -23,8 +23,8 @@ from config.routing import websocket_urlpatterns  # noqa: E402
 from config.urls import urlpatterns  # noqa: E402,F401 - the views' modules now, not at the first request
 
 # What is loaded by now (Django, DRF, every view and serializer: ~150,000 objects) lives as long as the
-# process. Frozen, it is no longer walked by each full cyclic collection: on the 2-core bench machine
-# such a pass took ~100 ms and came every ~60 device-list requests, stalling every request in flight.
+# process. Frozen, it is no longer walked by each full cyclic collection, which otherwise stalls every
+# request in flight (docs/benchmarks.md, "Figures behind the code").
 gc.freeze()
 
 application = ProtocolTypeRouter(

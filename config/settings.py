@@ -8,6 +8,7 @@ is switched on by its URL: DATABASE_URL, REDIS_URL, MQTT_URL, S3_ENDPOINT_URL/S3
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from pathlib import Path
@@ -79,27 +80,81 @@ def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
 
 
+def env_networks(name: str, default: str = "") -> list[str]:
+    """A comma-separated list of IP networks in CIDR notation (a bare address is a /32 or /128)."""
+    networks = []
+    for item in env_list(name, default):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not an IP network ({exc})") from None
+    return networks
+
+
 # --- core -----------------------------------------------------------------------------------------
-DEFAULT_SECRET_KEY = "fogdeck-insecure-development-key-change-me"  # noqa: S105 - refused unless DEBUG
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = env_secret("SECRET_KEY", DEFAULT_SECRET_KEY)
-if not DEBUG and SECRET_KEY == DEFAULT_SECRET_KEY:
+DATA_DIR = Path(env_str("FOGDECK_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)  # the embedded default keeps its database and files here
+
+# The key that shipped in the source before per-install development keys: public, so anything signed or
+# derived from it is forgeable. Refused in every mode.
+PUBLIC_DEVELOPMENT_KEY = "fogdeck-insecure-development-key-change-me"
+DEV_SECRET_KEY_FILE = DATA_DIR / "dev-secret-key"
+
+
+def _development_secret_key(path: Path) -> str:
+    """A random key made on first run and kept in the data directory (mode 0600), so two development
+    installs never share a key and nothing derived from it (MQTT service password, download links,
+    the audit chain's key, sessions) can be forged from the source code."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    import secrets
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process of this install made it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(48) + "\n")
+    return path.read_text().strip()
+
+
+SECRET_KEY = env_secret("SECRET_KEY").strip()
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DEBUG is off and SECRET_KEY is not set: set SECRET_KEY (or SECRET_KEY_FILE), "
+            "or DEBUG=true for local development (a random key is then kept in the data directory)."
+        )
+    SECRET_KEY = _development_secret_key(DEV_SECRET_KEY_FILE)
+if SECRET_KEY == PUBLIC_DEVELOPMENT_KEY:
     raise ImproperlyConfigured(
-        "DEBUG is off and SECRET_KEY is the built-in development key: set SECRET_KEY (or SECRET_KEY_FILE), "
-        "or DEBUG=true for local development."
+        "SECRET_KEY is the old built-in development key, which is public: set a random SECRET_KEY, "
+        "or unset it with DEBUG=true to get a per-install development key."
     )
 if not DEBUG and len(SECRET_KEY) < 32:
     raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters when DEBUG is off")
+
+
+def derived_secret(purpose: str) -> str:
+    """A secret for one purpose, derived from SECRET_KEY (HMAC-SHA256), so one key per install is enough
+    and a secret leaked for one purpose says nothing about the others."""
+    import hashlib
+    import hmac
+
+    return hmac.new(SECRET_KEY.encode(), f"fogdeck:{purpose}".encode(), hashlib.sha256).hexdigest()
+
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG else "")
 if not DEBUG and not ALLOWED_HOSTS:
     raise ImproperlyConfigured("DEBUG is off: set ALLOWED_HOSTS (comma-separated host names)")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
-DATA_DIR = Path(env_str("FOGDECK_DATA_DIR", str(BASE_DIR / "var"))).resolve()
-DATA_DIR.mkdir(parents=True, exist_ok=True)  # the embedded default keeps its database and files here
-
 INSTALLED_APPS = [
+    # first, so its `runserver` (Daphne: HTTP and websockets) replaces the WSGI one of Django and staticfiles
+    "core.devserver",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -107,12 +162,14 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and Redoc as static files, no CDN
     "channels",
     "core",
+    "outbox",
     "audit",
+    "accounts",
     "fleet",
     "models_registry",
     "deployments",
@@ -121,10 +178,12 @@ INSTALLED_APPS = [
     "mqttbridge",
     "endpoints",
     "webhooks",
+    "stack",
 ]
 
 MIDDLEWARE = [
     "core.middleware.RequestIdMiddleware",
+    "core.middleware.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -195,13 +254,27 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": DATA_DIR / "fogdeck.sqlite3",
-            # IMMEDIATE takes the write lock at BEGIN, so read-then-write sequences (the audit chain)
-            # are serialized instead of failing with "database is locked" at the first write.
-            "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
             # a file, not memory: end-to-end tests run the bridge as a separate process on it
             "TEST": {"NAME": str(DATA_DIR / "test.sqlite3")},
         }
     }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # One SQLite file is shared by the web server, the bridge's writer threads and the Celery worker (the
+    # embedded default, or a sqlite:// DATABASE_URL such as the test database handed to subprocesses):
+    # - IMMEDIATE takes the write lock at BEGIN, so read-then-write sequences (the audit chain) queue for
+    #   it instead of failing with "database is locked" at their first write (a deferred transaction that
+    #   read first cannot wait for the lock: SQLite answers it with an immediate SQLITE_BUSY);
+    # - the busy timeout is how long a writer queues for the lock before giving up;
+    # - WAL lets readers (pages, the API) go on while a writer commits, and writers not wait for readers;
+    #   synchronous=NORMAL is WAL's recommended setting (a power cut may lose the last commits, never
+    #   corrupt the file).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": env_int("SQLITE_BUSY_TIMEOUT_SECONDS", 30, minimum=1),
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        }
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 EMBEDDED_DATABASE = not DATABASE_URL
 
@@ -220,11 +293,15 @@ else:
     _celery_dir = DATA_DIR / "celery"
     (_celery_dir / "queue").mkdir(parents=True, exist_ok=True)
     (_celery_dir / "processed").mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_URL = "filesystem://localhost/"  # a host (ignored) spares a "No hostname" warning per start
+    # kombu's transport, with each message renamed into place once written (core/celery_filesystem.py)
+    CELERY_BROKER_TRANSPORT = "core.celery_filesystem:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_celery_dir / "queue"),
         "data_folder_out": str(_celery_dir / "queue"),
         "processed_folder": str(_celery_dir / "processed"),
+        # the exchange tables too (kombu's default is ./control, in whatever directory a process started)
+        "control_folder": str(_celery_dir / "control"),
         "store_processed": False,
     }
     # In memory, plus a relay so the bridge and worker processes reach the web server's websockets
@@ -260,11 +337,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TIMEZONE = "UTC"
-CELERY_RETRY_BACKOFF_SECONDS = env_int("CELERY_RETRY_BACKOFF_SECONDS", 2, minimum=0)
-CELERY_RETRY_MAX = env_int("CELERY_RETRY_MAX", 8, minimum=0)
 
 # --- mqtt -----------------------------------------------------------------------------------------
 MQTT_URL = env_str("MQTT_URL")
+# Published rows of the MQTT outbox are kept this long for inspection, then pruned by Celery beat (hourly).
+OUTBOX_RETENTION_DAYS = env_int("OUTBOX_RETENTION_DAYS", 7, minimum=1)
 EMBEDDED_MQTT = not MQTT_URL
 EMBEDDED_MQTT_PORT = env_int("EMBEDDED_MQTT_PORT", 1884, minimum=1)
 # The control plane's own broker identity (the bridge, health checks). On the embedded broker it is
@@ -281,11 +358,13 @@ if EMBEDDED_MQTT:
     MQTT_USERNAME = "fogdeck-control"
     # The embedded broker lives in our own process; its service password is derived from SECRET_KEY
     # so that the web process and `manage.py mqtt_broker` agree without another variable.
-    import hashlib
-
-    MQTT_PASSWORD = hashlib.sha256(f"fogdeck-mqtt:{SECRET_KEY}".encode()).hexdigest()
+    MQTT_PASSWORD = derived_secret("mqtt-service-password")
 # Several bridge processes share the device topics through `$share/<group>/…` when this is set.
 MQTT_BRIDGE_SHARED_GROUP = env_str("MQTT_BRIDGE_SHARED_GROUP")
+# Whether this bridge answers the AWS IoT Jobs request topics (`$aws/things/+/jobs/…`, protocol/aws_jobs.py).
+# Mosquitto delivers no `$` topic to a shared subscription, so those are subscribed unshared: with several
+# bridges sharing the device topics, leave it on for exactly one of them.
+MQTT_BRIDGE_AWS_JOBS = env_bool("MQTT_BRIDGE_AWS_JOBS", True)
 # Devices are told this address (it may differ from the one the control plane uses inside a cluster).
 MQTT_PUBLIC_URL = env_str("MQTT_PUBLIC_URL", MQTT_URL or f"mqtt://127.0.0.1:{EMBEDDED_MQTT_PORT}")
 
@@ -355,10 +434,36 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 # default we can make for them; `check --deploy` should not nag about it.
 SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 # load balancers and container healthchecks probe over plain HTTP inside the deployment
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_REDIRECT_EXEMPT = [r"^(healthz|livez|readyz)$"]
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY") else None
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# Requests per window ("N/s", "N/min", "N/hour", "N/day"): anonymous API calls per client address, API
+# calls per signed-in user or token, and sign-in attempts (UI and admin) per client address.
+API_THROTTLE_RATES = {
+    "anon": env_str("THROTTLE_RATE_ANON", "300/min"),
+    "user": env_str("THROTTLE_RATE_USER", "6000/min"),
+    "auth": env_str("THROTTLE_RATE_AUTH", "20/min"),
+}
+# Cache keys of throttles and login lockouts start with this (tests give each test its own).
+SECURITY_CACHE_PREFIX = env_str("SECURITY_CACHE_PREFIX", "fogdeck-sec")
+# A user name is locked out from one address after this many failed sign-ins, for this long.
+LOGIN_LOCKOUT_FAILURES = env_int("LOGIN_LOCKOUT_FAILURES", 5, minimum=1)
+LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
+AUTHENTICATION_BACKENDS = ["accounts.backends.LockoutModelBackend"]
+# API tokens made without --days expire after this many days (0: never; not recommended).
+API_TOKEN_DEFAULT_DAYS = env_int("API_TOKEN_DEFAULT_DAYS", 90, minimum=0)
+
+# --- audit chain ----------------------------------------------------------------------------------
+# Entries are chained with HMAC-SHA256 under this key, which never enters the database. Set it on its own
+# (AUDIT_HMAC_KEY or AUDIT_HMAC_KEY_FILE) so that rotating SECRET_KEY leaves the chain verifiable;
+# otherwise it is derived from SECRET_KEY. See docs/security.md.
+AUDIT_HMAC_KEY = env_secret("AUDIT_HMAC_KEY").strip() or derived_secret("audit-chain")
+# The keyed checkpoint of the chain's head, kept outside the database so that deleting the newest entries
+# is detected: in Redis when REDIS_URL is set (shared by every process), else this file.
+AUDIT_CHECKPOINT_FILE = Path(env_str("AUDIT_CHECKPOINT_FILE", str(DATA_DIR / "audit-checkpoint.json")))
+AUDIT_CHECKPOINT_REDIS_KEY = env_str("AUDIT_CHECKPOINT_REDIS_KEY", "fogdeck:audit:checkpoint")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -369,10 +474,12 @@ USE_TZ = True
 REST_FRAMEWORK = {
     # Token first: its WWW-Authenticate header makes anonymous requests answer 401, not 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "accounts.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["core.permissions.RolePermission"],
+    # Fixed-window counters in the shared cache (accounts/throttling.py), rates in API_THROTTLE_RATES.
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.throttling.AnonThrottle", "accounts.throttling.UserThrottle"],
     # The API speaks JSON; the two upload endpoints (model versions, device import) accept multipart
     # themselves. Form encodings cannot carry the nested bodies (rollout plans, runtimes), so they are
     # neither accepted nor advertised in the schema.
@@ -396,6 +503,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Inventory, model registry and staged canary rollouts for ML models on IoT fleets.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # the docs pages load their JavaScript and CSS from our static files: they work with no network
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
     # every operation documents the shared error responses (core/schema.py) next to its own
@@ -427,27 +538,67 @@ PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 # --- rollouts -------------------------------------------------------------------------------------
 # The beat tick that dispatches waves and evaluates gates (config/celery.py reads the same variable).
 ROLLOUT_TICK_SECONDS = env_int("ROLLOUT_TICK_SECONDS", 2, minimum=1)
-# Jobs created per rollout per tick at most (one transaction, one `deployments_create_many` call: 1000 took
-# 0.6-0.9 s, the whole tick up to 1.4 s, on 2 cores at load 2-3; bench/dispatch.py), and the rate limit when
-# a plan gives none.
+# Jobs created per rollout per tick at most (one transaction, one `deployments_create_many` call, sized to
+# fit in a tick: docs/benchmarks.md, bench/dispatch.py), and the rate limit when a plan gives none.
 ROLLOUT_DISPATCH_CHUNK = env_int("ROLLOUT_DISPATCH_CHUNK", 1000, minimum=1)
 ROLLOUT_DEFAULT_RATE_PER_MINUTE = env_int("ROLLOUT_DEFAULT_RATE_PER_MINUTE", 600, minimum=1)
 # Unused dispatch allowance carried over after an idle spell (seconds of the rate).
 ROLLOUT_DISPATCH_BURST_SECONDS = env_int("ROLLOUT_DISPATCH_BURST_SECONDS", 10, minimum=1)
 
+# Libraries that narrate at INFO: the embedded broker (amqtt) logs every connection and its state machine
+# (transitions) every callback, about 1,200 lines in the demo's first minute. They speak from WARNING up
+# unless THIRD_PARTY_LOG_LEVEL says otherwise.
+THIRD_PARTY_LOGGERS = ("amqtt", "transitions", "hbmqtt", "passlib", "asyncio", "multipart")
+THIRD_PARTY_LOG_LEVEL = env_str("THIRD_PARTY_LOG_LEVEL", "WARNING").upper()
+# plain (default) or json: one JSON object per line with the request id and the actor (core/logging.py)
+LOG_FORMAT = env_str("LOG_FORMAT", "plain").lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT: 'plain' or 'json', got {LOG_FORMAT!r}")
+# One line per answered request (method, path, status, duration, request id, actor) on fogdeck.request.
+LOG_REQUESTS = env_bool("LOG_REQUESTS", LOG_FORMAT == "json")
+# Celery replaces the root logger's handlers with its own plain format unless told not to: with JSON
+# logs the worker keeps LOGGING's (every line JSON); plain logs keep Celery's familiar format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT != "json"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "core.logging.JsonFormatter"},
+    },
+    "filters": {"request_context": {"()": "core.logging.RequestContextFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_context"]}
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        **{name: {"level": THIRD_PARTY_LOG_LEVEL} for name in THIRD_PARTY_LOGGERS},
+    },
 }
+
+# --- metrics (core/metrics.py, docs/operations.md "Metrics") ---------------------------------------
+# /metrics answers admins (token or session), a request with `Authorization: Bearer METRICS_TOKEN`, or an
+# address in METRICS_ALLOWED_NETWORKS (empty by default: nobody anonymous).
+METRICS_TOKEN = env_secret("METRICS_TOKEN")
+METRICS_ALLOWED_NETWORKS = env_networks("METRICS_ALLOWED_NETWORKS", "")
+# The bridge's and the worker's own metrics ports (0: off) and the address they bind (no auth on them).
+METRICS_BIND = env_str("METRICS_BIND", "127.0.0.1")
+BRIDGE_METRICS_PORT = env_int("BRIDGE_METRICS_PORT", 0, minimum=0)
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0)
+# Several processes behind one metrics endpoint (uvicorn --workers, the prefork pool): prometheus-client
+# keeps each one's values in files here (read from the environment by prometheus-client itself; empty it
+# at each start, e.g. a tmpfs). Made here when missing, before any metric is created.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "")
+if PROMETHEUS_MULTIPROC_DIR:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
 
 # --- model registry -------------------------------------------------------------------------------
 MAX_ARTIFACT_SIZE_MB = env_int("MAX_ARTIFACT_SIZE_MB", 200, minimum=1)
 # Lifetime of artifact download URLs (S3 presigned, or our own signed URL on local storage).
 ARTIFACT_URL_TTL_SECONDS = env_int("ARTIFACT_URL_TTL_SECONDS", 900, minimum=1)
+# Signs our own download links (local storage).
+ARTIFACT_LINK_KEY = derived_secret("artifact-download-links")
 # Ed25519 key that signs published manifests: base64 of the raw 32-byte private key (or SIGNING_KEY_FILE).
 SIGNING_KEY = env_secret("SIGNING_KEY").strip()
 # Otherwise (and for rotated-out keys) PEM keys in this directory; the first publish creates one if empty.
@@ -488,9 +639,16 @@ ENDPOINTS_FOG_RADIUS_KM = env_int("ENDPOINTS_FOG_RADIUS_KM", 100, minimum=0)
 # With lat/lon, the nearest site within this radius is the caller's site.
 ENDPOINTS_SITE_RADIUS_KM = env_int("ENDPOINTS_SITE_RADIUS_KM", 2, minimum=0)
 ENDPOINTS_MAX_RESULTS = env_int("ENDPOINTS_MAX_RESULTS", 20, minimum=1)
+# Hosts a device's advertised inference URL may name besides its admin-set `inference_host`: glob
+# patterns (fnmatch), `{uid}` standing for the device's uid as a DNS label (lower case, other characters
+# as "-"), e.g. "{uid}.plant-3.lan". Empty (the default): only a device's own `inference_host` is served.
+ENDPOINTS_TRUSTED_INFERENCE_HOSTS = env_list("ENDPOINTS_TRUSTED_INFERENCE_HOSTS")
 
 # --- webhooks (webhooks/) and the offline-storm detector ------------------------------------------
 WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+# Webhooks go to public addresses only (webhooks/destinations.py); these networks (CIDR, comma-separated)
+# are allowed as well: an on-premises receiver, e.g. "10.20.0.0/16,192.168.1.10/32". Empty by default.
+WEBHOOK_ALLOWED_NETWORKS = env_networks("WEBHOOK_ALLOWED_NETWORKS")
 # Attempts per delivery in all (the first one included); retry n waits BACKOFF * 2**(n-1) s plus jitter.
 WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
 WEBHOOK_BACKOFF_SECONDS = env_int("WEBHOOK_BACKOFF_SECONDS", 10, minimum=0)

@@ -96,6 +96,10 @@ async def relay_serve(path: str) -> asyncio.AbstractServer:
                     await layer.group_send(event["group"], event["message"])
                 except (ValueError, KeyError, TypeError) as exc:
                     logger.warning("dropped a malformed relayed message: %s", exc)
+        except (asyncio.CancelledError, ConnectionError):
+            # the server is stopping (its loop cancels this reader) or the producer went away: the end of
+            # this connection, not an error (asyncio would print a traceback for a cancelled handler)
+            pass
         finally:
             writer.close()
 
@@ -103,6 +107,15 @@ async def relay_serve(path: str) -> asyncio.AbstractServer:
     os.chmod(path, 0o600)  # only this user's processes may inject websocket messages
     logger.info("relaying channel-layer messages from other processes on %s", path)
     return server
+
+
+async def relay_close(server: asyncio.AbstractServer) -> None:
+    """Stop relaying (the server is shutting down): group messages of this process are no longer handed
+    to its loop."""
+    global _server_loop
+    _server_loop = None
+    server.close()
+    await server.wait_closed()
 
 
 def relay_socket_path() -> str | None:

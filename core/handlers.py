@@ -14,8 +14,8 @@ class SyncChainASGIHandler(ASGIHandler):
     per request before the sync view gets the same thread once more. Every view and middleware here is
     sync, so the whole chain is built in sync mode (the WSGI handler's) and run in a single
     `sync_to_async` on that thread: the same middleware in the same order, the same per-request thread
-    (ThreadSensitiveContext) and so the same database connection, ~2 ms less CPU per request
-    (docs/benchmarks.md). An async view would still work, through `async_to_sync`."""
+    (ThreadSensitiveContext) and so the same database connection, for less CPU per request
+    (docs/benchmarks.md, "CPU per request"). An async view would still work, through `async_to_sync`."""
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)

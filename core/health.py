@@ -95,7 +95,7 @@ CHECKS: dict[str, Callable[[], str | None]] = {
 
 def backend_label(name: str) -> str:
     labels = {
-        "database": "postgresql" if not settings.EMBEDDED_DATABASE else "sqlite (embedded)",
+        "database": "sqlite (embedded)" if settings.EMBEDDED_DATABASE else connection.vendor,
         "channel_layer": "redis" if settings.REDIS_URL else "in-memory (embedded)",
         "mqtt": "embedded broker" if settings.EMBEDDED_MQTT else f"{settings.MQTT_HOST}:{settings.MQTT_PORT}",
         "storage": "s3" if not settings.EMBEDDED_STORAGE else "local files (embedded)",
@@ -118,14 +118,3 @@ def run_checks() -> dict[str, dict[str, object]]:
             **({"error": error} if error else {}),
         }
     return results
-
-
-def bridge_counters() -> dict[str, object]:
-    """Device messages the MQTT bridge rejected, by reason (informational: not a health failure)."""
-    from mqttbridge.models import RejectedMessageCount
-
-    try:
-        rows = list(RejectedMessageCount.objects.values_list("reason", "count"))
-    except Exception as exc:  # the database probe reports the outage itself
-        return {"error": type(exc).__name__}
-    return {"rejected": dict(rows), "rejected_total": sum(count for _, count in rows)}

@@ -106,6 +106,7 @@ def artifact_transfers_record_many(*, items: list[tuple[str, JobUpdate]]) -> int
                     source=update.artifact_source,
                     size=update.artifact_bytes,
                     refused=[r.model_dump() for r in update.refused_sources or []],
+                    gateway_refused=any(r.source == "gateway" for r in update.refused_sources or []),
                 )
             )
         ArtifactTransfer.objects.bulk_create(rows, ignore_conflicts=True)

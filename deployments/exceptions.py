@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+# one class for every state machine (core/transitions.py): the API answers it with 409 wherever it comes from
+from core.transitions import InvalidTransition
 
-class InvalidTransition(Exception):
-    """The job's current state does not allow the requested change."""
+__all__ = ["DeploymentRefused", "InvalidTransition", "PlanInvalid"]
 
 
 class DeploymentRefused(Exception):

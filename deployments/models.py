@@ -5,9 +5,15 @@ from typing import Any
 
 from django.db import models
 
+from .plan import RolloutPlan
+
+# Each state machine below: a Status, its TRANSITIONS (from-state -> the states it may move to) and its
+# TERMINAL set (finished: `finished_at` is stamped on entering it, no worker moves it on by itself), also
+# on the model's class, where core.transitions.transition() reads them. Only services change a status.
+
 
 class JobStatus(models.TextChoices):
-    """A job execution on one device (docs/protocol.md). Only services change it, with a guarded update."""
+    """A job execution on one device (docs/protocol.md)."""
 
     QUEUED = "QUEUED"
     IN_PROGRESS = "IN_PROGRESS"
@@ -73,6 +79,9 @@ class Job(models.Model):
     step = models.CharField(max_length=12, choices=JobStep.choices, blank=True)
     progress = models.FloatField(null=True, blank=True)
     reason = models.TextField(blank=True)
+    status_details = models.JSONField(
+        default=dict, blank=True, help_text="the device's statusDetails (AWS IoT Jobs dialect, protocol/aws_jobs.py)"
+    )
     last_seq = models.BigIntegerField(default=-1, help_text="highest device update sequence applied")
     timeout_seconds = models.PositiveIntegerField()
     rollout = models.ForeignKey("Rollout", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
@@ -86,6 +95,10 @@ class Job(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = JobQuerySet.as_manager()
+
+    Status = JobStatus
+    TRANSITIONS = TRANSITIONS
+    TERMINAL = TERMINAL
 
     class Meta:
         ordering = ["-created_at"]
@@ -229,7 +242,8 @@ ROLLOUT_TRANSITIONS: dict[str, frozenset[str]] = {
     RolloutStatus.ROLLING_BACK: frozenset({RolloutStatus.ROLLED_BACK}),
     RolloutStatus.ROLLED_BACK: frozenset(),
 }
-ROLLOUT_TERMINAL = frozenset({RolloutStatus.ROLLED_BACK})
+# finished: the engine is done with it (a person may still roll a completed or aborted rollout back)
+ROLLOUT_TERMINAL = frozenset({RolloutStatus.COMPLETED, RolloutStatus.ABORTED, RolloutStatus.ROLLED_BACK})
 # states in which a rollout holds its devices (one such rollout per device and model)
 ROLLOUT_ACTIVE = frozenset({RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.ROLLING_BACK})
 # states the beat tick works on
@@ -262,7 +276,6 @@ class GateKind(models.TextChoices):
     INSTALL = "install"
     HEALTH = "health"
     APPROVAL = "approval"
-    EMERGENCY = "emergency"
 
 
 class GateVerdict(models.TextChoices):
@@ -270,6 +283,29 @@ class GateVerdict(models.TextChoices):
     FAIL = "fail"
     INCONCLUSIVE = "inconclusive"
     SKIPPED = "skipped"
+
+
+class RolloutPlanField(models.JSONField):
+    """`Rollout.plan`: a RolloutPlan in Python, its JSON in the database (plans stored before the type
+    existed are read with today's defaults)."""
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        value = super().from_db_value(value, expression, connection)
+        return RolloutPlan.from_stored(value) if isinstance(value, dict) else value
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return RolloutPlan.from_stored(value)
+        return value
+
+    def get_prep_value(self, value: Any) -> Any:
+        if isinstance(value, RolloutPlan):
+            value = value.stored()
+        return super().get_prep_value(value)
+
+    def value_to_string(self, obj: models.Model) -> Any:
+        value = self.value_from_object(obj)
+        return value.stored() if isinstance(value, RolloutPlan) else value
 
 
 class RolloutQuerySet(models.QuerySet["Rollout"]):
@@ -298,10 +334,13 @@ class Rollout(models.Model):
     )
     status = models.CharField(max_length=12, choices=RolloutStatus.choices, default=RolloutStatus.DRAFT)
     status_reason = models.TextField(blank=True)
-    plan = models.JSONField(default=dict)
+    plan = RolloutPlanField(help_text="the RolloutPlan (deployments/plan.py), frozen once created")
     seed = models.BigIntegerField()
     current_wave = models.PositiveSmallIntegerField(null=True, blank=True, help_text="index of the wave in progress")
     skip_gates = models.BooleanField(default=False, help_text="emergency: remaining waves promote without gates")
+    force_rollback = models.BooleanField(
+        default=False, help_text="emergency rollback: install jobs in progress are canceled too, not only queued ones"
+    )
     last_dispatch_at = models.DateTimeField(null=True, blank=True, help_text="for the dispatch rate limit")
     created_by = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -310,6 +349,10 @@ class Rollout(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = RolloutQuerySet.as_manager()
+
+    Status = RolloutStatus
+    TRANSITIONS = ROLLOUT_TRANSITIONS
+    TERMINAL = ROLLOUT_TERMINAL
 
     class Meta:
         ordering = ["-created_at"]
@@ -352,6 +395,18 @@ class Wave(models.Model):
     last_check_at = models.DateTimeField(null=True, blank=True)
     failed_checks = models.PositiveIntegerField(default=0)
     finished_at = models.DateTimeField(null=True, blank=True)
+    online_at_dispatch = models.PositiveIntegerField(
+        null=True, blank=True, help_text="the wave's devices reachable when its dispatch started (after moves)"
+    )
+    offline_at_dispatch = models.JSONField(
+        default=dict, blank=True,
+        help_text="devices unreachable when dispatch started, by what became of them: "
+        '{"replaced": [{"device": uid, "by": uid}], "deferred": [uid], "dispatched": [uid]}',
+    )  # fmt: skip
+
+    Status = WaveStatus
+    TRANSITIONS = WAVE_TRANSITIONS
+    TERMINAL = WAVE_TERMINAL
 
     class Meta:
         ordering = ["rollout", "index"]
@@ -372,7 +427,11 @@ class RolloutTarget(models.Model):
         "models_registry.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     baseline_pipeline_version = models.ForeignKey(
-        "models_registry.PipelineVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        "models_registry.PipelineVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
         help_text="in a pipeline rollout: the pipeline version the device ran before",
     )
     profile = models.CharField(max_length=200, help_text="hardware profile: arch|cpu|accelerator")

@@ -3,8 +3,10 @@
 Pure planning, no writes: `rollout_create` stores the result, `preview` shows it. Wave membership is
 chosen by seeded stratified sampling: each wave's quota is spread over hardware profiles
 (arch, cpu, accelerator) in proportion to what is left of each, then over sites within a profile, so a
-1 % canary already touches every kind of hardware the rollout will reach. The same seed gives the same
-waves.
+1 % canary already touches every kind of hardware the rollout will reach. Within a stratum, devices that
+are reachable now (online and heard from recently, `Device.is_reachable`) are picked first, so early
+waves go to devices that can answer; the rest fill the later waves. The same seed and the same devices
+online give the same waves.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any
 
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from fleet.models import Device, DeviceGroup
 from fleet.selectors import devices_matching, group_members
@@ -31,38 +34,30 @@ from models_registry.models import ModelVersion, PipelineVersion
 
 from .exceptions import PlanInvalid
 from .models import Installation
+from .plan import TargetSpec, WaveSpec
 
 TIER_RANK = {"cloud": 0, "fog": 1, "edge": 2}
-
-
-class WaveSpec(TypedDict, total=False):
-    percent: float
-    count: int
-    site: int
-    tier: str
-    group: int
-    approval: bool
 
 
 def hardware_profile(device: Device) -> str:
     return f"{device.arch}|{device.cpu}|{device.accelerator or 'none'}"
 
 
-def resolve_target(target: dict[str, Any]) -> QuerySet[Device]:
-    """The devices a target names: `{"filter": {...}}`, `{"group": id}` or `{"devices": [ids]}`."""
+def resolve_target(target: TargetSpec) -> QuerySet[Device]:
+    """The devices a target names: a device-list filter, a group or device ids."""
     base = Device.objects.active()
-    if "filter" in target:
+    if target.filter is not None:
         try:
-            return devices_matching(target["filter"], base)
+            return devices_matching(target.filter, base)
         except ValueError as exc:
             raise PlanInvalid(str(exc), field="target.filter") from None
-    if "group" in target:
-        group = DeviceGroup.objects.filter(pk=target["group"]).first()
+    if target.group is not None:
+        group = DeviceGroup.objects.filter(pk=target.group).first()
         if group is None:
-            raise PlanInvalid(f"no group {target['group']}", field="target.group")
+            raise PlanInvalid(f"no group {target.group}", field="target.group")
         return group_members(group).filter(revoked_at__isnull=True)
-    if "devices" in target:
-        ids = list(target["devices"])
+    if target.devices is not None:
+        ids = list(target.devices)
         found = base.filter(pk__in=ids)
         missing = sorted(set(ids) - set(found.values_list("pk", flat=True)))
         if missing:
@@ -79,6 +74,7 @@ class PlannedDevice:
     wave: int | None = None
     order: int = 0
     excluded: list[str] = field(default_factory=list)
+    reachable: bool = True
 
 
 @dataclass
@@ -86,6 +82,15 @@ class Plan:
     included: list[PlannedDevice]
     excluded: list[PlannedDevice]
     wave_sizes: list[int]
+
+    @property
+    def wave_online(self) -> list[int]:
+        """Per wave, how many of its devices are reachable now."""
+        online = [0] * len(self.wave_sizes)
+        for planned in self.included:
+            if planned.wave is not None and planned.reachable:
+                online[planned.wave] += 1
+        return online
 
     def summary(self, limit: int = 200) -> dict[str, Any]:
         reasons: dict[str, int] = defaultdict(int)
@@ -96,6 +101,7 @@ class Plan:
             "eligible": len(self.included),
             "excluded_count": len(self.excluded),
             "wave_sizes": self.wave_sizes,
+            "wave_online": self.wave_online,
             "excluded_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
             "excluded": [
                 {"device": p.device.pk, "uid": p.device.uid, "reasons": p.excluded} for p in self.excluded[:limit]
@@ -154,11 +160,11 @@ def cumulative_counts(waves: Sequence[WaveSpec], total: int) -> list[int]:
     counts: list[int] = []
     previous = 0
     for spec in waves:
-        if "percent" in spec:
-            wanted = math.ceil(total * float(spec["percent"]) / 100) if total else 0
-            wanted = max(wanted, 1) if total and float(spec["percent"]) > 0 else wanted
+        if spec.percent is not None:
+            wanted = math.ceil(total * spec.percent / 100) if total else 0
+            wanted = max(wanted, 1) if total and spec.percent > 0 else wanted
         else:
-            wanted = int(spec["count"])
+            wanted = int(spec.count or 0)
         previous = max(previous, min(wanted, total))
         counts.append(previous)
     return counts
@@ -196,17 +202,22 @@ def _stratified_pick(pool: list[PlannedDevice], quota: int, rng: random.Random) 
             by_site[str(planned.device.site_id)].append(planned)
         for site, count in _allocate(share, {k: len(v) for k, v in by_site.items()}, rng).items():
             members = by_site[site]
-            picked.extend(rng.sample(members, count))
+            reachable = [p for p in members if p.reachable]
+            if count <= len(reachable):
+                picked.extend(rng.sample(reachable, count))
+            else:  # every reachable one, then unreachable ones (when all or none are, as a plain sample)
+                rest = [p for p in members if not p.reachable]
+                picked.extend(reachable + rng.sample(rest, count - len(reachable)))
     return picked
 
 
 def _pin_matches(spec: WaveSpec, planned: PlannedDevice, group_ids: dict[int, set[int]]) -> bool:
     device = planned.device
-    if "site" in spec and device.site_id != spec["site"]:
+    if spec.site is not None and device.site_id != spec.site:
         return False
-    if "tier" in spec and device.tier != spec["tier"]:
+    if spec.tier is not None and device.tier != spec.tier:
         return False
-    return not ("group" in spec and device.pk not in group_ids[spec["group"]])
+    return not (spec.group is not None and device.pk not in group_ids[spec.group])
 
 
 def plan_rollout(
@@ -224,12 +235,18 @@ def plan_rollout(
     """
     requirements = subject_requirements(version)
     devices = list(devices)
+    now = timezone.now()
     baselines = _baselines(devices, version)
     included: list[PlannedDevice] = []
     excluded: list[PlannedDevice] = []
     cache: dict[Any, list[str]] = {}
     for device in sorted(devices, key=lambda d: d.uid):
-        planned = PlannedDevice(device=device, profile=hardware_profile(device), baseline=baselines.get(device.pk))
+        planned = PlannedDevice(
+            device=device,
+            profile=hardware_profile(device),
+            baseline=baselines.get(device.pk),
+            reachable=device.is_reachable(now),
+        )
         compat = profile_of(device, device.runtimes.all())
         reasons = cache.get(compat)
         if reasons is None:
@@ -246,9 +263,9 @@ def plan_rollout(
     rng = random.Random(seed)  # noqa: S311 - reproducible sampling, not security
     counts = cumulative_counts(waves, len(included))
     group_ids = {
-        spec["group"]: set(group_members(DeviceGroup.objects.get(pk=spec["group"])).values_list("pk", flat=True))
+        spec.group: set(group_members(DeviceGroup.objects.get(pk=spec.group)).values_list("pk", flat=True))
         for spec in waves
-        if "group" in spec and DeviceGroup.objects.filter(pk=spec["group"]).exists()
+        if spec.group is not None and DeviceGroup.objects.filter(pk=spec.group).exists()
     }
     remaining = list(included)
     sizes: list[int] = []

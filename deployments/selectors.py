@@ -1,4 +1,5 @@
-"""Reads across models: a rollout's per-wave counts and exclusions, a device's version history."""
+"""Reads across models: a rollout's per-wave counts and exclusions, a device's version history and what
+runs on it now (the device API's `installed`, through fleet/installed.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import Case, Count, Q, QuerySet, Sum, Value, When
+from django.db.models import Case, Count, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum, Value, When
 from django.utils import timezone
 
+from core.expressions import AmongIds
 from fleet.models import ArtifactSource, ArtifactTransfer, Device
+from telemetry.series import RolloutCohorts
 
-from .models import ROLLOUT_ACTIVE, GateEvaluation, Installation, JobStatus, Rollout, RolloutTarget, Wave
+from .models import ROLLOUT_ACTIVE, GateEvaluation, Installation, Job, JobStatus, Rollout, RolloutTarget, Wave
 
 
 def rollout_wave_counts(rollout: Rollout) -> dict[int, dict[str, dict[str, int]]]:
@@ -31,6 +34,48 @@ def rollout_wave_counts(rollout: Rollout) -> dict[int, dict[str, dict[str, int]]
             state = row["rollback_job__status"]
             entry["rollbacks"][state] = entry["rollbacks"].get(state, 0) + row["n"]
     return dict(out)
+
+
+# the outcomes an operator has to look at after a wave: the device did not end up where it was sent
+FAILED_OUTCOMES = (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.REJECTED)
+FAILED_DEVICE_COLUMNS = (
+    "device_id", "device_uid", "site", "wave", "kind", "attempt", "status", "last_step", "reason",
+    "finished_at", "job_id",
+)  # fmt: skip
+
+
+def rollout_failed_jobs(rollout: Rollout) -> QuerySet[Job]:
+    """The devices of the rollout whose last job (per device and kind: install or rollback) ended failed,
+    timed out or rejected, with the reason and the last step it reached; a device that failed once and
+    succeeded on a retry is not listed. Ordered by wave, then device uid.
+
+    Served by the (rollout, wave, device, kind, attempt) unique index: one probe per listed job."""
+    latest = Job.objects.filter(rollout=rollout, device=OuterRef("device"), kind=OuterRef("kind")).order_by(
+        "-attempt", "-created_at"
+    )
+    return (
+        Job.objects.filter(rollout=rollout, status__in=FAILED_OUTCOMES)
+        .filter(pk=Subquery(latest.values("pk")[:1]))
+        .select_related("device", "device__site", "wave")
+        .order_by("wave__index", "device__uid", "kind")
+    )
+
+
+def failed_device_row(job: Job) -> tuple[object, ...]:
+    """One row of the failed-devices table and CSV, in FAILED_DEVICE_COLUMNS' order."""
+    return (
+        job.device_id,
+        job.device.uid,
+        job.device.site.name,
+        job.wave.index if job.wave else "",
+        job.kind,
+        job.attempt,
+        job.status,
+        job.step,
+        job.reason,
+        job.finished_at.isoformat() if job.finished_at else "",
+        str(job.pk),
+    )
 
 
 def rollout_excluded(rollout: Rollout, limit: int = 100) -> dict[str, Any]:
@@ -79,6 +124,44 @@ def device_installed(device: Device) -> list[dict[str, Any]]:
     ]
 
 
+def devices_with_current_installations(devices: QuerySet[Device]) -> QuerySet[Device]:
+    """`devices` with their current installations loaded (`current_installations`, which device_installed
+    reads): one query for a page, not one per device."""
+    current = Installation.objects.filter(until__isnull=True).select_related(
+        "model", "version", "pipeline", "pipeline_version"
+    )
+    return devices.prefetch_related(Prefetch("installations", queryset=current, to_attr="current_installations"))
+
+
+def devices_installed(device_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """device_installed of many devices in one query (the device list's plain rows), by device id; a device
+    with nothing installed is left out."""
+    installed: defaultdict[int, list[dict[str, Any]]] = defaultdict(list)
+    current = Installation.objects.filter(AmongIds("device_id", device_ids), until__isnull=True).values_list(
+        "device_id", "pipeline_version_id", "pipeline__name", "pipeline_version__number",
+        "model__name", "version__number", "since",
+    )  # fmt: skip
+    # Installation's default ordering (-since), as device_installed's rows have it
+    for device_id, pipeline_version_id, pipeline, pipeline_number, model, number, since in current:
+        # as device_installed: a pipeline is listed under its name
+        if pipeline_version_id:
+            installed[device_id].append({"model": pipeline, "version": pipeline_number, "since": since})
+        else:
+            installed[device_id].append({"model": model, "version": number, "since": since})
+    return dict(installed)
+
+
+def rollout_series_cohorts(rollout_id: int) -> RolloutCohorts | None:
+    """The rollout as the telemetry series API's `rollout=` filter reads it (telemetry/series.py): its model
+    or pipeline name and the version whose samples are the canary cohort; None if there is no such rollout."""
+    rollout = (
+        Rollout.objects.select_related("model", "version", "pipeline", "pipeline_version").filter(pk=rollout_id).first()
+    )
+    if rollout is None:
+        return None
+    return RolloutCohorts(rollout_id=rollout.pk, model=rollout.subject_name, canary_version=rollout.subject.number)
+
+
 def artifact_transfer_summary(rollout: Rollout) -> dict[str, Any]:
     """Bytes the rollout's devices fetched from the cloud vs got from gateway caches (as they reported).
 
@@ -108,7 +191,7 @@ def artifact_transfer_summary(rollout: Rollout) -> dict[str, Any]:
             served = {"uid": row["gateway__uid"], "bytes": row["size"], "downloads": row["downloads"]}
             summary["gateways"].append(served)
     summary["refused_gateway_copies"] = ArtifactTransfer.objects.filter(
-        rollout_id=rollout.pk, refused__contains=[{"source": "gateway"}]
+        rollout_id=rollout.pk, gateway_refused=True
     ).count()
     # a pipeline rollout has no single artifact (its stages are fetched from the cloud, see protocol.md)
     artifact_size = rollout.version.size if rollout.version_id else 0
@@ -159,6 +242,7 @@ def rollout_progress(rollout_id: int) -> dict[str, Any] | None:
             "index": w.index,
             "status": w.status,
             "size": w.size,
+            "online_at_dispatch": w.online_at_dispatch,
             "jobs": counts.get(w.pk, {}).get("jobs", {}),
             "rollbacks": counts.get(w.pk, {}).get("rollbacks", {}),
         }
@@ -221,7 +305,7 @@ def rollout_cohort_series(rollout: Rollout, *, hours: int = 6) -> dict[str, list
     """Per minute since the rollout started (at most `hours`): the rollout's version (canary) against the
     model's other versions (baseline), from the minute rollups: request-weighted mean p95 and error rate.
     Fleet-wide per version, so the history is cheap at any size; live points narrow it to the rollout's
-    own devices (`telemetry.streaming.rollout_cohort_items`)."""
+    own devices (`deployments.rollout_streams.rollout_cohort_items`)."""
     from telemetry.models import TelemetryRollup
 
     since = timezone.now() - dt.timedelta(hours=hours)

@@ -6,7 +6,12 @@ from celery import shared_task
 
 from audit.actors import Actor
 
-from .services import jobs_sweep_timeouts
+from .models import Rollout
+from .services.job_endings import jobs_sweep_timeouts
+from .services.rollout_queue import ROLLOUT_TASKS
+from .services.rollouts import rollout_cancel_jobs
+from .services.tick import rollout_advance
+from .services.tick import rollouts_tick as tick
 
 logger = logging.getLogger(__name__)
 
@@ -20,27 +25,24 @@ def sweep_job_timeouts() -> int:
 @shared_task(acks_late=True)
 def rollouts_tick() -> int:
     """Beat: advance every running or rolling-back rollout (dispatch, gates, promotion, rollback)."""
-    from .rollout_services import rollouts_tick as tick
-
     return len(tick())
 
 
 @shared_task(acks_late=True)
 def rollout_advance_task(rollout_id: int) -> str | None:
     """Advance one rollout now, right after an action (the beat tick would get there too)."""
-    from .rollout_services import rollout_advance
-
     return rollout_advance(rollout_id=rollout_id)
 
 
 @shared_task(acks_late=True)
 def rollout_cancel_jobs_task(rollout_id: int) -> int:
     """Cancel the install jobs an aborted or rolling-back rollout must not run (idempotent)."""
-    from .models import Rollout
-    from .rollout_services import rollout_cancel_jobs
-
     try:
         return rollout_cancel_jobs(actor=Actor.system("rollouts"), rollout_id=rollout_id)
     except Rollout.DoesNotExist:
         logger.warning("rollout %s vanished before its jobs were canceled", rollout_id)
         return 0
+
+
+# the rollout services queue these after commit; they cannot import this module (it imports them)
+ROLLOUT_TASKS.register(advance=rollout_advance_task, cancel_jobs=rollout_cancel_jobs_task)

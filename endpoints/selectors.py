@@ -7,11 +7,17 @@ Order (see docs/architecture.md, "Nearest-endpoint resolution"):
   2. cloud nodes, nearest first.
 Edge devices at other sites and distant fog gateways are not offered: they serve their own site.
 
-Left out: revoked, offline, stale (silent longer than DEVICE_STALE_AFTER_SECONDS), not advertising an
-inference URL, or failing health (error rate over the last ENDPOINTS_HEALTH_WINDOW_SECONDS above
-ENDPOINTS_MAX_ERROR_RATE_PERMILLE, from raw telemetry of that model version).
+Only devices Fogdeck installed the version on count: a current `Installation` (from a succeeded job) of
+exactly that version. What a device reports can only narrow that (its reported active version must
+agree), never widen it, and its advertised URL is served only when the control plane trusts its host
+(fleet/inference_trust.py): a compromised device cannot claim a model it was not given, nor send callers
+elsewhere.
 
-`endpoints_resolve_cached` files answers under the generation counter of `endpoints.invalidation`.
+Left out: revoked, offline, stale (silent longer than DEVICE_STALE_AFTER_SECONDS), not advertising an
+inference URL or advertising an untrusted one, or failing health (error rate over the last
+ENDPOINTS_HEALTH_WINDOW_SECONDS above ENDPOINTS_MAX_ERROR_RATE_PERMILLE, from raw telemetry of that model version).
+
+`endpoints_resolve_cached` files answers under the generation counter of `core.resolve_cache`.
 """
 
 from __future__ import annotations
@@ -28,13 +34,15 @@ from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
 from django.utils import timezone
 
+from core.resolve_cache import resolve_cache_generation
+from deployments.models import Installation
+from fleet.inference_trust import inference_url_refusal
 from fleet.models import Device, Site, Tier
 from models_registry.models import Alias, RegisteredModel
 from telemetry.models import TelemetrySample
 
 from .exceptions import ResolveRefused
 from .geo import haversine_km
-from .invalidation import resolve_cache_generation
 
 RANK_SAME_SITE, RANK_FOG, RANK_CLOUD = 0, 1, 2
 RANK_NAMES = {RANK_SAME_SITE: "same_site", RANK_FOG: "fog", RANK_CLOUD: "cloud"}
@@ -89,14 +97,15 @@ def origin_for_point(latitude: float, longitude: float) -> Origin:
     return Origin(latitude=latitude, longitude=longitude, site_id=nearest[1] if nearest else None)
 
 
-def _aliased_version(model_name: str, alias_name: str) -> int:
+def _aliased_version(model_name: str, alias_name: str) -> tuple[int, int]:
+    """(number, id) of the version `model_name@alias_name` points at."""
     model = RegisteredModel.objects.filter(name=model_name).only("pk").first()
     if model is None:
         raise ResolveRefused("model", f"no model named {model_name!r}")
-    number = Alias.objects.filter(model=model, name=alias_name).values_list("version__number", flat=True).first()
-    if number is None:
+    row = Alias.objects.filter(model=model, name=alias_name).values_list("version__number", "version_id").first()
+    if row is None:
         raise ResolveRefused("alias", f"model {model_name!r} has no alias {alias_name!r}")
-    return int(number)
+    return int(row[0]), int(row[1])
 
 
 def _bounding_box(origin: Origin, radius_km: float) -> Q:
@@ -134,13 +143,15 @@ class Candidate:
     site_name: str
     latitude: float
     longitude: float
+    inference_host: str
 
 
 def _serving_devices(
-    model_name: str, version: int, origin: Origin, gateways: set[int], now: dt.datetime
+    model_name: str, version: int, version_id: int, origin: Origin, gateways: set[int], now: dt.datetime
 ) -> list[Candidate]:
-    """Online, fresh, unrevoked devices with `model_name` active at `version` that could rank at all:
-    at the caller's site, fog gateways of the site or near it, cloud nodes."""
+    """Online, fresh, unrevoked devices Fogdeck installed `version_id` on (a current Installation) that
+    also report `model_name` active at `version`, and that could rank at all: at the caller's site, fog
+    gateways of the site or near it, cloud nodes."""
     fresh_since = now - dt.timedelta(seconds=settings.DEVICE_STALE_AFTER_SECONDS)
     # KeyTransform takes the model name as one key, whatever characters it holds (no `__` parsing).
     active_version = Cast(
@@ -157,9 +168,23 @@ def _serving_devices(
         .online()
         .filter(could_rank, last_seen__gte=fresh_since)
         .exclude(inference_url="")
+        # what the control plane installed (a succeeded job), not what the device claims; served by the
+        # index on Installation.version_id, a handful of rows per version
+        .filter(pk__in=Installation.objects.filter(version_id=version_id, until__isnull=True).values("device_id"))
+        # ...and what it reports can only narrow that: a device that says it runs something else is left out
         .annotate(active_version=active_version)
         .filter(active_version=version)
-        .values_list("pk", "uid", "tier", "site_id", "inference_url", "site__name", "site__latitude", "site__longitude")
+        .values_list(
+            "pk",
+            "uid",
+            "tier",
+            "site_id",
+            "inference_url",
+            "site__name",
+            "site__latitude",
+            "site__longitude",
+            "inference_host",
+        )
     )
     # plain tuples: building hundreds of model instances per request would cost more than the query
     return [Candidate(*row) for row in rows]
@@ -190,9 +215,14 @@ def _recent_health(device_ids: list[int], model_name: str, version: int, now: dt
 def endpoints_resolve(*, model_name: str, alias: str, origin: Origin, now: dt.datetime | None = None) -> Resolution:
     """The ordered healthy endpoints serving `model_name@alias` for a caller at `origin` (uncached)."""
     now = now or timezone.now()
-    version = _aliased_version(model_name, alias)
+    version, version_id = _aliased_version(model_name, alias)
     gateways_of_site = _site_gateways(origin)
-    devices = _serving_devices(model_name, version, origin, gateways_of_site, now)
+    devices = [
+        device
+        for device in _serving_devices(model_name, version, version_id, origin, gateways_of_site, now)
+        # an untrusted URL is stored as reported but never handed to callers (counted when reported)
+        if inference_url_refusal(uid=device.uid, url=device.inference_url, inference_host=device.inference_host) is None
+    ]
     health = _recent_health([d.pk for d in devices], model_name, version, now)
     max_rate = settings.ENDPOINTS_MAX_ERROR_RATE_PERMILLE / 1000
     fog_radius = settings.ENDPOINTS_FOG_RADIUS_KM

@@ -6,6 +6,9 @@ from typing import Any
 
 import django_filters
 from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.http import QueryDict
+
+from core.filters import IdsFilter, IntFilter
 
 from .models import Accelerator, Arch, ConnectionStatus, Device, DeviceGroup, DeviceRuntime, DeviceTag, Tier
 
@@ -13,8 +16,8 @@ from .models import Accelerator, Arch, ConnectionStatus, Device, DeviceGroup, De
 class DeviceFilter(django_filters.FilterSet):
     # distinct=False: django-filter's multiple-choice filters default to SELECT DISTINCT over every column,
     # which these single-column lookups never need (no joins, no duplicates) and which cost a sort of every
-    # matching row, JSON columns included: 1.3 s → see docs/benchmarks.md for the device list at 100,000.
-    site = django_filters.ModelMultipleChoiceFilter(
+    # matching row, JSON columns included (docs/benchmarks.md, "API: SELECT DISTINCT over every column").
+    site = IdsFilter(
         field_name="site", queryset=lambda request: _sites(), help_text="site id (repeat for several)", distinct=False
     )
     tier = django_filters.MultipleChoiceFilter(choices=Tier.choices, distinct=False)
@@ -23,10 +26,10 @@ class DeviceFilter(django_filters.FilterSet):
     arch = django_filters.MultipleChoiceFilter(choices=Arch.choices, distinct=False)
     tag = django_filters.CharFilter(method="filter_tag", help_text="devices carrying this tag")
     runtime = django_filters.CharFilter(method="filter_runtime", help_text="devices with this runtime name")
-    parent = django_filters.NumberFilter(field_name="parent_id", help_text="devices behind this gateway id")
-    group = django_filters.NumberFilter(method="filter_group", help_text="members of this group id")
+    parent = IntFilter(field_name="parent_id", help_text="devices behind this gateway id")
+    group = IntFilter(method="filter_group", help_text="members of this group id")
     revoked = django_filters.BooleanFilter(field_name="revoked_at", lookup_expr="isnull", exclude=True)
-    min_memory_mb = django_filters.NumberFilter(field_name="memory_mb", lookup_expr="gte")
+    min_memory_mb = IntFilter(field_name="memory_mb", lookup_expr="gte")
     search = django_filters.CharFilter(method="filter_search", help_text="uid or name contains")
 
     class Meta:
@@ -69,8 +72,6 @@ class DeviceFilter(django_filters.FilterSet):
         group = DeviceGroup.objects.filter(pk=value).first()
         if group is None:
             return queryset.none()
-        from .selectors import group_members
-
         return queryset.filter(pk__in=group_members(group).values("pk"))
 
 
@@ -82,3 +83,29 @@ def _sites() -> Any:
 
 # Keys a stored (dynamic group) filter may use; `group` is excluded so groups cannot nest into cycles.
 STORED_FILTER_KEYS = frozenset(DeviceFilter.Meta.fields) - {"group"}
+
+
+# Stored filters (dynamic groups, rollout targets) are evaluated by DeviceFilter itself, so a group means
+# exactly what the device list's query string means; fleet/selectors.py exposes these to other apps.
+def filter_to_querydict(stored: dict[str, Any]) -> QueryDict:
+    data = QueryDict(mutable=True)
+    for key, value in stored.items():
+        values = value if isinstance(value, list) else [value]
+        data.setlist(key, [str(v).lower() if isinstance(v, bool) else str(v) for v in values])
+    return data
+
+
+def devices_matching(stored_filter: dict[str, Any], queryset: QuerySet[Device] | None = None) -> QuerySet[Device]:
+    """Devices matching a stored filter (the same semantics as the device list's query string)."""
+    base = queryset if queryset is not None else Device.objects.all()
+    filterset = DeviceFilter(filter_to_querydict(stored_filter), queryset=base)
+    if not filterset.is_valid():
+        raise ValueError(f"invalid device filter: {dict(filterset.errors)}")
+    return filterset.qs
+
+
+def group_members(group: DeviceGroup) -> QuerySet[Device]:
+    """A static group's devices, or a dynamic group's filter evaluated now."""
+    if group.is_dynamic:
+        return devices_matching(group.filter)
+    return Device.objects.filter(static_groups=group)

@@ -3,10 +3,11 @@
 Each good row is created or updated (matched by `uid`) in its own transaction, so a bad row is reported
 with its line and reason while the good rows around it are kept.
 
-CSV columns: uid, name, site (id or name), tier, parent (uid), arch, cpu, memory_mb, accelerator,
-runtimes ("onnxruntime 1.18; tflite 2.14"), tags ("camera; line-3"). JSON: a list of objects with the
-API's device fields, where `site` may be a name and `parent` a uid. For JSON, `line` is the 1-based
-position of the object in the list.
+CSV columns: uid, name, site (id or name), tier, parent (uid), arch, cpu, memory_mb, accelerator, job_dialect,
+runtimes ("onnxruntime 1.18; tflite 2.14"), tags ("camera; line-3"); the export's status, last_seen
+and agent_version are accepted and ignored (fleet/device_csv.py), so an exported file imports as it
+is. JSON: a list of objects with the API's device fields, where `site` may be a name and `parent` a
+uid. For JSON, `line` is the 1-based position of the object in the list.
 """
 
 from __future__ import annotations
@@ -26,22 +27,11 @@ from audit.actors import Actor
 from audit.services import audit_record
 from core.errors import flatten_errors
 
+from .device_csv import EXPORT_COLUMNS, REPORTED_COLUMNS, unquote_cell
 from .models import Device, Site
 from .services import device_create, device_update
 
-CSV_COLUMNS = (
-    "uid",
-    "name",
-    "site",
-    "tier",
-    "parent",
-    "arch",
-    "cpu",
-    "memory_mb",
-    "accelerator",
-    "runtimes",
-    "tags",
-)
+CSV_COLUMNS = EXPORT_COLUMNS  # the export's reported columns (status, last_seen, agent_version) are ignored
 
 
 class ImportFileError(ValueError):
@@ -98,12 +88,16 @@ def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, Any]]]:
         raise ImportFileError(f"unknown CSV columns: {', '.join(unknown)}; expected {', '.join(CSV_COLUMNS)}")
     reader.fieldnames = header
     for raw in reader:
-        row: dict[str, Any] = {k: (v or "").strip() for k, v in raw.items() if k is not None}
+        row: dict[str, Any] = {
+            k: unquote_cell((v or "").strip()) for k, v in raw.items() if k is not None and k not in REPORTED_COLUMNS
+        }
         if None in raw:
             row["__extra__"] = raw[None]
         row["runtimes"] = _parse_runtimes(row.get("runtimes", ""))
         row["tags"] = _split_list(row.get("tags", ""))
-        for optional in ("parent", "cpu", "accelerator", "name"):
+        if row.get("parent") == "":
+            row["parent"] = None  # an empty parent cell: no gateway (an update clears it)
+        for optional in ("cpu", "accelerator", "name", "job_dialect"):
             if row.get(optional) == "":
                 row.pop(optional)
         yield reader.line_num, row

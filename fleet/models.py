@@ -4,17 +4,34 @@ import datetime as dt
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.utils import timezone
 
-from protocol.topics import DEVICE_UID_PATTERN
+from protocol.topics import DEVICE_UID_PATTERN, SERVICE_CLIENT_ID_PREFIX, is_service_client_id
 
 RUNTIME_NAMES = ("onnxruntime", "tflite", "tensorrt", "openvino", "torchscript")
 device_uid_validator = RegexValidator(
     rf"^{DEVICE_UID_PATTERN}$",
     "Use 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit (it is part of MQTT topics).",
 )
+# a DNS name (labels of letters, digits and '-'), an IPv4 address, or an IPv6 address without brackets
+inference_host_validator = RegexValidator(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+    r"|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$",
+    "Give a host name or an IP address, without scheme, port or brackets.",
+)
+
+
+def validate_device_uid_not_reserved(uid: str) -> None:
+    """A device's MQTT client id is its uid; `fogdeck-…` client ids are the control plane's."""
+    if is_service_client_id(uid):
+        raise ValidationError(
+            f"A uid may not start with {SERVICE_CLIENT_ID_PREFIX!r}: MQTT client ids in that namespace are "
+            "reserved for the control plane.",
+            code="reserved",
+        )
 
 
 class Site(models.Model):
@@ -51,6 +68,13 @@ class Accelerator(models.TextChoices):
     TPU = "tpu"
 
 
+class JobDialect(models.TextChoices):
+    """The MQTT API a device takes its jobs in (protocol/device_topics.py or protocol/aws_jobs.py)."""
+
+    FOGDECK = "fogdeck"
+    AWS_IOT_JOBS = "aws-iot-jobs"
+
+
 class ConnectionStatus(models.TextChoices):
     ONLINE = "online"
     OFFLINE = "offline"
@@ -66,6 +90,7 @@ class DeviceQuerySet(models.QuerySet["Device"]):
     LISTING_FIELDS = (
         "id", "uid", "name", "site_id", "tier", "parent_id", "arch", "cpu", "memory_mb", "accelerator",
         "agent_version", "status", "last_seen", "credential_hash", "revoked_at", "created_at", "updated_at",
+        "inference_host", "inference_url", "job_dialect",
     )  # fmt: skip
 
     def listing(self) -> models.QuerySet[Device, dict[str, Any]]:
@@ -82,6 +107,11 @@ class DeviceQuerySet(models.QuerySet["Device"]):
     def online(self) -> DeviceQuerySet:
         return self.filter(status=ConnectionStatus.ONLINE)
 
+    def reachable(self, now: dt.datetime | None = None) -> DeviceQuerySet:
+        """Online and heard from within DEVICE_STALE_AFTER_SECONDS: a device that can answer a job now."""
+        cutoff = (now or timezone.now()) - dt.timedelta(seconds=settings.DEVICE_STALE_AFTER_SECONDS)
+        return self.online().filter(last_seen__gte=cutoff)
+
     def stale(self, now: dt.datetime | None = None) -> DeviceQuerySet:
         """Marked online but silent for longer than DEVICE_STALE_AFTER_SECONDS."""
         cutoff = (now or timezone.now()) - dt.timedelta(seconds=settings.DEVICE_STALE_AFTER_SECONDS)
@@ -89,7 +119,9 @@ class DeviceQuerySet(models.QuerySet["Device"]):
 
 
 class Device(models.Model):
-    uid = models.CharField(max_length=64, unique=True, validators=[device_uid_validator])
+    uid = models.CharField(
+        max_length=64, unique=True, validators=[device_uid_validator, validate_device_uid_not_reserved]
+    )
     name = models.CharField(max_length=120)
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="devices")
     tier = models.CharField(max_length=8, choices=Tier.choices)
@@ -106,12 +138,26 @@ class Device(models.Model):
     memory_mb = models.PositiveIntegerField(validators=[MinValueValidator(16)])
     accelerator = models.CharField(max_length=8, choices=Accelerator.choices, default=Accelerator.NONE)
     agent_version = models.CharField(max_length=40, blank=True)
+    job_dialect = models.CharField(
+        max_length=16,
+        choices=JobDialect.choices,
+        default=JobDialect.FOGDECK,
+        help_text="the jobs API the device speaks: Fogdeck's own or the AWS IoT Jobs MQTT API",
+    )
     status = models.CharField(max_length=8, choices=ConnectionStatus.choices, default=ConnectionStatus.OFFLINE)
     last_seen = models.DateTimeField(null=True, blank=True)
     reported_state = models.JSONField(default=dict, blank=True, help_text="the agent's last reported state")
     reported_at = models.DateTimeField(null=True, blank=True)
     inference_url = models.CharField(
         max_length=500, blank=True, help_text="where applications call the device's POST /infer (reported state)"
+    )
+    # What the control plane knows, not what the device says: resolve serves `inference_url` only when
+    # its host is this one (or matches ENDPOINTS_TRUSTED_INFERENCE_HOSTS). Set by an admin.
+    inference_host = models.CharField(
+        max_length=253,
+        blank=True,
+        validators=[inference_host_validator],
+        help_text="the host (name or IP) the device's inference URL must name for resolve to serve it; admin-set",
     )
     credential_hash = models.CharField(max_length=200, blank=True, help_text="Mosquitto $7$ PBKDF2-SHA512 hash")
     credential_issued_at = models.DateTimeField(null=True, blank=True)
@@ -127,7 +173,7 @@ class Device(models.Model):
             # the device list's most common filters: tier and online state, ordered by uid (the page)
             models.Index(fields=["tier", "status", "uid"], name="device_tier_status_idx"),
             # the same list's COUNT(*) for its pagination: an index-only scan of (tier, status) alone reads
-            # ~10x fewer pages than the uid index above (deduplicated keys), 8 ms → 4 ms at 48,000 matches
+            # far fewer pages than the uid index above (deduplicated keys; docs/benchmarks.md)
             models.Index(fields=["tier", "status"], name="device_tier_status_count_idx"),
             models.Index(fields=["site", "tier"], name="device_site_tier_idx"),
             # the stale-heartbeat sweep
@@ -137,6 +183,11 @@ class Device(models.Model):
 
     def __str__(self) -> str:
         return self.uid
+
+    def is_reachable(self, now: dt.datetime | None = None) -> bool:
+        """The single-row form of `Device.objects.reachable()`: online and heard from recently."""
+        cutoff = (now or timezone.now()) - dt.timedelta(seconds=settings.DEVICE_STALE_AFTER_SECONDS)
+        return self.status == ConnectionStatus.ONLINE and self.last_seen is not None and self.last_seen >= cutoff
 
     @property
     def is_revoked(self) -> bool:
@@ -244,6 +295,9 @@ class ArtifactTransfer(models.Model):
     source = models.CharField(max_length=8, choices=ArtifactSource.choices)
     size = models.PositiveBigIntegerField(help_text="bytes the device downloaded from the source")
     refused = models.JSONField(default=list, blank=True, help_text="sources refused first: [{source, reason}]")
+    # Whether `refused` names the gateway, kept as a column so the rollout summary counts refused gateway
+    # copies with a plain filter on every backend (SQLite has no JSON containment lookup).
+    gateway_refused = models.BooleanField(default=False, editable=False)
     reported_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

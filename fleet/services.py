@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,12 +16,17 @@ from django.utils import timezone
 from audit.actors import Actor
 from audit.services import AuditSpec, audit_record, audit_record_many, diff, snapshot
 from broker.passwords import generate_secret, hash_secret
-from endpoints.invalidation import resolve_cache_invalidate
+from core.resolve_cache import resolve_cache_invalidate
+from fleet.inference_trust import inference_url_refusal
+from outbox.models import RejectedMessageCount
 from protocol.streams import DEVICE_STATUS_EVENT, FLEET_GROUP
 
 from . import storms
 from .exceptions import DeviceRevoked
 from .models import ConnectionStatus, Device, DeviceGroup, DeviceRuntime, DeviceTag, GroupKind, Site
+
+logger = logging.getLogger(__name__)
+UNTRUSTED_INFERENCE_URL = "untrusted_inference_url"  # the count's reason in GET /healthz, `bridge.rejected`
 
 SITE_FIELDS = ("name", "region", "latitude", "longitude")
 DEVICE_FIELDS = (
@@ -34,6 +40,8 @@ DEVICE_FIELDS = (
     "memory_mb",
     "accelerator",
     "agent_version",
+    "inference_host",
+    "job_dialect",
 )
 GROUP_FIELDS = ("name", "description", "kind", "filter")
 
@@ -326,7 +334,7 @@ def devices_mark_seen_many(
 
 def _broadcast_device_statuses(payloads: list[dict[str, Any]]) -> None:
     """The fleet page's online/offline events, in one pass; nothing when no fleet page is open."""
-    from telemetry.watchers import stream_watched_groups
+    from core.stream_watchers import stream_watched_groups
 
     layer = get_channel_layer()
     if layer is None or FLEET_GROUP not in stream_watched_groups():
@@ -358,7 +366,11 @@ def devices_report_state_many(
     """`device_report_state` for many (uid, state, agent version) in one transaction, in order (the MQTT
     bridge's batch): rows locked once in id order, written in one UPDATE, changes of active models
     audited by `actor_of(uid)` in one insert, the resolve cache bumped once. Returns
-    {uid: "unknown_device" | "revoked_device"} for the reports refused."""
+    {uid: "unknown_device" | "revoked_device"} for the reports refused.
+
+    A newly reported `inference_url` whose host the control plane does not trust for that device
+    (fleet/inference_trust.py) is stored as reported but never served by resolve; it is logged and counted
+    as `untrusted_inference_url`."""
     if not reports:
         return {}
     refused: dict[str, str] = {}
@@ -368,12 +380,13 @@ def devices_report_state_many(
             for d in Device.objects.select_for_update()
             .filter(uid__in={uid for uid, _, _ in reports})
             .order_by("pk")
-            .only("pk", "uid", "revoked_at", "reported_state", "inference_url")
+            .only("pk", "uid", "revoked_at", "reported_state", "inference_url", "inference_host")
         }
         now = timezone.now()
         audits: list[AuditSpec] = []
         changed_endpoints = False
         written: dict[str, Device] = {}
+        untrusted: list[tuple[str, str]] = []
         for uid, state, agent_version in reports:
             device = devices.get(uid)
             if device is None or device.is_revoked:
@@ -385,6 +398,10 @@ def devices_report_state_many(
             device.reported_at = device.last_seen = device.updated_at = now
             device.agent_version = agent_version[:40]
             device.inference_url = state.get("inference_url") or ""
+            if device.inference_url != before_url:
+                refusal = inference_url_refusal(uid=uid, url=device.inference_url, inference_host=device.inference_host)
+                if refusal is not None:
+                    untrusted.append((uid, refusal))
             after_active = state.get("active", {})
             changed_endpoints |= before_active != after_active or before_url != device.inference_url
             if before_active != after_active:
@@ -405,9 +422,28 @@ def devices_report_state_many(
                 ["reported_state", "reported_at", "last_seen", "agent_version", "inference_url", "updated_at"],
             )
         audit_record_many(audits)
+        _count_untrusted_urls(untrusted)
         if changed_endpoints:
             resolve_cache_invalidate()
     return refused
+
+
+def _count_untrusted_urls(untrusted: list[tuple[str, str]]) -> None:
+    if not untrusted:
+        return
+    from django.db.models import F
+
+    for uid, reason in untrusted:
+        logger.warning("device %s advertises an inference URL resolve will not serve: %s", uid, reason)
+    uid, reason = untrusted[-1]
+    detail, topic = reason[:500], f"fogdeck/v1/devices/{uid}/state"[:300]
+    counted = RejectedMessageCount.objects.filter(reason=UNTRUSTED_INFERENCE_URL).update(
+        count=F("count") + len(untrusted), last_detail=detail, last_topic=topic
+    )
+    if not counted:
+        RejectedMessageCount.objects.create(
+            reason=UNTRUSTED_INFERENCE_URL, count=len(untrusted), last_detail=detail, last_topic=topic
+        )
 
 
 def devices_touch(uids: Iterable[str], *, at: dt.datetime | None = None) -> int:
@@ -506,6 +542,19 @@ class DynamicGroupMembership(Exception):
 
 
 @transaction.atomic
+@transaction.atomic
+def devices_add_tag(*, actor: Actor, devices: Sequence[Device], tag: str) -> list[str]:
+    """Add `tag` to every device that lacks it, all or nothing (one audited `device.update` each); returns
+    their uids. The UI's bulk action."""
+    changed = []
+    for device in devices:
+        tags = device.tag_list
+        if tag not in tags:
+            device_update(actor=actor, device=device, tags=[*tags, tag])
+            changed.append(device.uid)
+    return changed
+
+
 def group_add_members(*, actor: Actor, group: DeviceGroup, devices: Sequence[Device]) -> list[str]:
     if group.is_dynamic:
         raise DynamicGroupMembership(group.name)

@@ -3,7 +3,6 @@ from __future__ import annotations
 from django import forms
 
 from fleet.models import DeviceGroup, GroupKind
-from models_registry.models import ArtifactFormat, Framework
 
 
 class BulkDeviceForm(forms.Form):
@@ -11,7 +10,10 @@ class BulkDeviceForm(forms.Form):
 
     ACTIONS = (("tag", "Add tag"), ("group", "Add to group"))
     action = forms.ChoiceField(choices=ACTIONS)
-    devices = forms.TypedMultipleChoiceField(coerce=int, choices=())  # filled with the posted ids, checked below
+    devices = forms.TypedMultipleChoiceField(coerce=int, choices=(), required=False)  # the posted ids, checked below
+    # "ticked": the ticked devices; "matching": every device the list's filters (`query`) match, on every page
+    scope = forms.ChoiceField(choices=(("ticked", "ticked"), ("matching", "matching")), required=False)
+    query = forms.CharField(required=False, max_length=4000)
     tag = forms.RegexField(regex=r"^[\w.:-]{1,64}$", required=False)
     group = forms.ModelChoiceField(queryset=DeviceGroup.objects.filter(kind=GroupKind.STATIC), required=False)
 
@@ -27,13 +29,3 @@ class BulkDeviceForm(forms.Form):
         if data.get("action") == "group" and not data.get("group"):
             self.add_error("group", "Choose a static group.")
         return data
-
-
-class VersionUploadForm(forms.Form):
-    artifact = forms.FileField()
-    format = forms.ChoiceField(choices=ArtifactFormat.choices)
-    framework = forms.ChoiceField(choices=Framework.choices)
-    label = forms.CharField(max_length=64, required=False)
-    runtime = forms.CharField(max_length=40, required=False)
-    min_runtime_version = forms.CharField(max_length=40, required=False)
-    min_memory_mb = forms.IntegerField(min_value=1, required=False)

@@ -11,9 +11,9 @@ from django.utils import timezone
 
 from core.roles import VIEWER
 from models_registry.models import Pipeline, PipelineVersion
-from models_registry.selectors import pipeline_stage_latency
+from telemetry.selectors import pipeline_stage_latency
 
-from .views import _page, role_required
+from .web import paginate, role_required
 
 LATENCY_WINDOW = dt.timedelta(hours=1)
 
@@ -25,7 +25,7 @@ def pipeline_list(request: HttpRequest) -> HttpResponse:
         published_count=Count("versions", filter=Q(versions__status="published")),
         latest=Max("versions__number"),
     ).order_by("name")
-    page, keep = _page(request, pipelines)
+    page, keep = paginate(request, pipelines)
     return render(request, "frontend/pipeline_list.html", {"page": page, "keep": keep})
 
 

@@ -11,39 +11,55 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse, QueryDict
+from django.http import HttpRequest, HttpResponse, QueryDict, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from core.csv_export import csv_lines
 from core.roles import OPERATOR, VIEWER, has_role
 from deployments.api.serializers import RolloutPlanSerializer
+from deployments.cohorts import gate_check_series
 from deployments.exceptions import DeploymentRefused, InvalidTransition, PlanInvalid
-from deployments.models import ROLLOUT_TRANSITIONS, Rollout, RolloutStatus, WaveStatus
-from deployments.rollout_services import (
-    rollout_abort,
-    rollout_approve,
-    rollout_pause,
-    rollout_preview,
-    rollout_resume,
-    rollout_rollback,
+from deployments.models import ROLLOUT_TRANSITIONS, Rollout, RolloutStatus
+from deployments.plan import (
+    DEFAULT_BAKE_SECONDS,
+    DEFAULT_MIN_SAMPLES,
+    DEFAULT_OFFLINE_DEVICES,
+    DEFAULT_QUEUED_TIMEOUT_SECONDS,
+    SUGGESTED_HEALTH_GATE,
+    InstallGate,
 )
 from deployments.selectors import (
+    FAILED_DEVICE_COLUMNS,
     artifact_transfer_summary,
+    failed_device_row,
     gate_evaluation_row,
     rollout_cohort_series,
     rollout_excluded,
+    rollout_failed_jobs,
     rollout_gate_timeline,
     rollout_list_rows,
     rollout_progress,
 )
+from deployments.services.rollout_drafts import rollout_preview
+from deployments.services.rollouts import (
+    rollout_abort,
+    rollout_approve,
+    rollout_can_approve,
+    rollout_create_and_start,
+    rollout_pause,
+    rollout_resume,
+    rollout_rollback,
+)
 from fleet.models import Device, DeviceGroup, Site, Tier
-from models_registry.models import ModelVersion
+from models_registry.models import ModelVersion, PipelineVersion
 
-from .services import rollout_create_and_start
-from .views import _actor, _page, role_required
+from .web import actor_of, paginate, role_required
 
 WAVE_ROWS = 5
+PIPELINE_PREFIX = "pipeline:"
 # what each button asks the rollout services to do; shown only when the rollout's status allows it
 ACTIONS: dict[str, tuple[Callable[..., Rollout], str, str]] = {
     "pause": (rollout_pause, RolloutStatus.PAUSED, "Pause: no more jobs are sent and no wave is promoted."),
@@ -51,7 +67,6 @@ ACTIONS: dict[str, tuple[Callable[..., Rollout], str, str]] = {
     "abort": (rollout_abort, RolloutStatus.ABORTED, "Abort: stop for good; devices keep what they have."),
     "rollback": (rollout_rollback, RolloutStatus.ROLLING_BACK, "Roll back every device to its baseline version?"),
 }
-APPROVABLE = (WaveStatus.AWAITING_APPROVAL, WaveStatus.HELD)
 
 
 # --- list -----------------------------------------------------------------------------------------
@@ -59,7 +74,7 @@ APPROVABLE = (WaveStatus.AWAITING_APPROVAL, WaveStatus.HELD)
 def rollout_list(request: HttpRequest) -> HttpResponse:
     """Rollouts newest first, filtered by status (kept in the URL), with their install progress."""
     chosen = [s for s in request.GET.getlist("status") if s in RolloutStatus.values]
-    page, keep = _page(request, rollout_list_rows(chosen))
+    page, keep = paginate(request, rollout_list_rows(chosen))
     return render(
         request,
         "frontend/rollout_list.html",
@@ -90,7 +105,13 @@ def plan_payload(post: QueryDict) -> tuple[dict[str, Any], dict[str, str]]:
     Only shapes are read here; every rule is the serializer's or the planner's.
     """
     errors: dict[str, str] = {}
-    body: dict[str, Any] = {"name": post.get("name", "").strip(), "version": post.get("version") or None}
+    body: dict[str, Any] = {"name": post.get("name", "").strip()}
+    # one select for both: a model version's id, or "pipeline:<id>" for a pipeline version
+    chosen = post.get("version", "")
+    if chosen.startswith(PIPELINE_PREFIX):
+        body["pipeline_version"] = chosen.removeprefix(PIPELINE_PREFIX) or None
+    else:
+        body["version"] = chosen or None
     kind = post.get("target_kind", "filter")
     if kind == "group":
         body["target"] = {"group": post.get("target_group") or None}
@@ -131,8 +152,9 @@ def plan_payload(post: QueryDict) -> tuple[dict[str, Any], dict[str, str]]:
     if post.get("health_enabled"):
         keys = ("max_p95_latency_ratio", "max_error_rate", "max_p95_ms", "max_p99_ms", "min_samples", "bake_seconds")
         body["health_gate"] = {k: v for k in keys if (v := post.get(f"health_{k}", "").strip())}
-    if post.get("rate_per_minute", "").strip():
-        body["rate_per_minute"] = post["rate_per_minute"].strip()
+    for key in ("rate_per_minute", "queued_timeout_seconds", "offline_devices"):
+        if post.get(key, "").strip():
+            body[key] = post[key].strip()
     body["seed"] = post.get("seed") or None
     if body["seed"] is None:
         body.pop("seed")
@@ -156,14 +178,30 @@ def _flatten(errors: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _plan_defaults() -> dict[str, str]:
+    """The wizard's pre-filled numbers: RolloutPlan's defaults, so the wizard and the API plan alike."""
+    gate = InstallGate()
+    return {
+        "install_min_success_pct": f"{gate.min_success_pct:g}",
+        "install_max_failure_pct": f"{gate.max_failure_pct:g}",
+        "install_min_finished": str(gate.min_finished),
+        "health_min_samples": str(DEFAULT_MIN_SAMPLES),
+        "health_bake_seconds": str(DEFAULT_BAKE_SECONDS),
+        "rate_per_minute": str(settings.ROLLOUT_DEFAULT_RATE_PER_MINUTE),
+        "queued_timeout_seconds": str(DEFAULT_QUEUED_TIMEOUT_SECONDS),
+        "offline_devices": DEFAULT_OFFLINE_DEVICES,
+    }
+
+
 def _wizard_context(post: QueryDict | None) -> dict[str, Any]:
     values = post or QueryDict(mutable=True)
     if post is None:
         values = QueryDict(mutable=True)
         values.update({"target_kind": "filter", "wave0_amount": "5", "wave1_amount": "25", "wave2_amount": "100"})
-        values.update({"install_min_success_pct": "95", "install_max_failure_pct": "10", "install_min_finished": "1"})
-        values.update({"health_max_p95_latency_ratio": "1.3", "health_max_error_rate": "0.02"})
-        values.update({"health_min_samples": "100", "health_bake_seconds": "300", "rate_per_minute": "600"})
+        values.update(_plan_defaults())
+        # the health gate is on, with the thresholds plan.py suggests (the API has no default threshold)
+        values.update({f"health_{k}": f"{v:g}" for k, v in SUGGESTED_HEALTH_GATE.items()})
+        values["health_enabled"] = "1"
     seed = values.get("seed") or str(random.SystemRandom().randrange(2**31))
     return {
         "v": values,
@@ -171,6 +209,12 @@ def _wizard_context(post: QueryDict | None) -> dict[str, Any]:
         "versions": ModelVersion.objects.filter(status="published")
         .select_related("model")
         .order_by("model__name", "-number"),
+        "pipeline_versions": [
+            {"value": f"{PIPELINE_PREFIX}{pv.pk}", "label": f"{pv.pipeline.name} v{pv.number}"}
+            for pv in PipelineVersion.objects.filter(status="published")
+            .select_related("pipeline")
+            .order_by("pipeline__name", "-number")
+        ],
         "groups": DeviceGroup.objects.order_by("name"),
         "sites": Site.objects.order_by("name"),
         "tiers": Tier.choices,
@@ -206,10 +250,14 @@ def rollout_new(request: HttpRequest) -> HttpResponse:
     version, name, plan = serializer.to_plan()
     try:
         if request.POST.get("step") == "start":
-            rollout = rollout_create_and_start(actor=_actor(request), version=version, plan=plan, name=name)
+            rollout = rollout_create_and_start(actor=actor_of(request), version=version, plan=plan, name=name)
             messages.success(request, f"Rollout {rollout.pk} of {version} started.")
             return redirect("rollout-page", rollout_id=rollout.pk)
-        context["preview"] = rollout_preview(version=version, plan=plan).summary()
+        preview = context["preview"] = rollout_preview(version=version, plan=plan).summary()
+        context["preview_waves"] = [
+            {"size": size, "online": online}
+            for size, online in zip(preview["wave_sizes"], preview["wave_online"], strict=True)
+        ]
         context["version"] = version
     except (PlanInvalid, DeploymentRefused) as exc:
         context["errors"] = {exc.field or "plan": exc.reason}
@@ -234,23 +282,33 @@ def rollout_detail(request: HttpRequest, rollout_id: int) -> HttpResponse:
             for verb, (_service, to, text) in ACTIONS.items()
             if to in ROLLOUT_TRANSITIONS[rollout.status]
         ]
-        if (
-            rollout.status in (RolloutStatus.RUNNING, RolloutStatus.PAUSED)
-            and current
-            and current["status"] in APPROVABLE
-        ):
+        if rollout_can_approve(rollout.status, current["status"] if current else None):
             actions.insert(0, {"verb": "approve", "confirm": f"Approve wave {current['index'] + 1}?"})
+    failed_page, failed_keep = paginate(request, rollout_failed_jobs(rollout))
     context = {
         "rollout": rollout,
         "progress": progress,
         "series": rollout_cohort_series(rollout),
+        "gate_series": gate_check_series(rollout),
         "gates": [gate_evaluation_row(g) for g in rollout_gate_timeline(rollout.pk)],
         "excluded": rollout_excluded(rollout, limit=50),
         "artifact_transfer": artifact_transfer_summary(rollout),
         "can_operate": can_operate,
+        "failed": failed_page,
+        "failed_keep": failed_keep,
         "actions": actions,
     }
     return render(request, "frontend/rollout_detail.html", context)
+
+
+@role_required(VIEWER)
+def rollout_failed_export(request: HttpRequest, rollout_id: int) -> StreamingHttpResponse:
+    """Every failed, timed-out or rejected device of the rollout (the page's table, all pages) as CSV."""
+    rollout = get_object_or_404(Rollout, pk=rollout_id)
+    rows = (failed_device_row(job) for job in rollout_failed_jobs(rollout).iterator(chunk_size=500))
+    response = StreamingHttpResponse(csv_lines(FAILED_DEVICE_COLUMNS, rows), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="fogdeck-rollout-{rollout.pk}-failed-devices.csv"'
+    return response
 
 
 @require_POST
@@ -263,7 +321,7 @@ def rollout_action(request: HttpRequest, rollout_id: int, verb: str) -> HttpResp
         return HttpResponse(f"unknown action {verb!r}", status=404)
     reason = request.POST.get("reason", "").strip()[:500]
     try:
-        service(actor=_actor(request), rollout=rollout, reason=reason)
+        service(actor=actor_of(request), rollout=rollout, reason=reason)
     except (InvalidTransition, DeploymentRefused, PlanInvalid) as exc:
         messages.error(request, f"Could not {verb}: {exc}")
     else:

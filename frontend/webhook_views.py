@@ -16,9 +16,10 @@ from django.views.decorators.http import require_POST
 from core.roles import ADMIN, VIEWER, has_role
 from webhooks.forms import SubscriptionForm
 from webhooks.models import WebhookAttempt, WebhookDelivery, WebhookSubscription
+from webhooks.selectors import shows_delivery_errors
 from webhooks.services import webhook_create, webhook_delete, webhook_rotate_secret, webhook_update
 
-from .views import _actor, role_required
+from .web import actor_of, role_required
 
 RECENT_DELIVERIES = 30
 
@@ -34,6 +35,7 @@ def _render(request: HttpRequest, *, form: SubscriptionForm | None = None, secre
         "deliveries": deliveries,
         "form": form or SubscriptionForm(),
         "can_manage": has_role(request.user, ADMIN),
+        "show_errors": shows_delivery_errors(request.user),
         "new_secret": secret,
     }
     response = render(request, "frontend/webhooks.html", context, status=400 if form and form.errors else 200)
@@ -51,7 +53,7 @@ def webhook_list(request: HttpRequest) -> HttpResponse:
     form = SubscriptionForm(request.POST)
     if not form.is_valid():
         return _render(request, form=form)
-    created = webhook_create(actor=_actor(request), **form.cleaned_data)
+    created = webhook_create(actor=actor_of(request), **form.cleaned_data)
     return _render(request, secret={"name": created.subscription.name, "value": created.secret})
 
 
@@ -59,7 +61,7 @@ def webhook_list(request: HttpRequest) -> HttpResponse:
 @role_required(ADMIN)
 def webhook_action(request: HttpRequest, subscription_id: int, verb: str) -> HttpResponse:
     subscription = get_object_or_404(WebhookSubscription, pk=subscription_id)
-    actor = _actor(request)
+    actor = actor_of(request)
     if verb == "rotate":
         rotated = webhook_rotate_secret(actor=actor, subscription=subscription)
         return _render(request, secret={"name": subscription.name, "value": rotated.secret})

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+# one class for every state machine (core/transitions.py)
+from core.transitions import InvalidTransition
 
-class InvalidTransition(Exception):
-    """The version's current status does not allow the requested change; the message says why."""
+__all__ = ["ArtifactTooLarge", "InvalidTransition", "SigningKeyError", "VersionImmutable"]
 
 
 class VersionImmutable(InvalidTransition):

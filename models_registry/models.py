@@ -1,7 +1,8 @@
 """Registered models, their immutable versions, lifecycle events and aliases.
 
-A version's status only changes through `models_registry.services` (a guarded update per transition);
-every transition writes a `VersionEvent`. Only drafts may be edited; a published version's artifact,
+A version's status (a model version's or a pipeline version's) only changes through
+`models_registry.lifecycle` (a guarded update per transition); every transition writes a `VersionEvent`
+(`PipelineEvent`). Only drafts may be edited; a published version's artifact,
 metadata and signed manifest never change.
 """
 
@@ -11,6 +12,7 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
+from core import transitions
 from fleet.models import Accelerator
 
 from .validators import (
@@ -37,12 +39,12 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     Status.DEPRECATED: frozenset({Status.REVOKED}),
     Status.REVOKED: frozenset(),
 }
-TERMINAL: frozenset[str] = frozenset(state for state, targets in TRANSITIONS.items() if not targets)
+TERMINAL: frozenset[str] = transitions.terminal_of(TRANSITIONS)
 
 
 def allowed_from(target: str) -> frozenset[str]:
     """The states a version may move to `target` from."""
-    return frozenset(state for state, targets in TRANSITIONS.items() if target in targets)
+    return transitions.allowed_from(TRANSITIONS, target)
 
 
 class ArtifactFormat(models.TextChoices):
@@ -130,7 +132,11 @@ class ModelVersion(models.Model):
 
     # lineage
     parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="children",
         help_text="the version this one was derived from (same model)",
     )
     training_data = models.CharField(max_length=500, blank=True, help_text="dataset reference (URI, DVC tag …)")
@@ -138,7 +144,9 @@ class ModelVersion(models.Model):
 
     # what a device needs (see compatibility.py)
     runtime = models.CharField(
-        max_length=40, blank=True, validators=[validate_runtime_name],
+        max_length=40,
+        blank=True,
+        validators=[validate_runtime_name],
         help_text="narrows the runtimes the format allows",
     )
     min_runtime_version = models.CharField(max_length=40, blank=True, validators=[validate_runtime_version])
@@ -164,6 +172,11 @@ class ModelVersion(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = ModelVersionQuerySet.as_manager()
+
+    # the lifecycle core.transitions.transition() follows
+    Status = Status
+    TRANSITIONS = TRANSITIONS
+    TERMINAL = TERMINAL
 
     class Meta:
         ordering = ["model", "-number"]
@@ -303,6 +316,11 @@ class PipelineVersion(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = PipelineVersionQuerySet.as_manager()
+
+    # a model version's lifecycle
+    Status = Status
+    TRANSITIONS = TRANSITIONS
+    TERMINAL = TERMINAL
 
     class Meta:
         ordering = ["pipeline", "-number"]

@@ -1,7 +1,8 @@
 """Every audited write to pipelines: create, version (with its stages), publish (signs), deprecate, revoke.
 
-A pipeline version's lifecycle is a model version's (`Status`, `TRANSITIONS` in models.py), changed only
-here with guarded updates, each writing a `PipelineEvent` and an audit entry in the same transaction.
+A pipeline version's lifecycle is a model version's, and so is its implementation (lifecycle.py): guarded
+updates along `TRANSITIONS` (models.py), each writing a `PipelineEvent` and an audit entry in the same
+transaction and broadcasting the new status on commit.
 """
 
 from __future__ import annotations
@@ -12,32 +13,14 @@ from typing import Any, TypedDict
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
-from django.utils import timezone
 
 from audit.actors import Actor
 from audit.services import audit_record
-from protocol import signing
-from protocol.pipelines import (
-    MAX_STAGES,
-    PIPELINE_MANIFEST_SCHEMA_VERSION,
-    Condition,
-    PipelineManifest,
-    StageManifest,
-    condition_errors,
-)
+from protocol.pipelines import MAX_STAGES, Condition, condition_errors
 
-from . import keys
-from .exceptions import InvalidTransition
-from .models import (
-    ModelVersion,
-    Pipeline,
-    PipelineEvent,
-    PipelineStage,
-    PipelineVersion,
-    RegisteredModel,
-    Status,
-    allowed_from,
-)
+from . import lifecycle
+from .lifecycle import PIPELINE_VERSION
+from .models import ModelVersion, Pipeline, PipelineStage, PipelineVersion, RegisteredModel
 
 
 class StageSpec(TypedDict):
@@ -123,13 +106,10 @@ def pipeline_version_create(
             )
             row.full_clean(exclude=["pipeline_version"])
             row.save()
-        _event(version, actor=actor, from_status="", to_status=Status.DRAFT)
-        audit_record(
+        lifecycle.version_created(
+            PIPELINE_VERSION,
             actor=actor,
-            action="pipeline_version.create",
-            object_type="pipeline_version",
-            object_id=version.pk,
-            object_repr=str(version),
+            version=version,
             changes={
                 "number": number,
                 "stages": [
@@ -140,158 +120,21 @@ def pipeline_version_create(
     return version
 
 
-def _event(version: PipelineVersion, *, actor: Actor, from_status: str, to_status: str, reason: str = "") -> None:
-    PipelineEvent.objects.create(
-        pipeline_version=version,
-        from_status=from_status,
-        to_status=to_status,
-        actor=actor.label[:200],
-        reason=reason,
-        at=timezone.now(),
-    )
-
-
-def build_pipeline_manifest(version: PipelineVersion, published_at: Any) -> PipelineManifest:
-    stages: list[StageManifest] = [
-        {
-            "name": stage.name,
-            "model": stage.version.model.name,
-            "model_id": stage.version.model_id,
-            "version": stage.version.number,
-            "format": stage.version.format,
-            "sha256": stage.version.sha256,
-            "size": stage.version.size,
-            "condition": stage.condition,
-        }
-        for stage in version.ordered_stages()
-    ]
-    return {
-        "schema_version": PIPELINE_MANIFEST_SCHEMA_VERSION,
-        "kind": "pipeline",
-        "pipeline": version.pipeline.name,
-        "pipeline_id": version.pipeline_id,
-        "version": version.number,
-        "stages": stages,
-        "published_at": published_at.isoformat(),
-    }
-
-
-def _refuse(version_pk: int, target: str, verb: str) -> PipelineVersion:
-    current = PipelineVersion.objects.select_related("pipeline").get(pk=version_pk)
-    if current.status == target:
-        return current
-    sources = ", ".join(sorted(allowed_from(target)))
-    raise InvalidTransition(
-        f"cannot {verb} pipeline version {current.number}: it is {current.status} "
-        f"(only {sources} versions can be {target})"
-    )
-
-
 def pipeline_version_publish(*, actor: Actor, version: PipelineVersion) -> PipelineVersion:
     """Sign and publish a draft whose stages are all still published. Re-publishing is a no-op.
 
     The manifest names each stage's model, version, format, sha256 and size, so one signature covers
-    the whole chain; the stages' own signed manifests still travel with each stage to the device.
+    the whole chain; the stages' own signed manifests still travel with each stage to the device. The
+    rule is the registry's one lifecycle (lifecycle.py), as for a model version.
     """
-    key = keys.active_key()
-    with transaction.atomic():
-        locked = (
-            PipelineVersion.objects.select_for_update()
-            .filter(pk=version.pk, status__in=allowed_from(Status.PUBLISHED))
-            .first()
-        )
-        if locked is None:
-            return _refuse(version.pk, Status.PUBLISHED, "publish")
-        locked = PipelineVersion.objects.with_stages().get(pk=locked.pk)
-        stale = [str(stage.version) for stage in locked.ordered_stages() if not stage.version.is_deployable]
-        if stale:
-            raise InvalidTransition(f"cannot publish: stage versions no longer published: {', '.join(stale)}")
-        now = timezone.now()
-        manifest_text = signing.canonical_text(build_pipeline_manifest(locked, now))
-        signature = signing.sign(key.private_key, manifest_text)
-        PipelineVersion.objects.filter(pk=locked.pk, status__in=allowed_from(Status.PUBLISHED)).update(
-            status=Status.PUBLISHED,
-            published_at=now,
-            manifest=manifest_text,
-            signature=signature,
-            key_id=key.key_id,
-            updated_at=now,
-        )
-        locked.refresh_from_db()
-        _event(locked, actor=actor, from_status=Status.DRAFT, to_status=Status.PUBLISHED)
-        audit_record(
-            actor=actor,
-            action="pipeline_version.publish",
-            object_type="pipeline_version",
-            object_id=locked.pk,
-            object_repr=str(locked),
-            changes={
-                "status": {"before": Status.DRAFT, "after": Status.PUBLISHED},
-                "key_id": key.key_id,
-                "stages": [stage.version.sha256 for stage in locked.ordered_stages()],
-            },
-        )
-    return locked
-
-
-def _simple_transition(
-    *,
-    actor: Actor,
-    version: PipelineVersion,
-    target: str,
-    verb: str,
-    reason: str,
-    stamp: str,
-    extra: dict[str, Any] | None = None,
-) -> PipelineVersion:
-    with transaction.atomic():
-        before = (
-            PipelineVersion.objects.select_for_update().filter(pk=version.pk).values_list("status", flat=True).get()
-        )
-        now = timezone.now()
-        updated = PipelineVersion.objects.filter(pk=version.pk, status__in=allowed_from(target)).update(
-            status=target, updated_at=now, **{stamp: now}, **(extra or {})
-        )
-        if not updated:
-            return _refuse(version.pk, target, verb)
-        current = PipelineVersion.objects.select_related("pipeline").get(pk=version.pk)
-        _event(current, actor=actor, from_status=before, to_status=target, reason=reason)
-        changes: dict[str, Any] = {"status": {"before": before, "after": target}}
-        if reason:
-            changes["reason"] = reason
-        audit_record(
-            actor=actor,
-            action=f"pipeline_version.{verb}",
-            object_type="pipeline_version",
-            object_id=current.pk,
-            object_repr=str(current),
-            changes=changes,
-        )
-    return current
+    return lifecycle.version_publish(PIPELINE_VERSION, actor=actor, version=version)
 
 
 def pipeline_version_deprecate(*, actor: Actor, version: PipelineVersion, reason: str = "") -> PipelineVersion:
     """Published -> deprecated: devices keep running it, no new deployment may pick it. Idempotent."""
-    return _simple_transition(
-        actor=actor,
-        version=version,
-        target=Status.DEPRECATED,
-        verb="deprecate",
-        reason=reason,
-        stamp="deprecated_at",
-    )
+    return lifecycle.version_deprecate(PIPELINE_VERSION, actor=actor, version=version, reason=reason)
 
 
 def pipeline_version_revoke(*, actor: Actor, version: PipelineVersion, reason: str) -> PipelineVersion:
     """Any non-revoked version -> revoked, for good (a reason is mandatory). Idempotent."""
-    if not reason.strip():
-        raise ValueError("a revocation needs a reason")
-    return _simple_transition(
-        actor=actor,
-        version=version,
-        target=Status.REVOKED,
-        verb="revoke",
-        reason=reason,
-        stamp="revoked_at",
-        extra={"revoked_reason": reason},
-    )
+    return lifecycle.version_revoke(PIPELINE_VERSION, actor=actor, version=version, reason=reason)

@@ -2,7 +2,8 @@
 
 A 3-class classifier of 4 features: input "input" float32 [N, 4] -> MatMul + Add + Softmax ->
 "probabilities" float32 [N, 3]. It is a nearest-centroid classifier over three fixed centroids, so the
-weights are exact and deterministic, and `evaluation_set` draws labelled points around those centroids.
+weights are exact and deterministic, and `evaluation_set` draws labelled points around those centroids
+from the samples' input distribution (`protocol/sample_inputs.py`), the one the fleet simulator feeds them.
 
 * v1 — the reference.
 * v2 — deliberately slower, same outputs: the input is padded to a wide hidden layer and multiplied by
@@ -20,13 +21,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from protocol.sample_inputs import SAMPLE_CENTROIDS, SAMPLE_FEATURES, sample_inputs, sample_labels
+
 OPSET = 13  # runs on onnxruntime >= 1.8, i.e. on older edge devices too
 IR_VERSION = 8
-FEATURES = 4
+FEATURES = SAMPLE_FEATURES
 CLASSES = 3
-CENTROIDS = np.array(
-    [[1.0, 0.0, 0.0, 0.5], [0.0, 1.0, 0.0, 0.5], [0.0, 0.0, 1.0, -0.5]], dtype=np.float32
-)
+CENTROIDS = SAMPLE_CENTROIDS
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,13 @@ def _less_accurate_centroids() -> np.ndarray:
     return centroids
 
 
-def build_classifier(*, centroids: np.ndarray = CENTROIDS, slow_layers: int = 0, hidden: int = 256,
-                     name: str = "fogdeck-sample-classifier") -> bytes:
+def build_classifier(
+    *,
+    centroids: np.ndarray = CENTROIDS,
+    slow_layers: int = 0,
+    hidden: int = 256,
+    name: str = "fogdeck-sample-classifier",
+) -> bytes:
     """The serialized ONNX model. `slow_layers` identity MatMuls of `hidden` x `hidden` add cost, not change."""
     weights, bias = _linear_weights(centroids)
     initializers = [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "B")]
@@ -93,16 +99,16 @@ def build_classifier(*, centroids: np.ndarray = CENTROIDS, slow_layers: int = 0,
     return model.SerializeToString()
 
 
-def evaluation_set(samples: int = 600, *, seed: int = 7, noise: float = 0.35) -> tuple[np.ndarray, np.ndarray]:
-    """Labelled points around the centroids (deterministic for a seed)."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(samples) % CLASSES
-    points = CENTROIDS[labels] + rng.normal(0.0, noise, size=(samples, FEATURES))
+def evaluation_set(samples: int = 600, *, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled points around the centroids, from the samples' input distribution (deterministic for a seed)."""
+    labels = sample_labels(samples)
+    points = sample_inputs(np.random.default_rng(seed), samples, labels=labels)
     return points.astype(np.float32), labels
 
 
 def training_inputs(samples: int = 3000, *, seed: int = 11) -> dict[str, np.ndarray]:
-    """The inputs the classifier's centroids stand for (its "training data"), for its reference profile."""
+    """The inputs the classifier's centroids stand for (its "training data"), for its reference profile:
+    the distribution calm simulated devices draw from too."""
     points, _ = evaluation_set(samples, seed=seed)
     return {"input": points}
 
@@ -128,8 +134,11 @@ def sample_versions(*, slow_layers: int = 24, hidden: int = 256) -> list[SampleV
     return [
         SampleVersion(1, "1.0.0", "reference classifier", build_classifier(), accuracy_of(CENTROIDS)),
         SampleVersion(
-            2, "1.1.0", "same outputs, deliberately slower (identity MatMul chain)",
-            build_classifier(slow_layers=slow_layers, hidden=hidden), accuracy_of(CENTROIDS),
+            2,
+            "1.1.0",
+            "same outputs, deliberately slower (identity MatMul chain)",
+            build_classifier(slow_layers=slow_layers, hidden=hidden),
+            accuracy_of(CENTROIDS),
         ),
         SampleVersion(3, "1.2.0", "less accurate centroids", build_classifier(centroids=worse), accuracy_of(worse)),
     ]

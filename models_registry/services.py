@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.files.storage import default_storage
@@ -22,15 +20,14 @@ from django.core.signing import Signer
 from django.db import transaction
 from django.db.models import Max
 from django.urls import reverse
-from django.utils import timezone
 
 from audit.actors import Actor
 from audit.services import AuditSpec, audit_record, diff, snapshot
-from endpoints.invalidation import resolve_cache_invalidate
-from protocol import signing
+from core.resolve_cache import resolve_cache_invalidate
 
-from . import keys
+from . import lifecycle
 from .exceptions import ArtifactTooLarge, InvalidTransition, VersionImmutable
+from .lifecycle import MODEL_VERSION
 from .models import (
     FORMAT_EXTENSIONS,
     Alias,
@@ -38,8 +35,6 @@ from .models import (
     Pipeline,
     RegisteredModel,
     Status,
-    VersionEvent,
-    allowed_from,
 )
 from .uploads import hash_stream, max_artifact_bytes
 
@@ -47,15 +42,26 @@ logger = logging.getLogger(__name__)
 
 MODEL_FIELDS = ("name", "task", "description", "owner")
 VERSION_FIELDS = (
-    "label", "framework", "format", "artifact_key", "size", "sha256", "io_signature", "metrics", "parent",
-    "training_data", "code_commit", "runtime", "min_runtime_version", "archs", "min_memory_mb", "accelerator",
+    "label",
+    "framework",
+    "format",
+    "artifact_key",
+    "size",
+    "sha256",
+    "io_signature",
+    "metrics",
+    "parent",
+    "training_data",
+    "code_commit",
+    "runtime",
+    "min_runtime_version",
+    "archs",
+    "min_memory_mb",
+    "accelerator",
 )
 # Fields a draft edit may change (the artifact is replaced through `artifact=`, the number never changes).
 EDITABLE_FIELDS = frozenset(VERSION_FIELDS) - {"artifact_key", "size", "sha256"}
 
-# Channel-layer group and event for registry changes (the UI listens; rollouts will react to revokes).
-REGISTRY_GROUP = "models"
-VERSION_STATUS_EVENT = "model_version.status"
 DOWNLOAD_SALT = "fogdeck.models_registry.artifact-download"
 
 
@@ -70,7 +76,11 @@ def model_create(
     model.full_clean()
     model.save()
     audit_record(
-        actor=actor, action="model.create", object_type="model", object_id=model.pk, object_repr=model.name,
+        actor=actor,
+        action="model.create",
+        object_type="model",
+        object_id=model.pk,
+        object_repr=model.name,
         changes=diff({}, snapshot(model, MODEL_FIELDS)),
     )
     return model
@@ -86,7 +96,11 @@ def model_update(*, actor: Actor, model: RegisteredModel, **fields: Any) -> Regi
     changes = diff(before, snapshot(model, MODEL_FIELDS))
     if changes:
         audit_record(
-            actor=actor, action="model.update", object_type="model", object_id=model.pk, object_repr=model.name,
+            actor=actor,
+            action="model.update",
+            object_type="model",
+            object_id=model.pk,
+            object_repr=model.name,
             changes=changes,
         )
     return model
@@ -99,7 +113,11 @@ def model_delete(*, actor: Actor, model: RegisteredModel) -> None:
     pk, name = model.pk, model.name
     model.delete()
     audit_record(
-        actor=actor, action="model.delete", object_type="model", object_id=pk, object_repr=name,
+        actor=actor,
+        action="model.delete",
+        object_type="model",
+        object_id=pk,
+        object_repr=name,
         changes=diff(before, {}),
     )
 
@@ -150,26 +168,12 @@ def _stored_artifact(model: RegisteredModel, artifact: IO[bytes], format: str) -
 
 
 # --- versions -------------------------------------------------------------------------------------
-def _event(version: ModelVersion, *, actor: Actor, from_status: str, to_status: str, reason: str = "") -> None:
-    VersionEvent.objects.create(
-        version=version, from_status=from_status, to_status=to_status, actor=actor.label[:200], reason=reason,
-        at=timezone.now(),
-    )
-
-
-def _broadcast_status(payload: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is not None:
-        async_to_sync(layer.group_send)(REGISTRY_GROUP, {"type": VERSION_STATUS_EVENT, "payload": payload})
-
-
-def _schedule_broadcast(version: ModelVersion) -> None:
-    payload = {"id": version.pk, "model": version.model_id, "number": version.number, "status": version.status}
-    transaction.on_commit(lambda: _broadcast_status(payload))
-
-
 _REQUIREMENT_DEFAULTS: dict[str, Any] = {
-    "runtime": "", "min_runtime_version": "", "archs": [], "min_memory_mb": None, "accelerator": "",
+    "runtime": "",
+    "min_runtime_version": "",
+    "archs": [],
+    "min_memory_mb": None,
+    "accelerator": "",
 }
 
 
@@ -207,19 +211,26 @@ def model_version_create(
         RegisteredModel.objects.select_for_update().filter(pk=model.pk).get()
         number = (model.versions.aggregate(n=Max("number"))["n"] or 0) + 1
         version = ModelVersion(
-            model=model, number=number, label=label, framework=framework, format=format,
-            artifact_key=key, size=size, sha256=sha256, metrics=metrics or {}, io_signature=io_signature or {},
-            created_by=created_by, **_split_nested(requirements, lineage),
+            model=model,
+            number=number,
+            label=label,
+            framework=framework,
+            format=format,
+            artifact_key=key,
+            size=size,
+            sha256=sha256,
+            metrics=metrics or {},
+            io_signature=io_signature or {},
+            created_by=created_by,
+            **_split_nested(requirements, lineage),
         )
         _check_parent(version)
         version.full_clean()
         version.save()
-        _event(version, actor=actor, from_status="", to_status=Status.DRAFT)
-        audit_record(
-            actor=actor, action="model_version.create", object_type="model_version", object_id=version.pk,
-            object_repr=str(version), changes={"number": number, **diff({}, snapshot(version, VERSION_FIELDS))},
-        )
-        _schedule_broadcast(version)
+        lifecycle.version_created(
+            MODEL_VERSION, actor=actor, version=version,
+            changes={"number": number, **diff({}, snapshot(version, VERSION_FIELDS))},
+        )  # fmt: skip
     return version
 
 
@@ -273,124 +284,31 @@ def _apply_draft_edit(*, actor: Actor, version: ModelVersion, fields: dict[str, 
     changes = diff(before, snapshot(locked, VERSION_FIELDS))
     if changes:
         audit_record(
-            actor=actor, action="model_version.update", object_type="model_version", object_id=locked.pk,
-            object_repr=str(locked), changes=changes,
+            actor=actor,
+            action="model_version.update",
+            object_type="model_version",
+            object_id=locked.pk,
+            object_repr=str(locked),
+            changes=changes,
         )
     if locked.artifact_key != old_key:
         transaction.on_commit(lambda: _delete_if_unreferenced(old_key))
     return locked
 
 
-def build_manifest(version: ModelVersion, published_at: Any) -> signing.Manifest:
-    return {
-        "schema_version": signing.MANIFEST_SCHEMA_VERSION,
-        "model": version.model.name,
-        "model_id": version.model_id,
-        "version": version.number,
-        "label": version.label,
-        "format": version.format,
-        "framework": version.framework,
-        "sha256": version.sha256,
-        "size": version.size,
-        "requirements": {
-            "runtime": version.runtime,
-            "min_runtime_version": version.min_runtime_version,
-            "archs": list(version.archs),
-            "min_memory_mb": version.min_memory_mb,
-            "accelerator": version.accelerator,
-        },
-        "published_at": published_at.isoformat(),
-    }
-
-
-def _refuse(version_pk: int, target: str, verb: str) -> ModelVersion | None:
-    """After a guarded update touched no row: the version if it already is in `target`, else raise."""
-    current = ModelVersion.objects.select_related("model").get(pk=version_pk)
-    if current.status == target:
-        return current
-    sources = ", ".join(sorted(allowed_from(target)))
-    raise InvalidTransition(
-        f"cannot {verb} version {current.number}: it is {current.status} (only {sources} versions can be {target})"
-    )
-
-
 def model_version_publish(*, actor: Actor, version: ModelVersion) -> ModelVersion:
     """Sign and publish a draft. From here on its artifact and metadata are immutable.
 
     The signed manifest text, its base64 Ed25519 signature and the key id are stored on the version.
-    Publishing a published version is a no-op (nothing re-signed, no event, no audit entry).
+    Publishing a published version is a no-op (nothing re-signed, no event, no audit entry). The rule is
+    the registry's one lifecycle (lifecycle.py).
     """
-    key = keys.active_key()  # may create the embedded default's first key: outside the transaction
-    with transaction.atomic():
-        locked = (
-            ModelVersion.objects.select_for_update()
-            .select_related("model")
-            .filter(pk=version.pk, status__in=allowed_from(Status.PUBLISHED))
-            .first()
-        )
-        if locked is None:
-            done = _refuse(version.pk, Status.PUBLISHED, "publish")
-            assert done is not None  # noqa: S101 - _refuse raises otherwise
-            return done
-        now = timezone.now()
-        manifest_text = signing.canonical_text(build_manifest(locked, now))
-        signature = signing.sign(key.private_key, manifest_text)
-        ModelVersion.objects.filter(pk=locked.pk, status__in=allowed_from(Status.PUBLISHED)).update(
-            status=Status.PUBLISHED, published_at=now, manifest=manifest_text, signature=signature,
-            key_id=key.key_id, updated_at=now,
-        )
-        locked.refresh_from_db()
-        _event(locked, actor=actor, from_status=Status.DRAFT, to_status=Status.PUBLISHED)
-        audit_record(
-            actor=actor, action="model_version.publish", object_type="model_version", object_id=locked.pk,
-            object_repr=str(locked),
-            changes={"status": {"before": Status.DRAFT, "after": Status.PUBLISHED}, "key_id": key.key_id,
-                     "sha256": locked.sha256},
-        )
-        _schedule_broadcast(locked)
-    return locked
-
-
-def _simple_transition(
-    *, actor: Actor, version: ModelVersion, target: str, verb: str, reason: str, stamp: str,
-    extra: dict[str, Any] | None = None,
-) -> ModelVersion:
-    with transaction.atomic():
-        before = ModelVersion.objects.select_for_update().filter(pk=version.pk).values_list("status", flat=True).get()
-        now = timezone.now()
-        updated = ModelVersion.objects.filter(pk=version.pk, status__in=allowed_from(target)).update(
-            status=target, updated_at=now, **{stamp: now}, **(extra or {})
-        )
-        if not updated:
-            done = _refuse(version.pk, target, verb)
-            assert done is not None  # noqa: S101 - _refuse raises otherwise
-            return done
-        current = ModelVersion.objects.select_related("model").get(pk=version.pk)
-        _event(current, actor=actor, from_status=before, to_status=target, reason=reason)
-        changes: dict[str, Any] = {"status": {"before": before, "after": target}}
-        if reason:
-            changes["reason"] = reason
-        if target == Status.REVOKED:
-            # an alias must never lead a rollout to a revoked version
-            removed = sorted(Alias.objects.filter(version=current).values_list("name", flat=True))
-            Alias.objects.filter(version=current).delete()
-            if removed:
-                changes["aliases_removed"] = removed
-                resolve_cache_invalidate()
-        audit_record(
-            actor=actor, action=f"model_version.{verb}", object_type="model_version", object_id=current.pk,
-            object_repr=str(current), changes=changes,
-        )
-        _schedule_broadcast(current)
-    return current
+    return lifecycle.version_publish(MODEL_VERSION, actor=actor, version=version)
 
 
 def model_version_deprecate(*, actor: Actor, version: ModelVersion, reason: str = "") -> ModelVersion:
     """Published -> deprecated: devices keep running it, no new deployment may pick it. Idempotent."""
-    return _simple_transition(
-        actor=actor, version=version, target=Status.DEPRECATED, verb="deprecate", reason=reason,
-        stamp="deprecated_at",
-    )
+    return lifecycle.version_deprecate(MODEL_VERSION, actor=actor, version=version, reason=reason)
 
 
 def model_version_revoke(*, actor: Actor, version: ModelVersion, reason: str) -> ModelVersion:
@@ -398,12 +316,7 @@ def model_version_revoke(*, actor: Actor, version: ModelVersion, reason: str) ->
 
     The reason is mandatory and kept on the version, its event and the audit entry. Idempotent.
     """
-    if not reason.strip():
-        raise ValueError("a revocation needs a reason")
-    return _simple_transition(
-        actor=actor, version=version, target=Status.REVOKED, verb="revoke", reason=reason,
-        stamp="revoked_at", extra={"revoked_reason": reason},
-    )
+    return lifecycle.version_revoke(MODEL_VERSION, actor=actor, version=version, reason=reason)
 
 
 # --- aliases --------------------------------------------------------------------------------------
@@ -428,7 +341,11 @@ def alias_set(*, actor: Actor, model: RegisteredModel, name: str, version: Model
     alias.save()
     resolve_cache_invalidate()
     audit_record(
-        actor=actor, action="model.alias_set", object_type="model", object_id=model.pk, object_repr=model.name,
+        actor=actor,
+        action="model.alias_set",
+        object_type="model",
+        object_id=model.pk,
+        object_repr=model.name,
         changes={"alias": name, "version": {"before": previous, "after": locked.number}},
     )
     return alias
@@ -444,7 +361,11 @@ def alias_delete(*, actor: Actor, model: RegisteredModel, name: str) -> bool:
     alias.delete()
     resolve_cache_invalidate()
     audit_record(
-        actor=actor, action="model.alias_delete", object_type="model", object_id=model.pk, object_repr=model.name,
+        actor=actor,
+        action="model.alias_delete",
+        object_type="model",
+        object_id=model.pk,
+        object_repr=model.name,
         changes={"alias": name, "version": {"before": number, "after": None}},
     )
     return True
@@ -459,10 +380,15 @@ def _is_s3(storage: Any) -> bool:
     return isinstance(storage, S3Storage)
 
 
+def download_signer() -> Signer:
+    """Signs and checks our own download links, under a key derived for them alone (settings.ARTIFACT_LINK_KEY)."""
+    return Signer(key=settings.ARTIFACT_LINK_KEY, salt=DOWNLOAD_SALT)
+
+
 def sign_local_download(key: str, version_id: int, ttl: int) -> str:
     """A token for /api/v1/artifacts/<token>/: the storage key, the version and an expiry, signed."""
     expires_ms = int((time.time() + ttl) * 1000)
-    return Signer(salt=DOWNLOAD_SALT).sign_object({"k": key, "v": version_id, "e": expires_ms})
+    return download_signer().sign_object({"k": key, "v": version_id, "e": expires_ms})
 
 
 def _download_url(version: ModelVersion, ttl: int) -> str:
@@ -484,8 +410,12 @@ def model_version_download_url(*, actor: Actor, version: ModelVersion, ttl: int 
     url = _download_url(version, ttl)
     with transaction.atomic():
         audit_record(
-            actor=actor, action="model_version.download", object_type="model_version", object_id=version.pk,
-            object_repr=str(version), changes={"ttl_seconds": ttl, "sha256": version.sha256},
+            actor=actor,
+            action="model_version.download",
+            object_type="model_version",
+            object_id=version.pk,
+            object_repr=str(version),
+            changes={"ttl_seconds": ttl, "sha256": version.sha256},
         )
     return url
 

@@ -1,16 +1,16 @@
-"""Writing to and draining the outbox."""
+"""Draining the outbox (writing to it: `outbox/services.py`) and pruning it."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Protocol
 
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .models import OutboxMessage
+from outbox.models import OutboxMessage
 
 logger = logging.getLogger("fogdeck.outbox")
 
@@ -29,30 +29,13 @@ SendFn = Callable[[str, bytes, int, bool], Delivery | None]
 ACK_TIMEOUT_SECONDS = 5.0
 
 
-def outbox_enqueue(*, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> OutboxMessage:
-    """Queue a message; call inside the transaction that makes it necessary."""
-    return OutboxMessage.objects.create(topic=topic, payload=payload, qos=qos, retain=retain)
-
-
-def outbox_enqueue_many(
-    *, messages: Iterable[tuple[str, bytes]], qos: int = 1, retain: bool = False
-) -> list[OutboxMessage]:
-    """Queue many (topic, payload) messages in one insert, in order; call inside the transaction that
-    makes them necessary."""
-    return OutboxMessage.objects.bulk_create(
-        [OutboxMessage(topic=topic, payload=payload, qos=qos, retain=retain) for topic, payload in messages],
-        batch_size=1000,
-    )
-
-
 def outbox_drain(send: SendFn, *, limit: int = 1000) -> int:
     """Publish pending messages in order; each is marked published only after the broker's ack.
 
     Rows are claimed with SELECT … FOR UPDATE SKIP LOCKED on PostgreSQL, so several publishers never
     send the same row at the same time. The claimed rows are all sent first and their acks awaited
-    after, so a pass costs one round trip to the broker, not one per message (a wave of 10,000 job
-    notifications took 10,000 sequential round trips). Rows the broker did not acknowledge stay pending
-    and are retried on the next pass; the published ones are marked in one UPDATE.
+    after, so a pass costs one round trip to the broker, not one per message. Rows the broker did not
+    acknowledge stay pending and are retried on the next pass; the published ones are marked in one UPDATE.
     """
     with transaction.atomic():
         pending = OutboxMessage.objects.filter(published_at__isnull=True).order_by("id")
@@ -92,7 +75,21 @@ def outbox_drain(send: SendFn, *, limit: int = 1000) -> int:
     return len(published)
 
 
+@transaction.atomic
 def outbox_prune(*, older_than_days: int = 7) -> int:
+    """Delete published rows older than `older_than_days` (never a pending one); a run that deleted
+    something is audited with its count, as the `system:celery:outbox-prune` actor."""
+    from audit.actors import Actor
+    from audit.services import audit_record
+
     cutoff = timezone.now() - timezone.timedelta(days=older_than_days)
     deleted, _ = OutboxMessage.objects.filter(published_at__lt=cutoff).delete()
+    if deleted:
+        audit_record(
+            actor=Actor.system("celery:outbox-prune"),
+            action="outbox.pruned",
+            object_type="outbox",
+            object_repr=f"{deleted} published messages older than {older_than_days} days",
+            changes={"deleted": deleted, "older_than_days": older_than_days},
+        )
     return deleted

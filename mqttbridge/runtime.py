@@ -32,21 +32,26 @@ from django.db.utils import IntegrityError, InterfaceError, OperationalError
 from django.utils import timezone
 
 from audit.services import audit_deferred
+from core import heartbeat, metrics
 from fleet.models import Device
 from fleet.services import devices_mark_seen_many, devices_report_state_many, devices_touch
+from outbox.models import RejectedMessageCount
+from protocol import aws_jobs
 from protocol.device_topics import BRIDGE_SUBSCRIPTIONS, QOS, parse_topic
 from protocol.messages import (
+    JobsGet,
     JobUpdate,
     ProtocolError,
+    StateMessage,
     parse_job_update,
     parse_jobs_get,
     parse_state,
     parse_status,
     parse_telemetry,
 )
+from protocol.topics import SERVICE_CLIENT_ID_PREFIX, is_service_client_id
 from telemetry.services import DeviceProfile, TelemetryEnvelope, telemetry_ingest_batch
 
-from .models import RejectedMessageCount
 from .outbox import outbox_drain
 
 logger = logging.getLogger("fogdeck.bridge")
@@ -56,6 +61,7 @@ FULL_RELOAD_SECONDS = 120.0
 _DIRECTORY_COLUMNS = ("uid", "revoked_at", "id", "site_id", "arch", "cpu", "accelerator")
 REFRESH_CHUNK = 5000  # uids per query when the device directory re-reads the devices it has seen
 IDLE_FLUSH_SECONDS = 0.05
+HEARTBEAT_SECONDS = 5.0  # core/heartbeat.py: the compose healthcheck allows 60 s
 DRAIN_AT_ONCE = 500  # inbox messages handled between two looks at the batch clocks
 # Telemetry refreshes a device's last_seen at most this often (status and state messages set it exactly);
 # devices count as stale only after DEVICE_STALE_AFTER_SECONDS (120 s by default).
@@ -115,9 +121,8 @@ class DeviceDirectory:
 
     A device's first message is checked against the database (a new or just-revoked device is never judged
     from an old snapshot; `check_many` reads all of a batch's new devices in one query); after that its
-    answer may be up to DEVICE_CACHE_SECONDS old. One query per uid per 5 s meant one query per message for
-    a fleet reporting less often than that (10,000 devices every 10 s: 1,000 queries a second, half the
-    bridge's time); now it is one query per 5,000 seen devices per 5 s. The profile (site, hardware) lets
+    answer may be up to DEVICE_CACHE_SECONDS old, re-read in bulk (one query per 5,000 seen devices), never
+    per message (docs/benchmarks.md, "Figures behind the code"). The profile (site, hardware) lets
     telemetry batches skip their own device lookup.
     """
 
@@ -129,8 +134,8 @@ class DeviceDirectory:
     def _refresh_if_old(self) -> None:
         """Every DEVICE_CACHE_SECONDS, re-read the seen devices that changed since the last look (revoked,
         moved, edited: every such write bumps `updated_at`); every FULL_RELOAD_SECONDS, all of them (which
-        also forgets deleted ones). Re-reading all 10,000 seen devices every 5 s took a fifth of the
-        bridge's time in a 10,000-device rollout."""
+        also forgets deleted ones): re-reading every seen device each time is too slow at fleet scale
+        (docs/benchmarks.md, "Figures behind the code")."""
         now = time.monotonic()
         if not self._seen or now - self._loaded_at <= DEVICE_CACHE_SECONDS:
             return
@@ -201,9 +206,30 @@ class DeviceDirectory:
 
 class JobUpdates(Protocol):
     """Applies a batch of (uid, job update) inside the caller's transaction: one rejection reason (or
-    None) per update, in order (deployments/bridge_handlers.py)."""
+    None) per update, in order; it tallies what it ignored and queues each device's answer on `bridge`
+    (`count_applied`, `answer_after_commit`; deployments/bridge_handlers.py)."""
 
-    def __call__(self, items: list[tuple[str, JobUpdate]]) -> list[tuple[str, str] | None]: ...
+    def __call__(self, items: list[tuple[str, JobUpdate]], bridge: Bridge) -> list[tuple[str, str] | None]: ...
+
+
+class StateResults(Protocol):
+    """Applies the finished jobs a batch of device states lists that the control plane still has active
+    (reconciliation of lost updates), answering them on `bridge` (deployments/bridge_handlers.py)."""
+
+    def __call__(self, reports: list[tuple[str, StateMessage]], bridge: Bridge) -> None: ...
+
+
+class AwsJobsHandler(Protocol):
+    """Answers a batch of AWS IoT Jobs requests in order, inside the caller's transaction: one rejection
+    (counter, detail) or None per request (deployments/bridge_handlers.py)."""
+
+    def __call__(self, requests: list[aws_jobs.AwsRequest]) -> list[tuple[str, str] | None]: ...
+
+
+class JobsGetHandler(Protocol):
+    """Answers a batch of (uid, jobs/get request) (deployments/bridge_handlers.py)."""
+
+    def __call__(self, requests: list[tuple[str, JobsGet]]) -> None: ...
 
 
 @dataclass
@@ -300,6 +326,7 @@ class TelemetryWriter:
                 bridge.reject(incoming, refused[envelope.uid], envelope.uid)
         bridge.count_applied("telemetry", len(accepted))
         bridge.count_applied("telemetry_samples", stored)
+        metrics.BRIDGE_BATCH.labels("telemetry").observe(time.perf_counter() - started)
         bridge.ack_all(incoming for incoming, _ in accepted)
         logger.debug("telemetry batch of %s stored in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
 
@@ -316,7 +343,19 @@ class Bridge:
         device_batch_size: int = 500,
         counters_flush_seconds: float = 5.0,
         outbox_poll_seconds: float = 0.5,
+        job_updates: JobUpdates,
+        state_results: StateResults,
+        jobs_get: JobsGetHandler,
+        aws_jobs: AwsJobsHandler | None = None,
     ) -> None:
+        """`job_updates`, `state_results` and `jobs_get` are the deployments rules the bridge applies to job
+        messages, `aws_jobs` the one for AWS IoT Jobs requests (without it the bridge does not subscribe to
+        them); `manage.py mqtt_bridge` passes deployments/bridge_handlers.py's (this module never imports
+        them)."""
+        if not is_service_client_id(client_id):
+            # A device's client id is its uid: outside the reserved namespace, a device registered under
+            # this id could connect with it and take the bridge's session over (docs/security.md).
+            raise ValueError(f"the bridge's client id must start with {SERVICE_CLIENT_ID_PREFIX!r}, got {client_id!r}")
         self.client_id = client_id
         self.telemetry_flush_seconds = telemetry_flush_seconds
         self.telemetry_batch_size = telemetry_batch_size
@@ -334,12 +373,15 @@ class Bridge:
         self._telemetry: list[tuple[Incoming, TelemetryEnvelope]] = []
         self._device_messages: list[DeviceMessage] = []
         self._unflushed: Counter[str] = Counter()
+        self._subscribe_mid: int | None = None
+        self._subscribe_topics: list[str] = []
         self._client = self._make_client()
         self._writer: TelemetryWriter | None = None
-        from deployments.bridge_handlers import job_updates_handler, jobs_get_handler
-
-        self._job_updates: JobUpdates = job_updates_handler(self)
-        self._jobs_get = jobs_get_handler()
+        self._job_updates = job_updates
+        self._state_results = state_results
+        self._jobs_get = jobs_get
+        self._aws_jobs = aws_jobs
+        self._answers: list[tuple[str, bytes]] = []  # to devices once the batch has committed
 
     # --- MQTT plumbing -------------------------------------------------------------------------
     def _make_client(self) -> AckingClient:
@@ -358,6 +400,7 @@ class Bridge:
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
 
@@ -367,7 +410,19 @@ class Bridge:
             return
         group = settings.MQTT_BRIDGE_SHARED_GROUP
         topics = [f"$share/{group}/{t}" if group else t for t in BRIDGE_SUBSCRIPTIONS]
-        client.subscribe([(topic, QOS) for topic in topics])
+        if self._aws_jobs is not None and settings.MQTT_BRIDGE_AWS_JOBS:  # never shared: Mosquitto delivers no `$`
+            topics += aws_jobs.BRIDGE_SUBSCRIPTIONS  # topic to a shared subscription
+        self._subscribe_mid = client.subscribe([(topic, QOS) for topic in topics])[1]
+        self._subscribe_topics = topics
+        # `connected` waits for the SUBACK (_on_subscribe): until the broker has the subscription, what
+        # devices publish is routed to nobody and lost (a fresh session has no subscription to queue for).
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reasons: list[Any], props: object) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [t for t, r in zip(self._subscribe_topics, reasons, strict=False) if getattr(r, "is_failure", False)]
+        if refused:
+            logger.error("broker refused the bridge's subscriptions to %s (check its ACL)", ", ".join(refused))
         self.connected.set()
         logger.info("bridge connected to %s:%s and subscribed", settings.MQTT_HOST, settings.MQTT_PORT)
 
@@ -400,6 +455,21 @@ class Bridge:
             return False
         return info.is_published()
 
+    def answer_after_commit(self, topic: str, payload: bytes) -> None:
+        """Publish this answer to a device once the current batch has committed (dropped if it rolls back).
+
+        Not through the outbox: an answer that is lost costs the device one re-send of its update, which
+        gets a new answer, so it needs no row of its own (and a wave's worth of answers no inserts)."""
+        self._answers.append((topic, payload))
+
+    def _send_answers(self) -> None:
+        answers, self._answers = self._answers, []
+        for topic, payload in answers:
+            if self.send(topic, payload) is None:
+                self.count_applied("job_answer_unsent")  # disconnected: the device sends its update again
+            else:
+                self.count_applied("job_answer")
+
     def _ack(self, incoming: Incoming) -> None:
         if incoming.qos > 0:
             self._client.ack(incoming.mid, incoming.qos)
@@ -425,8 +495,13 @@ class Bridge:
         next_devices = now + self.device_batch_seconds
         next_counters = now + self.counters_flush_seconds
         next_outbox = now
+        next_heartbeat = now
+        heartbeat.clear("bridge")
         try:
             while not self._stop.is_set():
+                if self.connected.is_set() and time.monotonic() >= next_heartbeat:
+                    heartbeat.beat("bridge")  # readiness: connected, subscribed, and this loop turns
+                    next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
                 timeout = max(0.0, min(next_flush, next_outbox) - time.monotonic())
                 if self._telemetry or self._device_messages:
                     # Messages are acknowledged only once applied, and the broker stops sending when its
@@ -454,12 +529,13 @@ class Bridge:
                 elif not self._telemetry:
                     next_flush = now + self.telemetry_flush_seconds
                 if now >= next_outbox:
-                    self._guarded(lambda: outbox_drain(self.send))
+                    self._guarded(self._drain_outbox)
                     next_outbox = now + self.outbox_poll_seconds
                 if now >= next_counters:
                     self._guarded(self.flush_counters)
                     next_counters = now + self.counters_flush_seconds
         finally:
+            heartbeat.clear("bridge")
             self.flush_telemetry()
             self._writer.close()
             self._guarded(self.flush_device_messages)
@@ -467,6 +543,11 @@ class Bridge:
             self._client.disconnect()
             self._client.loop_stop()
             connection.close()  # this thread's connection; it must not outlive the bridge
+
+    def _drain_outbox(self) -> None:
+        with metrics.BRIDGE_BATCH.labels("outbox").time():
+            published = outbox_drain(self.send)
+        metrics.BRIDGE_OUTBOX_PUBLISHED.inc(published)
 
     def _take_waiting(self) -> None:
         """Handle what else is already in the inbox (up to a batch), without a timed wait per message."""
@@ -503,11 +584,13 @@ class Bridge:
     def count_applied(self, kind: str, count: int = 1) -> None:
         with self._stats_lock:
             self.stats.applied[kind] += count
+        metrics.BRIDGE_APPLIED.labels(kind).inc(count)
 
     def count_rejected(self, reason: str) -> None:
         with self._stats_lock:
             self.stats.rejected[reason] += 1
             self._unflushed[reason] += 1
+        metrics.BRIDGE_REJECTED.labels(reason).inc()
 
     # --- applying messages ---------------------------------------------------------------------
     def reject(self, incoming: Incoming, reason: str, detail: str) -> None:
@@ -519,6 +602,14 @@ class Bridge:
     def handle(self, incoming: Incoming) -> None:
         """Parse and check one message; telemetry and device messages wait for their batches."""
         try:
+            if aws_jobs.is_aws_topic(incoming.topic):  # the AWS IoT Jobs dialect (deployments/aws_jobs.py)
+                try:
+                    request = aws_jobs.parse_request(incoming.topic, incoming.payload)
+                except aws_jobs.UnknownAwsTopic as exc:
+                    raise Rejected("unknown_topic", str(exc)) from exc
+                self._devices.check(request.uid)
+                self._device_messages.append(DeviceMessage(incoming, request.uid, "aws_jobs", request))
+                return
             uid, kind, job_id = parse_topic(incoming.topic)
             if kind == "telemetry":  # its senders are checked per batch, by the telemetry writer
                 self._telemetry.append((incoming, TelemetryEnvelope(uid, parse_telemetry(incoming.payload))))
@@ -530,8 +621,22 @@ class Bridge:
             self._device_messages.append(DeviceMessage(incoming, uid, kind, message))
         except ProtocolError as exc:
             self.reject(incoming, exc.reason_code, exc.detail)
+            self._answer_refused_update(incoming, exc.reason_code)
         except Rejected as exc:
             self.reject(incoming, exc.reason, exc.detail)
+            if exc.reason == "topic_mismatch":
+                self._answer_refused_update(incoming, exc.reason)
+
+    def _answer_refused_update(self, incoming: Incoming, reason: str) -> None:
+        """A known device's job update that will never parse: tell it to stop sending it."""
+        from deployments.bridge_handlers import rejected_answer
+
+        try:
+            uid, kind, job_id = parse_topic(incoming.topic)
+        except ProtocolError:
+            return
+        if kind == "job_update" and job_id is not None:
+            self.send(*rejected_answer(uid, job_id, None, reason))
 
     def flush_telemetry(self) -> None:
         """Hand the batch to the writer (blocks while the one before it still waits)."""
@@ -549,12 +654,21 @@ class Bridge:
         if not self._device_messages:
             return
         batch, self._device_messages = self._device_messages, []
+        self._answers = []
         try:
-            with transaction.atomic(), audit_deferred():  # the chain head is locked only at the end
+            # the chain head is locked only at the end
+            timer = metrics.BRIDGE_BATCH.labels("device_messages").time()
+            with timer, transaction.atomic(), audit_deferred():
                 verdicts = self._apply_device_batch(batch)
-        except Exception:
+        except (OperationalError, InterfaceError):
             self._device_messages = batch + self._device_messages
+            self._answers = []
             raise
+        except Exception as exc:  # a bug or a message no rule expected: never retry the same batch forever
+            self._answers = []
+            self._isolate_failing(batch, exc)
+            return
+        self._send_answers()  # after the commit: an accepted answer means the update is stored
         self.ack_all(item.incoming for item, verdict in zip(batch, verdicts, strict=True) if verdict is None)
         for item, verdict in zip(batch, verdicts, strict=True):
             if verdict is None:
@@ -564,6 +678,21 @@ class Bridge:
                     self._devices.forget(item.uid)
                 self.reject(item.incoming, *verdict)
 
+    def _isolate_failing(self, batch: list[DeviceMessage], exc: Exception) -> None:
+        """A batch failed for another reason than the database: apply its messages one by one, so the
+        others are applied and only the one that fails alone is rejected (counted, logged, acknowledged),
+        instead of the whole batch being re-applied, and failing, for as long as the bridge runs."""
+        if len(batch) == 1:
+            logger.error("device message on %s failed: %r", batch[0].incoming.topic[:200], exc, exc_info=exc)
+            self.reject(batch[0].incoming, "handler_error", f"{type(exc).__name__}: {exc}")
+            return
+        logger.warning("a batch of %s device messages failed (%r): applying them one by one", len(batch), exc)
+        waiting, self._device_messages = self._device_messages, []
+        for item in batch:
+            self._device_messages = [item]
+            self.flush_device_messages()
+        self._device_messages = waiting + self._device_messages
+
     def _apply_device_batch(self, batch: list[DeviceMessage]) -> list[tuple[str, str] | None]:
         """Job updates, status messages, state reports, then jobs/get (last, so the answers leave out jobs
         this batch finished): each kind in one service call for the whole batch."""
@@ -572,7 +701,7 @@ class Bridge:
         for index, item in enumerate(batch):
             by_kind.setdefault(item.kind, []).append(index)
         if updates := by_kind.get("job_update"):
-            applied = self._job_updates([(batch[i].uid, batch[i].message) for i in updates])
+            applied = self._job_updates([(batch[i].uid, batch[i].message) for i in updates], self)
             for index, verdict in zip(updates, applied, strict=True):
                 verdicts[index] = verdict
         if statuses := by_kind.get("status"):
@@ -592,8 +721,14 @@ class Bridge:
             for index in states:
                 if reason := refused.get(batch[index].uid):
                     verdicts[index] = (reason, batch[index].uid)
+            # the finished jobs the states list that we still have active (lost updates): reconciliation
+            self._state_results([(batch[i].uid, batch[i].message) for i in states if verdicts[i] is None], self)
         if requests := by_kind.get("jobs_get"):
             self._jobs_get([(batch[i].uid, batch[i].message) for i in requests])
+        if (aws_requests := by_kind.get("aws_jobs")) and self._aws_jobs is not None:
+            answered = self._aws_jobs([batch[i].message for i in aws_requests])
+            for index, verdict in zip(aws_requests, answered, strict=True):
+                verdicts[index] = verdict
         return verdicts
 
     def flush_counters(self) -> None:

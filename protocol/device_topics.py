@@ -7,6 +7,7 @@ what lives under it. See docs/protocol.md for direction, QoS and retain of each 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,6 +69,32 @@ def job_update_topic(uid: str, job_id: str) -> str:
     return f"{device_prefix(uid)}/jobs/{job_id}/update"
 
 
+def job_update_accepted_topic(uid: str, job_id: str) -> str:
+    return f"{job_update_topic(uid, job_id)}/accepted"
+
+
+def job_update_rejected_topic(uid: str, job_id: str) -> str:
+    return f"{job_update_topic(uid, job_id)}/rejected"
+
+
+def job_update_answers_filter(uid: str) -> str:
+    """What a device subscribes to for the answers to its job updates (both kinds, every job)."""
+    return f"{device_prefix(uid)}/jobs/+/update/+"
+
+
+def job_answer_of(uid: str, topic: str) -> tuple[str, Literal["accepted", "rejected"]] | None:
+    """(job id, kind) when `topic` is an answer to one of `uid`'s job updates, else None."""
+    prefix = f"{device_prefix(uid)}/jobs/"
+    if not topic.startswith(prefix):
+        return None
+    rest = topic[len(prefix) :].split("/")
+    if len(rest) != 3 or rest[1] != "update" or rest[2] not in ("accepted", "rejected"):
+        return None
+    if not _JOB_ID_RE.match(rest[0]):
+        return None
+    return rest[0], rest[2]  # type: ignore[return-value]
+
+
 def telemetry_topic(uid: str) -> str:
     return f"{device_prefix(uid)}/telemetry"
 
@@ -112,7 +139,7 @@ class Incoming:
     message: DeviceMessage
 
 
-_PARSERS = {
+_PARSERS: dict[TopicKind, Callable[[bytes], DeviceMessage]] = {
     "status": parse_status,
     "state": parse_state,
     "jobs_get": parse_jobs_get,

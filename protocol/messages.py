@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from protocol.latency_histogram import BUCKETS as LATENCY_BUCKETS
 from protocol.topics import DEVICE_UID_PATTERN
 
 SCHEMA_VERSION = 1
@@ -119,6 +120,13 @@ class _OmitsAbsentAdditions(_Strict):
 
 ArtifactSource = Literal["gateway", "cloud"]
 CAPABILITY_ARTIFACT_MIRRORS = "artifact_mirrors"  # the agent understands JobDocument.mirrors
+# the agent verifies JobDocument.envelope (protocol/job_envelope.py) and refuses jobs without one
+CAPABILITY_SIGNED_JOBS = "signed_jobs"
+# the agent keeps each job update until the control plane answers it on P/jobs/{id}/update/accepted|rejected
+CAPABILITY_ACKED_UPDATES = "acked_updates"
+SignedEnvelope = Annotated[
+    str, StringConstraints(min_length=3, max_length=12 * 1024, pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+]
 
 
 class ArtifactMirror(_Strict):
@@ -186,6 +194,19 @@ class ActiveModel(_Strict):
     slot: SlotName
 
 
+TerminalJobStatus = Literal["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED"]
+MAX_RECENT_JOBS = 32
+
+
+class RecentJob(_Strict):
+    """One job the device finished, as its last update said (reconciliation, docs/protocol.md)."""
+
+    job_id: JobId
+    status: TerminalJobStatus
+    seq: Count
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+
+
 class StateMessage(_Message):
     """`P/state`, retained: what the device reports it has installed and is serving."""
 
@@ -201,8 +222,10 @@ class StateMessage(_Message):
     # additive: where applications reach this device's `POST /infer` (nearest-endpoint resolution);
     # devices that omit it are not listed by resolve.
     inference_url: HttpUrl | None = None
+    # additive: the device's most recent finished jobs, newest last; the control plane applies any it missed
+    recent_jobs: Annotated[list[RecentJob], Field(max_length=MAX_RECENT_JOBS)] | None = None
 
-    _ADDITIONS = ("capabilities", "cache_url", "inference_url")
+    _ADDITIONS = ("capabilities", "cache_url", "inference_url", "recent_jobs")
 
     @model_validator(mode="after")
     def _active_slots_hold_the_active_versions(self) -> StateMessage:
@@ -266,8 +289,11 @@ class JobDocument(_OmitsAbsentAdditions):
     created_at: AwareDatetime
     mirrors: Annotated[list[ArtifactMirror], Field(min_length=1, max_length=8)] | None = None
     stages: Annotated[list[PipelineStageDocument], Field(min_length=1, max_length=8)] | None = None
+    # the control plane's signature over kind, device, job id, version and expiry (protocol/job_envelope.py);
+    # sent only to agents listing CAPABILITY_SIGNED_JOBS
+    envelope: SignedEnvelope | None = None
 
-    _ADDITIONS = ("mirrors", "stages")
+    _ADDITIONS = ("mirrors", "stages", "envelope")
 
     @model_validator(mode="after")
     def _an_artifact_or_stages(self) -> JobDocument:
@@ -339,11 +365,53 @@ class JobUpdate(_Message):
         return self
 
 
-class LatencySummary(_Strict):
+class LatencyHistogram(_Strict):
+    """Successful requests counted in the fixed buckets of `protocol.latency_histogram` (trailing empty
+    buckets may be left out). Additive: a device that sends none is judged on its p95 (docs/protocol.md)."""
+
+    counts: Annotated[list[Count], Field(min_length=1, max_length=LATENCY_BUCKETS)]
+
+
+UpdateRejection = Literal[
+    "unknown_job",  # no such job (deleted, or never created)
+    "foreign_job",  # the job belongs to another device
+    "topic_mismatch",  # the payload named another job than its topic
+    # the update did not parse (ProtocolError's reason codes)
+    "invalid_message",
+    "bad_json",
+    "unsupported_version",
+    "oversize",
+]
+
+
+class JobUpdateAccepted(_Message):
+    """`P/jobs/{job_id}/update/accepted`, control plane → device, after the commit: the job as stored.
+
+    Answers every update of the job with `seq` ≤ this `seq` (and, when `status` is terminal, every
+    update of the job): whether it changed the job or was a duplicate, stale or late.
+    """
+
+    job_id: JobId
+    status: JobStatus
+    seq: Count
+
+
+class JobUpdateRejected(_Message):
+    """`P/jobs/{job_id}/update/rejected`: the update (`seq`, when it parsed) will never be applied."""
+
+    job_id: JobId
+    seq: Count | None = None
+    reason_code: UpdateRejection
+
+
+class LatencySummary(_OmitsAbsentAdditions):
     p50: NonNegative
     p95: NonNegative
     p99: NonNegative
     max: NonNegative
+    hist: LatencyHistogram | None = None  # optional (added later, additive): older agents omit it
+
+    _ADDITIONS = ("hist",)
 
 
 MAX_HIST_EDGES = 64
@@ -424,6 +492,9 @@ class TelemetrySample(_Strict):
     def _errors_are_requests(self) -> TelemetrySample:
         if self.errors > self.requests:
             raise ValueError("errors cannot exceed requests")
+        hist = self.latency_ms.hist
+        if hist is not None and sum(hist.counts) > self.requests - self.errors:
+            raise ValueError("the latency histogram counts more requests than succeeded")
         return self
 
 
@@ -499,6 +570,14 @@ def parse_jobs_get_accepted(payload: bytes) -> JobsGetAccepted:
 
 def parse_job_update(payload: bytes) -> JobUpdate:
     return parse_message(JobUpdate, payload)
+
+
+def parse_job_update_accepted(payload: bytes) -> JobUpdateAccepted:
+    return parse_message(JobUpdateAccepted, payload)
+
+
+def parse_job_update_rejected(payload: bytes) -> JobUpdateRejected:
+    return parse_message(JobUpdateRejected, payload)
 
 
 def parse_telemetry(payload: bytes) -> TelemetryMessage:

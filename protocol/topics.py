@@ -17,6 +17,17 @@ def is_valid_device_uid(uid: str) -> bool:
     return bool(_DEVICE_UID_RE.match(uid))
 
 
+# MQTT client ids starting with this are the control plane's (bridges, health checks). A device's client
+# id is its uid (both brokers enforce it), so no device may have a uid in this namespace: it could
+# otherwise connect under a service's client id and take that session over.
+SERVICE_CLIENT_ID_PREFIX = "fogdeck-"
+
+
+def is_service_client_id(client_id: str) -> bool:
+    """True for client ids reserved for the control plane (compared case-insensitively, to be safe)."""
+    return client_id.lower().startswith(SERVICE_CLIENT_ID_PREFIX)
+
+
 def device_prefix(uid: str) -> str:
     """Every topic a device may use starts with this prefix (its ACL boundary)."""
     if not is_valid_device_uid(uid):

@@ -1,4 +1,5 @@
-"""Websocket consumers for coalesced telemetry streams (`/ws/devices/{id}/`, `/ws/rollouts/{id}/`)."""
+"""Websocket consumers for coalesced telemetry streams (`/ws/devices/{id}/`; the rollout page's
+`/ws/rollouts/{id}/` is deployments/consumers.py, on the same base)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from core import metrics
 from core.roles import VIEWER, has_role
-from deployments.models import Rollout
+from core.stream_watchers import stream_watch, watch_while_open
 from fleet.models import Device
-from protocol.streams import device_group, rollout_group
-
-from .watchers import stream_watch, watch_while_open
+from protocol.streams import device_group
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
@@ -45,6 +45,7 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
             return
         for group in groups:
             await self.channel_layer.group_add(group, self.channel_name)
+            metrics.WEBSOCKETS.labels(metrics.websocket_kind(group)).inc()
         self.groups_joined = groups
         await sync_to_async(stream_watch)(groups)  # before accept: the first update after it is not skipped
         self._watching = asyncio.ensure_future(watch_while_open(groups))
@@ -55,6 +56,7 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
             self._watching.cancel()
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
+            metrics.WEBSOCKETS.labels(metrics.websocket_kind(group)).dec()
 
     async def telemetry_update(self, event: dict[str, Any]) -> None:
         await self.send_json({"type": "telemetry", **event["payload"]})
@@ -71,14 +73,3 @@ class DeviceConsumer(StreamConsumer):
         if not await Device.objects.filter(pk=device_id).aexists():
             return None
         return [device_group(device_id)]
-
-
-class RolloutConsumer(StreamConsumer):
-    """`/ws/rollouts/{id}/`: the rollout's progress (status, per-wave job-state counts, gate timeline) and
-    canary vs baseline latency and error figures, coalesced to at most 5 messages a second."""
-
-    async def stream_groups(self) -> list[str] | None:
-        rollout_id = int(self.scope["url_route"]["kwargs"]["rollout_id"])
-        if not await Rollout.objects.filter(pk=rollout_id).aexists():
-            return None
-        return [rollout_group(rollout_id)]

@@ -26,6 +26,11 @@ class TelemetrySample(models.Model):
         help_text="a pipeline's per-stage figures: name, model, version, requests, "
         "skipped, errors, latency_ms {p50, p95, p99, max}; empty for a single model",
     )
+    latency_hist = models.JSONField(
+        null=True, blank=True,
+        help_text="successful requests per fixed latency bucket (protocol.latency_histogram), trailing "
+        "empty buckets left out; null from devices that send none",
+    )  # fmt: skip
     received_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 from django.urls import path
 
-from .consumers import DeviceConsumer, RolloutConsumer
+from .consumers import DeviceConsumer
 
 websocket_urlpatterns = [
     path("ws/devices/<int:device_id>/", DeviceConsumer.as_asgi()),
-    path("ws/rollouts/<int:rollout_id>/", RolloutConsumer.as_asgi()),
 ]

@@ -19,13 +19,13 @@ from pydantic import TypeAdapter
 
 from audit.actors import Actor
 from audit.services import audit_record
+from core.stream_watchers import stream_watched_groups
 from fleet.models import Device
 from protocol.messages import FeatureStats, StageLatency, TelemetryMessage
 from protocol.streams import TelemetryPoint, device_group
 
 from .models import TelemetryRollup, TelemetrySample
-from .streaming import rollout_cohort_offer, stream_offer
-from .watchers import stream_watched_groups
+from .streaming import committed_batch_offer, stream_offer
 
 # the JSON of a sample's input statistics and stage latencies, serialized by pydantic (not json.dumps
 # over model_dump: a fifth of the telemetry writer's time)
@@ -52,8 +52,9 @@ class DeviceProfile:
     accelerator: str
 
 
-# (device_id, model, version, ts, interval_s, requests, errors, p50, p95, p99, max, inputs-json, stages-json)
-_Row = tuple[int, str, int, dt.datetime, float, int, int, float, float, float, float, str, str]
+# (device_id, model, version, ts, interval_s, requests, errors, p50, p95, p99, max, inputs-json, stages-json,
+#  latency-histogram-json or None)
+_Row = tuple[int, str, int, dt.datetime, float, int, int, float, float, float, float, str, str, str | None]
 _RAW_COLUMNS = (
     "device_id",
     "model_name",
@@ -68,6 +69,7 @@ _RAW_COLUMNS = (
     "max_ms",
     "inputs",
     "stages",
+    "latency_hist",
 )
 _ROLLUP_KEY = ("model_name", "version_number", "minute", "site_id", "arch", "cpu", "accelerator")
 _ROLLUP_SUMS = ("samples", "requests", "errors", "p50_wsum", "p95_wsum", "p99_wsum")
@@ -96,6 +98,7 @@ def telemetry_ingest_batch(
             ).values_list("uid", "pk", "site_id", "arch", "cpu", "accelerator")
         }
     rows: list[_Row] = []
+    hists: list[list[int] | None] = []  # each row's latency histogram, for the live rollout cohorts
     rollups: dict[tuple[object, ...], list[float]] = {}
     latest: dict[str, dict[str, dict[str, object]]] = {}
     watched = stream_watched_groups()  # only open device pages get the latest figures
@@ -107,6 +110,7 @@ def telemetry_ingest_batch(
         minute = message.ts.astimezone(dt.UTC).replace(second=0, microsecond=0)
         for s in message.samples:
             lat = s.latency_ms
+            hists.append(lat.hist.counts if lat.hist is not None else None)
             rows.append(
                 (
                     profile.device_id,
@@ -122,6 +126,7 @@ def telemetry_ingest_batch(
                     lat.max,
                     _INPUTS_JSON.dump_json(s.inputs).decode(),
                     _STAGES_JSON.dump_json(s.stages or []).decode(),
+                    json.dumps(lat.hist.counts, separators=(",", ":")) if lat.hist is not None else None,
                 )
             )
             key = (s.model, s.version, minute, profile.site_id, profile.arch, profile.cpu, profile.accelerator)
@@ -157,11 +162,11 @@ def telemetry_ingest_batch(
     with transaction.atomic():
         _store_raw(rows)
         _upsert_rollups(rollups)
-        cohort_samples = [(r[0], r[1], r[2], r[3], r[5], r[6], r[8]) for r in rows]
+        committed = [(r[0], r[1], r[2], r[3], r[5], r[6], r[8], h) for r, h in zip(rows, hists, strict=True)]
 
         def offer() -> None:
             stream_offer(latest)
-            rollout_cohort_offer(cohort_samples)  # the pages of active rollouts these devices are in
+            committed_batch_offer(committed)  # e.g. the pages of active rollouts these devices are in
 
         # Live pages are best effort: once the batch is committed, a failure here (e.g. the database
         # connection dropped before the rollout lookup) must not fail the batch, or the bridge would not
@@ -179,13 +184,13 @@ def _store_raw(rows: list[_Row]) -> None:
             for row in rows:
                 copy.write_row((*row, received_at))
         return
+
+    def decoded(row: _Row) -> tuple[object, ...]:
+        inputs, stages, hist = row[-3:]
+        return (*row[:-3], json.loads(inputs), json.loads(stages), None if hist is None else json.loads(hist))
+
     TelemetrySample.objects.bulk_create(
-        [
-            TelemetrySample(
-                **dict(zip(_RAW_COLUMNS, (*row[:-2], json.loads(row[-2]), json.loads(row[-1])), strict=True))
-            )
-            for row in rows
-        ],
+        [TelemetrySample(**dict(zip(_RAW_COLUMNS, decoded(row), strict=True))) for row in rows],
         batch_size=1000,
     )
 

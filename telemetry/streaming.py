@@ -6,18 +6,17 @@ sends each changed group one message carrying those items, and never flushes mor
 `TELEMETRY_STREAM_INTERVAL_MS` (200 ms: at most 5 messages per group per second). An update that
 arrives after a quiet period goes out at once, so coalescing adds latency only under load.
 
-Only groups some browser is watching are sent (telemetry/watchers.py: consumers register their groups),
+Only groups some browser is watching are sent (core/stream_watchers.py: consumers register their groups),
 so a fleet of thousands of reporting devices costs a send per open page, not per device.
 
 The coalescer lives in the producing process (the MQTT bridge, a worker, a web process acting on a
-rollout). It reaches the web processes through the channel layer, so that needs Redis whenever they are
-different processes; on the embedded default (in-memory layer) `manage.py serve` runs the bridge in the
-web process for that reason (see docs/architecture.md, "Live updates").
+rollout). It reaches the web processes through the channel layer: Redis in production; on the embedded
+default (in-memory layer) other processes' sends reach `manage.py serve` through its relay socket
+(core/channels_relay.py; docs/architecture.md, "Live updates").
 
-Rollout groups get two kinds of items (see `rollout_stream_touch` and `rollout_cohort_offer`): the
-rollout's progress (status and per-wave job-state counts), re-read in one query at flush time however
-many job updates marked it stale, and per-cohort (canary vs baseline) latency and error figures folded
-from each telemetry batch of the rollout's devices.
+Producers above telemetry use the same coalescer: deployments/rollout_streams.py offers the rollout
+groups' items (the progress as a `Deferred` read at flush time, and cohort figures from each committed
+batch, which it receives through `batch_listener_add`).
 """
 
 from __future__ import annotations
@@ -28,14 +27,12 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import connections
 
-from protocol.streams import TELEMETRY_EVENT, StreamMessage, rollout_group
-
-ROLLOUT_GROUP_PREFIX = rollout_group(0).removesuffix("0")
+from protocol.streams import TELEMETRY_EVENT, StreamMessage
 
 logger = logging.getLogger("fogdeck.telemetry.stream")
 
@@ -53,11 +50,12 @@ class Deferred:
 Item = dict[str, object] | Deferred
 
 
-WatchFilter = Callable[[Iterable[str]], set[str]]
+class WatchFilter(Protocol):
+    def __call__(self, groups: Iterable[str], *, offered_at: float | None = None) -> set[str]: ...
 
 
 class Coalescer:
-    """`watched`, when given, narrows each flush to the groups it returns (see telemetry/watchers.py);
+    """`watched`, when given, narrows each flush to the groups it returns (see core/stream_watchers.py);
     without it every offered group is sent."""
 
     def __init__(self, *, interval_s: float, send: Sender | None = None, watched: WatchFilter | None = None) -> None:
@@ -65,14 +63,18 @@ class Coalescer:
         self._send = send
         self._watched = watched
         self._pending: dict[str, dict[str, Item]] = {}
+        self._first_offer_at = 0.0  # monotonic time of the oldest offer in _pending
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closing = False
         self.sent = 0  # messages sent, for the benchmark and the logs
 
     def offer(self, updates: Mapping[str, Mapping[str, Item]]) -> None:
         """Record {group: {key: item}}; a later item for the same group and key replaces the earlier one."""
         with self._lock:
+            if not self._pending:
+                self._first_offer_at = time.monotonic()
             for group, items in updates.items():
                 self._pending.setdefault(group, {}).update(items)
         self._ensure_thread()
@@ -82,9 +84,10 @@ class Coalescer:
         """Everything pending as one message per group, and forget it (what one flush sends)."""
         with self._lock:
             pending, self._pending = self._pending, {}
+            offered_at = self._first_offer_at
         if pending and self._watched is not None:
             # before computing anything: an unwatched rollout group's progress is not even read
-            watched = self._watched(pending)
+            watched = self._watched(pending, offered_at=offered_at)
             pending = {group: items for group, items in pending.items() if group in watched}
         out: list[tuple[str, StreamMessage]] = []
         deferred = False
@@ -114,12 +117,34 @@ class Coalescer:
             self._thread = threading.Thread(target=self._run, name="telemetry-coalescer", daemon=True)
             self._thread.start()
 
+    def close(self, timeout: float = 5.0) -> None:
+        """End the sending thread; what is pending is dropped (live pages are best effort). A later offer
+        starts a new thread."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+        self._closing = True
+        self._wake.set()
+        thread.join(timeout)
+        self._closing = False
+
     def _run(self) -> None:
         loop = asyncio.new_event_loop()  # one loop for the thread's life: channels-redis pools are per loop
+        try:
+            self._loop(loop)
+        finally:
+            loop.close()
+            connections.close_all()
+
+    def _loop(self, loop: asyncio.AbstractEventLoop) -> None:
         last_flush = 0.0
         while True:
             self._wake.wait()
             self._wake.clear()
+            if self._closing:
+                with self._lock:
+                    self._pending = {}
+                return
             wait = last_flush + self.interval_s - time.monotonic()
             if wait > 0:
                 time.sleep(wait)  # more offers merge into the pending messages meanwhile
@@ -162,10 +187,19 @@ def coalescer() -> Coalescer:
     global _coalescer
     with _coalescer_lock:
         if _coalescer is None:
-            from .watchers import stream_watched
+            from core.stream_watchers import stream_watched
 
             _coalescer = Coalescer(interval_s=settings.TELEMETRY_STREAM_INTERVAL_MS / 1000, watched=stream_watched)
         return _coalescer
+
+
+def coalescer_close() -> None:
+    """Stop this process's coalescer thread, if it runs (tests end each test with it, so no flush of one
+    test's updates reads the database during the next)."""
+    with _coalescer_lock:
+        current = _coalescer
+    if current is not None:
+        current.close()
 
 
 def stream_offer(updates: Mapping[str, Mapping[str, Item]]) -> None:
@@ -174,75 +208,29 @@ def stream_offer(updates: Mapping[str, Mapping[str, Item]]) -> None:
         coalescer().offer(updates)
 
 
-# --- rollout streams -----------------------------------------------------------------------------
-ROLLOUT_PROGRESS_KEY = "progress"
+# --- committed batches ---------------------------------------------------------------------------
+# One sample of a committed telemetry batch, as listeners get it:
+# (device id, model name, version number, ts, requests, errors, p95 ms, latency histogram or None)
+CommittedSample = tuple[int, str, int, dt.datetime, int, int, float, list[int] | None]
+BatchListener = Callable[[list[CommittedSample]], None]
+_batch_listeners: list[BatchListener] = []
 
 
-def rollout_stream_touch(rollout_id: int) -> None:
-    """The rollout's status, a wave's status or one of its jobs changed (call it on commit): its group
-    gets the fresh progress (`deployments.selectors.rollout_progress`) at the next flush, read once
-    however many changes arrived meanwhile."""
-
-    def compute() -> dict[str, object] | None:
-        from deployments.selectors import rollout_progress
-
-        return rollout_progress(rollout_id)
-
-    stream_offer({rollout_group(rollout_id): {ROLLOUT_PROGRESS_KEY: Deferred(compute)}})
+def batch_listener_add(listener: BatchListener) -> None:
+    """Have `listener` offered every telemetry batch this process commits, on commit. Apps above telemetry
+    register here from their AppConfig.ready() (deployments: the live rollout pages' cohort figures,
+    deployments/rollout_streams.py), so telemetry never imports them."""
+    if listener not in _batch_listeners:
+        _batch_listeners.append(listener)
 
 
-# (device id, model name, version number, ts, requests, errors, p95 ms)
-CohortSample = tuple[int, str, int, dt.datetime, int, int, float]
-
-
-def rollout_cohort_items(
-    samples: Iterable[CohortSample], memberships: Mapping[int, list[tuple[int, str, int]]]
-) -> dict[str, dict[str, Item]]:
-    """Fold one telemetry batch into per-rollout cohort figures: `canary` is the rollout's devices on its
-    version, `baseline` its devices on any other version of the model. p95 is request-weighted."""
-    acc: dict[tuple[int, str], list[Any]] = {}
-    for device_id, model, version, ts, requests, errors, p95 in samples:
-        for rollout_id, rollout_model, rollout_version in memberships.get(device_id, ()):
-            if model != rollout_model:
-                continue
-            cohort = "canary" if version == rollout_version else "baseline"
-            entry = acc.setdefault((rollout_id, cohort), [0, 0, 0.0, None, set()])
-            entry[0] += requests
-            entry[1] += errors
-            entry[2] += p95 * requests
-            entry[3] = ts if entry[3] is None or ts > entry[3] else entry[3]
-            entry[4].add(device_id)
-    out: dict[str, dict[str, Item]] = {}
-    for (rollout_id, cohort), (requests, errors, wsum, ts, devices) in acc.items():
-        out.setdefault(rollout_group(rollout_id), {})[f"cohort:{cohort}"] = {
-            "kind": "cohort",
-            "cohort": cohort,
-            "ts": ts.isoformat(),
-            "requests": requests,
-            "errors": errors,
-            "error_rate": round(errors / requests, 6) if requests else 0.0,
-            "p95_ms": round(wsum / requests, 3) if requests else None,
-            "devices": len(devices),
-        }
-    return out
-
-
-def rollout_cohort_offer(samples: list[CohortSample]) -> None:
-    """Offer a committed telemetry batch to the groups of the active rollouts its devices are in, whose
-    pages are open (one indexed query per batch; none when no rollout page is open)."""
+def committed_batch_offer(samples: list[CommittedSample]) -> None:
+    """Offer a committed batch to the registered listeners (call it on commit). Live pages are best effort:
+    a listener that raises (e.g. its database connection dropped) is logged and the others still run."""
     if not samples:
         return
-    from deployments.selectors import active_rollouts_of_devices
-
-    from .watchers import EVERYTHING, stream_watched_groups
-
-    watched = stream_watched_groups()
-    if watched is EVERYTHING:
-        rollouts = None
-    else:
-        rollouts = {int(g.removeprefix(ROLLOUT_GROUP_PREFIX)) for g in watched if g.startswith(ROLLOUT_GROUP_PREFIX)}
-        if not rollouts:
-            return  # no rollout page is open: nothing to look up
-    memberships = active_rollouts_of_devices({s[0] for s in samples}, rollout_ids=rollouts)
-    if memberships:
-        stream_offer(rollout_cohort_items(samples, memberships))
+    for listener in list(_batch_listeners):
+        try:
+            listener(samples)
+        except Exception:
+            logger.exception("telemetry batch listener %s failed", getattr(listener, "__qualname__", listener))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import factory
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.utils import timezone
 
 from audit.actors import Actor
-from fleet.models import Device, Site
+from fleet.models import ConnectionStatus, Device, Site
 from fleet.services import device_create, site_create
 
 TEST_ACTOR = Actor.system("tests")
@@ -29,6 +32,19 @@ class SiteFactory(factory.Factory):
         return site_create(actor=TEST_ACTOR, **kwargs)
 
 
+CONNECTED_BY_DEFAULT = [False]
+
+
+@contextlib.contextmanager
+def connected_devices() -> Iterator[None]:
+    """DeviceFactory's devices are online and recently seen unless a test says otherwise."""
+    CONNECTED_BY_DEFAULT[0] = True
+    try:
+        yield
+    finally:
+        CONNECTED_BY_DEFAULT[0] = False
+
+
 class DeviceFactory(factory.Factory):
     class Meta:
         model = Device
@@ -43,10 +59,36 @@ class DeviceFactory(factory.Factory):
     accelerator = "none"
     runtimes = factory.LazyFunction(lambda: [{"name": "onnxruntime", "version": "1.18"}])
     tags = factory.LazyFunction(list)
+    # never connected, unless `connected=True` (online and heard from now) or the tests run under
+    # `connected_devices()` (rollout tests: a rollout prefers reachable devices and defers the others)
+    connected = factory.LazyFunction(lambda: CONNECTED_BY_DEFAULT[0])
 
     @classmethod
     def _create(cls, model_class: type[Device], **kwargs: Any) -> Device:
-        return device_create(actor=TEST_ACTOR, **kwargs)
+        connected = kwargs.pop("connected")
+        device = device_create(actor=TEST_ACTOR, **kwargs)
+        if connected:
+            device.status, device.last_seen = ConnectionStatus.ONLINE, timezone.now()
+            Device.objects.filter(pk=device.pk).update(status=device.status, last_seen=device.last_seen)
+        return device
+
+
+def side_effects(callbacks: list[Any]) -> list[Any]:
+    """The on-commit callbacks a service scheduled, without the audit chain's checkpoint write that every
+    audited commit schedules (audit/checkpoint.py)."""
+    import functools
+
+    from audit import checkpoint
+
+    return [c for c in callbacks if not (isinstance(c, functools.partial) and c.func is checkpoint.advance)]
+
+
+def make_token(user: Any, name: str = "tests", days: int | None = None) -> str:
+    """A named API token for `user` through the service, as `manage.py token_create` makes it; the clear key."""
+    from accounts.services import api_token_create
+    from audit.actors import Actor
+
+    return api_token_create(actor=Actor.system("tests"), user=user, name=name, days=days).key
 
 
 def make_user(username: str, role: str | None) -> Any:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
+from .destinations import DestinationRefused, check_url
 from .models import EVENT_KINDS
 
 
@@ -14,6 +15,8 @@ class SubscriptionForm(forms.Form):
 
     def clean_url(self) -> str:
         url: str = self.cleaned_data["url"]
-        if not url.startswith(("http://", "https://")):
-            raise forms.ValidationError("must be an http:// or https:// URL")
+        try:
+            check_url(url)
+        except DestinationRefused as exc:
+            raise forms.ValidationError(exc.reason) from None
         return url

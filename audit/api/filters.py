@@ -3,6 +3,7 @@ from __future__ import annotations
 import django_filters
 
 from audit.models import AuditEntry
+from core.filters import UTCIsoDateTimeFilter
 
 
 class AuditEntryFilter(django_filters.FilterSet):
@@ -10,8 +11,8 @@ class AuditEntryFilter(django_filters.FilterSet):
     action = django_filters.CharFilter(lookup_expr="startswith", help_text="action or action prefix (device.)")
     object_type = django_filters.CharFilter()
     object_id = django_filters.CharFilter()
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
     request_id = django_filters.CharFilter()
 
     class Meta:

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from audit.models import AuditEntry
+from core.csv_export import CSVRenderer, csv_lines
 
 from .filters import AuditEntryFilter
 from .serializers import AuditEntrySerializer
@@ -21,29 +20,13 @@ from .serializers import AuditEntrySerializer
 CSV_COLUMNS = AuditEntrySerializer.Meta.fields
 
 
-class CSVRenderer(renderers.BaseRenderer):
-    """Lets `?format=csv` negotiate; the view streams the rows itself."""
-
-    media_type = "text/csv"
-    format = "csv"
-    charset = "utf-8"
-
-    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
-        return json.dumps(data).encode() if data is not None else b""
-
-
 def _csv_rows(queryset: Any) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
-    for entry in queryset.iterator(chunk_size=2000):
-        row = AuditEntrySerializer(entry).data
-        writer.writerow(
-            [json.dumps(row[c], sort_keys=True) if isinstance(row[c], dict) else row[c] for c in CSV_COLUMNS]
-        )
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate(0)
+    def rows() -> Iterator[list[Any]]:
+        for entry in queryset.iterator(chunk_size=2000):
+            row = AuditEntrySerializer(entry).data
+            yield [json.dumps(row[c], sort_keys=True) if isinstance(row[c], dict) else row[c] for c in CSV_COLUMNS]
+
+    return csv_lines(CSV_COLUMNS, rows())
 
 
 class AuditEntryViewSet(viewsets.ReadOnlyModelViewSet):

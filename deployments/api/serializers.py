@@ -3,11 +3,14 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Any
 
+import pydantic
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from deployments import plan as defaults
 from deployments.models import GateEvaluation, Installation, Job, JobEvent, JobKind, Rollout, RolloutEvent, Wave
+from deployments.plan import RolloutPlan
 from fleet.models import Device, Site, Tier
 from models_registry.models import ModelVersion, PipelineVersion
 
@@ -27,11 +30,19 @@ class DeploymentSerializer(serializers.ModelSerializer):
         source="pipeline_version.number", read_only=True, allow_null=True, default=None
     )
     events = JobEventSerializer(many=True, read_only=True)
+    rollout_name = serializers.CharField(source="rollout.name", read_only=True, allow_null=True, default=None)
+    wave = serializers.IntegerField(
+        source="wave.index", read_only=True, allow_null=True, default=None, help_text="index in its rollout (0 = first)"
+    )
 
     class Meta:
         model = Job
         fields = [
             "id",
+            "rollout",
+            "rollout_name",
+            "wave",
+            "attempt",
             "device",
             "device_uid",
             "model",
@@ -47,6 +58,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "step",
             "progress",
             "reason",
+            "status_details",
             "timeout_seconds",
             "deadline_at",
             "created_by",
@@ -114,10 +126,13 @@ class WaveInputSerializer(serializers.Serializer):
         return data
 
 
+# Defaults shown here are RolloutPlan's (deployments/plan.py), the one place they are defined.
+
+
 class InstallGateSerializer(serializers.Serializer):
-    min_success_pct = serializers.FloatField(min_value=0, max_value=100, default=95)
-    max_failure_pct = serializers.FloatField(min_value=0, max_value=100, default=10)
-    min_finished = serializers.IntegerField(min_value=1, default=5)
+    min_success_pct = serializers.FloatField(min_value=0, max_value=100, default=defaults.DEFAULT_MIN_SUCCESS_PCT)
+    max_failure_pct = serializers.FloatField(min_value=0, max_value=100, default=defaults.DEFAULT_MAX_FAILURE_PCT)
+    min_finished = serializers.IntegerField(min_value=1, default=defaults.DEFAULT_MIN_FINISHED)
 
 
 class HealthGateSerializer(serializers.Serializer):
@@ -125,10 +140,10 @@ class HealthGateSerializer(serializers.Serializer):
     max_error_rate = serializers.FloatField(required=False, min_value=0, max_value=1)
     max_p95_ms = serializers.FloatField(required=False, min_value=0.0001, help_text="where there is no baseline")
     max_p99_ms = serializers.FloatField(required=False, min_value=0.0001)
-    bake_seconds = serializers.IntegerField(min_value=1, max_value=7 * 24 * 3600, default=300)
-    min_samples = serializers.IntegerField(min_value=1, default=100)
+    bake_seconds = serializers.IntegerField(min_value=1, max_value=7 * 24 * 3600, default=defaults.DEFAULT_BAKE_SECONDS)
+    min_samples = serializers.IntegerField(min_value=1, default=defaults.DEFAULT_MIN_SAMPLES)
     min_baseline_samples = serializers.IntegerField(required=False, min_value=1)
-    tolerated_failures = serializers.IntegerField(min_value=0, default=0)
+    tolerated_failures = serializers.IntegerField(min_value=0, default=defaults.DEFAULT_TOLERATED_FAILURES)
     check_interval_seconds = serializers.IntegerField(required=False, min_value=1)
 
 
@@ -160,7 +175,8 @@ class RolloutPlanSerializer(serializers.Serializer):
         queryset=ModelVersion.objects.select_related("model"), required=False, help_text="a model version's id"
     )
     pipeline_version = serializers.PrimaryKeyRelatedField(
-        queryset=PipelineVersion.objects.select_related("pipeline"), required=False,
+        queryset=PipelineVersion.objects.select_related("pipeline"),
+        required=False,
         help_text="a pipeline version's id (instead of version): rolled out as one unit",
     )
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
@@ -168,15 +184,33 @@ class RolloutPlanSerializer(serializers.Serializer):
     waves = WaveInputSerializer(many=True, min_length=1, max_length=20)
     install_gate = InstallGateSerializer(required=False)
     health_gate = HealthGateSerializer(required=False, allow_null=True)
-    rate_per_minute = serializers.IntegerField(min_value=1, max_value=1_000_000, default=600)
+    rate_per_minute = serializers.IntegerField(
+        min_value=1, max_value=1_000_000, required=False,
+        help_text="jobs sent per minute at most; default ROLLOUT_DEFAULT_RATE_PER_MINUTE (600)",
+    )  # fmt: skip
     exponential_rate = ExponentialRateSerializer(required=False)
-    job_timeout_seconds = serializers.IntegerField(min_value=5, max_value=7 * 24 * 3600, default=3600)
+    job_timeout_seconds = serializers.IntegerField(
+        min_value=5, max_value=defaults.MAX_JOB_TIMEOUT_SECONDS, required=False,
+        help_text="per-device job timeout; default JOB_TIMEOUT_SECONDS (3600)",
+    )  # fmt: skip
+    queued_timeout_seconds = serializers.IntegerField(
+        min_value=5, max_value=defaults.MAX_JOB_TIMEOUT_SECONDS, default=defaults.DEFAULT_QUEUED_TIMEOUT_SECONDS,
+        help_text="a job the device never started (still QUEUED) times out after this long (never past "
+        "job_timeout_seconds)",
+    )  # fmt: skip
+    offline_devices = serializers.ChoiceField(
+        choices=["replace", "defer", "dispatch"], default=defaults.DEFAULT_OFFLINE_DEVICES,
+        help_text="a device unreachable when its wave starts: replace it with a reachable one of the same "
+        "hardware from a later wave, defer it to the next wave, or dispatch anyway",
+    )  # fmt: skip
     retry = RetryPolicySerializer(required=False)
     start_at = serializers.DateTimeField(required=False)
     maintenance_windows = MaintenanceWindowSerializer(many=True, required=False)
     tier_aware = serializers.BooleanField(default=False)
     seed = serializers.IntegerField(required=False, min_value=0, max_value=2**62)
-    on_install_failure = serializers.ChoiceField(choices=["abort", "rollback"], default="abort")
+    on_install_failure = serializers.ChoiceField(
+        choices=["abort", "rollback"], default=defaults.DEFAULT_ON_INSTALL_FAILURE
+    )
 
     def validate_version(self, version: ModelVersion) -> ModelVersion:
         if not version.is_deployable:
@@ -206,21 +240,27 @@ class RolloutPlanSerializer(serializers.Serializer):
             raise serializers.ValidationError(f"give at least one threshold: {', '.join(keys)}")
         return gate
 
-    def to_plan(self) -> tuple[ModelVersion | PipelineVersion, str, dict[str, Any]]:
+    def to_plan(self) -> tuple[ModelVersion | PipelineVersion, str, RolloutPlan]:
+        """The validated request as (version, name, RolloutPlan); what it leaves out gets RolloutPlan's
+        defaults. The plan's own checks repeat the serializer's, so a 400 here is a bug kept readable."""
         data = dict(self.validated_data)
         version = data.pop("version", None) or data.pop("pipeline_version")
         name = data.pop("name")
-        data.setdefault("install_gate", InstallGateSerializer(data={}).run_validation({}))
-        data["waves"] = [{k: v for k, v in w.items() if k != "approval" or v} for w in data["waves"]]
-        if "start_at" in data:
-            data["start_at"] = data["start_at"].isoformat()
-        return version, name, data
+        try:
+            return version, name, RolloutPlan.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise serializers.ValidationError(
+                {".".join(str(p) for p in e["loc"]) or "non_field_errors": [e["msg"]] for e in exc.errors()}
+            ) from None
 
 
 class RolloutPreviewSerializer(serializers.Serializer):
     eligible = serializers.IntegerField()
     excluded_count = serializers.IntegerField()
     wave_sizes = serializers.ListField(child=serializers.IntegerField())
+    wave_online = serializers.ListField(
+        child=serializers.IntegerField(), help_text="per wave, how many of its devices are reachable now"
+    )
     excluded_reasons = serializers.DictField(child=serializers.IntegerField())
     excluded = serializers.ListField(child=serializers.DictField())
 
@@ -232,7 +272,8 @@ class WaveStateSerializer(serializers.ModelSerializer):
     class Meta:
         model = Wave
         fields = ["index", "spec", "size", "status", "requires_approval", "approved_by", "install_started_at",
-                  "bake_started_at", "failed_checks", "finished_at", "jobs", "rollbacks"]  # fmt: skip
+                  "bake_started_at", "failed_checks", "finished_at", "online_at_dispatch", "offline_at_dispatch",
+                  "jobs", "rollbacks"]  # fmt: skip
 
     def get_jobs(self, wave: Wave) -> dict[str, int]:
         return self.context.get("counts", {}).get(wave.pk, {}).get("jobs", {})
@@ -269,11 +310,13 @@ class RolloutSerializer(serializers.ModelSerializer):
         model = Rollout
         fields = ["id", "name", "model", "model_name", "version", "version_number", "pipeline", "pipeline_name",
                   "pipeline_version", "pipeline_version_number", "status", "status_reason",
-                  "current_wave", "skip_gates", "created_by", "created_at", "started_at", "finished_at"]  # fmt: skip
+                  "current_wave", "skip_gates", "force_rollback", "created_by", "created_at", "started_at",
+                  "finished_at"]  # fmt: skip
         read_only_fields = fields
 
 
 class RolloutDetailSerializer(RolloutSerializer):
+    plan = serializers.SerializerMethodField(help_text="the RolloutPlan, every default filled in")
     waves = serializers.SerializerMethodField()
     gate_results = GateEvaluationSerializer(many=True, read_only=True)
     timeline = RolloutEventSerializer(many=True, read_only=True, source="events")
@@ -284,6 +327,9 @@ class RolloutDetailSerializer(RolloutSerializer):
         fields = [*RolloutSerializer.Meta.fields, "plan", "waves", "gate_results", "timeline", "excluded",
                   "artifact_transfer"]  # fmt: skip
         read_only_fields = fields
+
+    def get_plan(self, rollout: Rollout) -> dict[str, Any]:
+        return rollout.plan.stored()
 
     def get_waves(self, rollout: Rollout) -> list[dict[str, Any]]:
         return WaveStateSerializer(rollout.waves.all(), many=True, context=self.context).data  # type: ignore[return-value]
@@ -300,6 +346,7 @@ WaveStateSerializer.get_rollbacks = extend_schema_field(OpenApiTypes.OBJECT)(Wav
 RolloutDetailSerializer.get_waves = extend_schema_field(WaveStateSerializer(many=True))(
     RolloutDetailSerializer.get_waves
 )  # type: ignore[method-assign]
+RolloutDetailSerializer.get_plan = extend_schema_field(OpenApiTypes.OBJECT)(RolloutDetailSerializer.get_plan)  # type: ignore[method-assign]
 RolloutDetailSerializer.get_excluded = extend_schema_field(OpenApiTypes.OBJECT)(RolloutDetailSerializer.get_excluded)  # type: ignore[method-assign]
 RolloutDetailSerializer.get_artifact_transfer = extend_schema_field(OpenApiTypes.OBJECT)(  # type: ignore[method-assign]
     RolloutDetailSerializer.get_artifact_transfer
@@ -313,12 +360,6 @@ class RolloutReasonSerializer(serializers.Serializer):
 class RolloutEmergencySerializer(serializers.Serializer):
     action = serializers.ChoiceField(choices=["skip_gates", "rollback"])
     reason = serializers.CharField(max_length=1000, help_text="mandatory: why the gates are bypassed")
-
-
-class InstalledSerializer(serializers.Serializer):
-    model = serializers.CharField()
-    version = serializers.IntegerField()
-    since = serializers.DateTimeField()
 
 
 class DeviceHistorySerializer(serializers.ModelSerializer):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -15,26 +15,30 @@ from core import roles
 from core.errors import Conflict
 from deployments.exceptions import DeploymentRefused, InvalidTransition, PlanInvalid
 from deployments.models import Job, Rollout
-from deployments.rollout_services import (
+from deployments.selectors import artifact_transfer_summary, device_history, rollout_excluded, rollout_wave_counts
+from deployments.services.job_endings import job_cancel
+from deployments.services.jobs import deployment_create
+from deployments.services.rollout_drafts import rollout_create, rollout_preview
+from deployments.services.rollouts import (
     rollout_abort,
     rollout_approve,
-    rollout_create,
     rollout_force_rollback,
     rollout_pause,
-    rollout_preview,
     rollout_resume,
     rollout_rollback,
     rollout_skip_gates,
     rollout_start,
 )
-from deployments.selectors import artifact_transfer_summary, rollout_excluded, rollout_wave_counts
-from deployments.services import deployment_create, job_cancel
+from fleet.api.views import DeviceViewSet
+from fleet.models import Device
 
 from .filters import DeploymentFilter
 from .serializers import (
     CancelInputSerializer,
     DeploymentCreateSerializer,
     DeploymentSerializer,
+    DeviceHistoryQuerySerializer,
+    DeviceHistorySerializer,
     RolloutDetailSerializer,
     RolloutEmergencySerializer,
     RolloutPlanSerializer,
@@ -50,7 +54,7 @@ class DeploymentViewSet(
     """Single-device deployments (jobs). Operators create and cancel them; every role reads them."""
 
     queryset = Job.objects.select_related(
-        "device", "model", "version", "pipeline", "pipeline_version"
+        "device", "model", "version", "pipeline", "pipeline_version", "rollout", "wave"
     ).prefetch_related("events")
     serializer_class = DeploymentSerializer
     filterset_class = DeploymentFilter
@@ -133,8 +137,7 @@ class RolloutViewSet(
         """The waves' sizes and the excluded devices (with reasons) for this plan now; nothing is written."""
         payload = RolloutPlanSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        version, _name, plan = payload.to_plan()
-        plan.setdefault("seed", 0)
+        version, _name, plan = payload.to_plan()  # no seed given: the preview samples with seed 0
         try:
             planned = rollout_preview(version=version, plan=plan)
         except PlanInvalid as exc:
@@ -199,3 +202,35 @@ class RolloutViewSet(
         except PlanInvalid as exc:
             raise _plan_error(exc) from None
         return self._detail(rollout)
+
+
+class DeviceHistoryViewSet(viewsets.GenericViewSet):
+    """`GET /devices/{id}/history/`, the device API's history action. It reads installations and jobs, so it
+    is served here rather than by fleet's DeviceViewSet (a layer below); deployments/api/urls.py registers
+    it under the same `devices` prefix, route name and schema operation. The device is found as the device
+    views find it (their filters apply), so nothing about the URL's answers changed with the move."""
+
+    queryset = Device.objects.all()
+    serializer_class = DeviceHistorySerializer
+    filterset_class = DeviceViewSet.filterset_class
+    ordering_fields = DeviceViewSet.ordering_fields
+
+    @extend_schema(
+        parameters=[OpenApiParameter("model", int, description="only this model"),
+                    OpenApiParameter("version", int, description="only this model version")],
+        responses={200: DeviceHistorySerializer(many=True)},
+    )  # fmt: skip
+    @action(detail=True, methods=["get"])
+    def history(self, request: Request, pk: str | None = None) -> Response:
+        """Which model version ran on this device, from when to when, and the job or rollout that changed it."""
+        params = DeviceHistoryQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        rows = device_history(
+            self.get_object(),
+            model_id=params.validated_data.get("model"),
+            version_id=params.validated_data.get("version"),
+        )
+        page = self.paginate_queryset(rows)
+        if page is not None:
+            return self.get_paginated_response(DeviceHistorySerializer(page, many=True).data)
+        return Response(DeviceHistorySerializer(rows, many=True).data)

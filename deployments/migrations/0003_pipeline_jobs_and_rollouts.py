@@ -5,93 +5,197 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('deployments', '0002_rollouts'),
-        ('fleet', '0002_device_reported_at_device_reported_state'),
-        ('models_registry', '0002_pipelines'),
+        ("deployments", "0002_rollouts"),
+        ("fleet", "0002_device_reported_at_device_reported_state"),
+        ("models_registry", "0002_pipelines"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='installation',
-            name='pipeline',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='installations', to='models_registry.pipeline'),
+            model_name="installation",
+            name="pipeline",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="installations",
+                to="models_registry.pipeline",
+            ),
         ),
         migrations.AddField(
-            model_name='installation',
-            name='pipeline_version',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='installations', to='models_registry.pipelineversion'),
+            model_name="installation",
+            name="pipeline_version",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="installations",
+                to="models_registry.pipelineversion",
+            ),
         ),
         migrations.AddField(
-            model_name='job',
-            name='pipeline',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='jobs', to='models_registry.pipeline'),
+            model_name="job",
+            name="pipeline",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="jobs",
+                to="models_registry.pipeline",
+            ),
         ),
         migrations.AddField(
-            model_name='job',
-            name='pipeline_version',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='jobs', to='models_registry.pipelineversion'),
+            model_name="job",
+            name="pipeline_version",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="jobs",
+                to="models_registry.pipelineversion",
+            ),
         ),
         migrations.AddField(
-            model_name='rollout',
-            name='pipeline',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='rollouts', to='models_registry.pipeline'),
+            model_name="rollout",
+            name="pipeline",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="rollouts",
+                to="models_registry.pipeline",
+            ),
         ),
         migrations.AddField(
-            model_name='rollout',
-            name='pipeline_version',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='rollouts', to='models_registry.pipelineversion'),
+            model_name="rollout",
+            name="pipeline_version",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="rollouts",
+                to="models_registry.pipelineversion",
+            ),
         ),
         migrations.AddField(
-            model_name='rollouttarget',
-            name='baseline_pipeline_version',
-            field=models.ForeignKey(blank=True, help_text='in a pipeline rollout: the pipeline version the device ran before', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='models_registry.pipelineversion'),
+            model_name="rollouttarget",
+            name="baseline_pipeline_version",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="in a pipeline rollout: the pipeline version the device ran before",
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="+",
+                to="models_registry.pipelineversion",
+            ),
         ),
         migrations.AlterField(
-            model_name='installation',
-            name='model',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='installations', to='models_registry.registeredmodel'),
+            model_name="installation",
+            name="model",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="installations",
+                to="models_registry.registeredmodel",
+            ),
         ),
         migrations.AlterField(
-            model_name='installation',
-            name='version',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='installations', to='models_registry.modelversion'),
+            model_name="installation",
+            name="version",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="installations",
+                to="models_registry.modelversion",
+            ),
         ),
         migrations.AlterField(
-            model_name='job',
-            name='model',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='jobs', to='models_registry.registeredmodel'),
+            model_name="job",
+            name="model",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="jobs",
+                to="models_registry.registeredmodel",
+            ),
         ),
         migrations.AlterField(
-            model_name='job',
-            name='version',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='jobs', to='models_registry.modelversion'),
+            model_name="job",
+            name="version",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="jobs",
+                to="models_registry.modelversion",
+            ),
         ),
         migrations.AlterField(
-            model_name='rollout',
-            name='model',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='rollouts', to='models_registry.registeredmodel'),
+            model_name="rollout",
+            name="model",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="rollouts",
+                to="models_registry.registeredmodel",
+            ),
         ),
         migrations.AlterField(
-            model_name='rollout',
-            name='version',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='rollouts', to='models_registry.modelversion'),
+            model_name="rollout",
+            name="version",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="rollouts",
+                to="models_registry.modelversion",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='installation',
-            constraint=models.UniqueConstraint(condition=models.Q(('until__isnull', True)), fields=('device', 'pipeline'), name='one_current_pipeline_installation'),
+            model_name="installation",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("until__isnull", True)),
+                fields=("device", "pipeline"),
+                name="one_current_pipeline_installation",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='job',
-            constraint=models.UniqueConstraint(condition=models.Q(('status__in', ['QUEUED', 'IN_PROGRESS'])), fields=('device', 'pipeline'), name='one_active_job_per_device_and_pipeline'),
+            model_name="job",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status__in", ["QUEUED", "IN_PROGRESS"])),
+                fields=("device", "pipeline"),
+                name="one_active_job_per_device_and_pipeline",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='job',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('model__isnull', False), ('pipeline_version__isnull', True), ('version__isnull', False)), models.Q(('pipeline__isnull', False), ('pipeline_version__isnull', False), ('version__isnull', True)), _connector='OR'), name='job_targets_a_version_or_a_pipeline_version'),
+            model_name="job",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("model__isnull", False), ("pipeline_version__isnull", True), ("version__isnull", False)),
+                    models.Q(
+                        ("pipeline__isnull", False), ("pipeline_version__isnull", False), ("version__isnull", True)
+                    ),
+                    _connector="OR",
+                ),
+                name="job_targets_a_version_or_a_pipeline_version",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='rollout',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('model__isnull', False), ('pipeline_version__isnull', True), ('version__isnull', False)), models.Q(('pipeline__isnull', False), ('pipeline_version__isnull', False), ('version__isnull', True)), _connector='OR'), name='rollout_targets_a_version_or_a_pipeline_version'),
+            model_name="rollout",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("model__isnull", False), ("pipeline_version__isnull", True), ("version__isnull", False)),
+                    models.Q(
+                        ("pipeline__isnull", False), ("pipeline_version__isnull", False), ("version__isnull", True)
+                    ),
+                    _connector="OR",
+                ),
+                name="rollout_targets_a_version_or_a_pipeline_version",
+            ),
         ),
     ]

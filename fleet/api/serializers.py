@@ -5,14 +5,12 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import BooleanField, F, Func
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from deployments.api.serializers import InstalledSerializer
-from deployments.models import Installation
-from deployments.selectors import device_installed
+from core.expressions import AmongIds
 from fleet.filters import STORED_FILTER_KEYS
+from fleet.installed import installed_provider
 from fleet.models import Device, DeviceGroup, DeviceRuntime, DeviceTag, GroupKind, Site
 from fleet.selectors import devices_matching
 
@@ -44,6 +42,21 @@ class RuntimeSerializer(serializers.Serializer):
             raise serializers.ValidationError("use a dotted version such as 1.18 or 2024.1")
         return value
 
+    def validate(self, attrs: dict[str, str]) -> dict[str, str]:
+        # A PATCH makes DRF skip missing fields of nested items too; a runtime is always given whole.
+        missing = [name for name in ("name", "version") if name not in attrs]
+        if missing:
+            raise serializers.ValidationError({name: "This field is required." for name in missing})
+        return attrs
+
+
+# one entry of a device's `installed` (fleet/installed.py: deployments provides the values). A comment, not a
+# docstring: drf-spectacular would make a docstring the schema component's description.
+class InstalledSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    version = serializers.IntegerField()
+    since = serializers.DateTimeField()
+
 
 class DeviceSerializer(serializers.ModelSerializer):
     runtimes = RuntimeSerializer(many=True, required=False, source="runtime_list")
@@ -67,9 +80,12 @@ class DeviceSerializer(serializers.ModelSerializer):
             "cpu",
             "memory_mb",
             "accelerator",
+            "job_dialect",
             "runtimes",
             "tags",
             "agent_version",
+            "inference_url",
+            "inference_host",
             "status",
             "last_seen",
             "has_credentials",
@@ -78,11 +94,11 @@ class DeviceSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["id", "agent_version", "status", "last_seen", "created_at", "updated_at"]
+        read_only_fields = ["id", "agent_version", "inference_url", "status", "last_seen", "created_at", "updated_at"]
 
     @extend_schema_field(InstalledSerializer(many=True))
     def get_installed(self, device: Device) -> list[dict[str, Any]]:
-        return device_installed(device)
+        return installed_provider().of_device(device)
 
     def validate_runtimes(self, value: list[dict[str, str]]) -> list[dict[str, str]]:
         names = [r["name"] for r in value]
@@ -115,55 +131,26 @@ class DeviceSerializer(serializers.ModelSerializer):
         return data
 
 
-class _AmongIds(Func):
-    """`column IN (ids)`, with the ids as one array parameter on PostgreSQL (`column = ANY(%s)`): Django's
-    `__in` processes and binds each id on its own, and psycopg re-parses a query of more than 50
-    parameters every time, ~0.6 ms of CPU per 100-id query here that this form does not cost."""
-
-    output_field = BooleanField()
-
-    def __init__(self, column: str, ids: list[int]) -> None:
-        super().__init__(F(column))
-        self.ids = ids
-
-    def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, tuple[Any, ...]]:  # type: ignore[override]
-        column, params = compiler.compile(self.source_expressions[0])
-        return f"{column} IN ({', '.join(['%s'] * len(self.ids))})", (*params, *self.ids)
-
-    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, tuple[Any, ...]]:
-        column, params = compiler.compile(self.source_expressions[0])
-        return f"{column} = ANY(%s)", (*params, self.ids)
-
-
 def device_list_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """`DeviceSerializer(devices, many=True).data` for rows of `Device.objects.listing()`: the same keys in
     the same order and the same values, built as plain dicts (DeviceSerializer still defines the fields,
-    their validation and the schema). The serializer's field machinery was ~25 % of the list's server CPU
-    at 100 devices a page (docs/benchmarks.md); tests/fleet/test_device_list_rows.py holds the two equal.
+    their validation and the schema). The serializer's field machinery costs a large share of the list's
+    server CPU (docs/benchmarks.md, "CPU per request"); tests/fleet/test_device_list_rows.py holds the two equal.
     Runtimes, tags and current installations: one query each for all the rows, none for an empty page."""
     rows = list(rows)
     ids = [row["id"] for row in rows]
     runtimes: defaultdict[int, list[dict[str, str]]] = defaultdict(list)
     tags: defaultdict[int, list[str]] = defaultdict(list)
-    installed: defaultdict[int, list[dict[str, Any]]] = defaultdict(list)
+    installed: dict[int, list[dict[str, Any]]] = {}
     if ids:
-        # DeviceRuntime's default ordering (name) and Installation's (-since), as the prefetches had
-        for device_id, name, version in DeviceRuntime.objects.filter(_AmongIds("device_id", ids)).values_list(
+        # DeviceRuntime's default ordering (name), as the prefetch had
+        for device_id, name, version in DeviceRuntime.objects.filter(AmongIds("device_id", ids)).values_list(
             "device_id", "name", "version"
         ):
             runtimes[device_id].append({"name": name, "version": version})
-        for device_id, tag in DeviceTag.objects.filter(_AmongIds("device_id", ids)).values_list("device_id", "tag"):
+        for device_id, tag in DeviceTag.objects.filter(AmongIds("device_id", ids)).values_list("device_id", "tag"):
             tags[device_id].append(tag)
-        current = Installation.objects.filter(_AmongIds("device_id", ids), until__isnull=True).values_list(
-            "device_id", "pipeline_version_id", "pipeline__name", "pipeline_version__number",
-            "model__name", "version__number", "since",
-        )  # fmt: skip
-        for device_id, pipeline_version_id, pipeline, pipeline_number, model, number, since in current:
-            # as deployments.selectors.device_installed: a pipeline is listed under its name
-            if pipeline_version_id:
-                installed[device_id].append({"model": pipeline, "version": pipeline_number, "since": since})
-            else:
-                installed[device_id].append({"model": model, "version": number, "since": since})
+        installed = installed_provider().of_devices(ids)  # deployments' rows (fleet/installed.py)
     # DRF's DateTimeField, its time zone looked up once for the page rather than once per value
     datetime = serializers.DateTimeField()
     datetime.timezone = datetime.default_timezone()
@@ -180,9 +167,12 @@ def device_list_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             "cpu": row["cpu"],
             "memory_mb": row["memory_mb"],
             "accelerator": row["accelerator"],
+            "job_dialect": row["job_dialect"],
             "runtimes": runtimes.get(row["id"], []),
             "tags": sorted(tags.get(row["id"], ())),
             "agent_version": row["agent_version"],
+            "inference_url": row["inference_url"],
+            "inference_host": row["inference_host"],
             "status": row["status"],
             "last_seen": as_text(row["last_seen"]),
             "has_credentials": bool(row["credential_hash"]) and row["revoked_at"] is None,

@@ -1,22 +1,25 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db.models import Count, Prefetch, ProtectedError, QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from django.db.models import Count, ProtectedError, QuerySet
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from audit.actors import Actor
+from core.csv_export import CSVRenderer
 from core.errors import Conflict
-from deployments.api.serializers import DeviceHistoryQuerySerializer, DeviceHistorySerializer
-from deployments.models import Installation
-from deployments.selectors import device_history
+from fleet.device_csv import device_csv_lines
 from fleet.filters import DeviceFilter
 from fleet.importing import ImportFileError, devices_import
+from fleet.installed import installed_provider
 from fleet.models import Device, DeviceGroup, Site
 from fleet.selectors import group_members
 from fleet.services import (
@@ -61,7 +64,8 @@ class SiteViewSet(viewsets.ModelViewSet):
     ordering_fields = ["name", "region"]
 
     def perform_create(self, serializer: SiteSerializer) -> None:  # type: ignore[override]
-        serializer.instance = site_create(actor=actor_of(self.request), **serializer.validated_data)
+        created = site_create(actor=actor_of(self.request), **serializer.validated_data)
+        serializer.instance = self.get_queryset().get(pk=created.pk)  # with device_count, as every read has it
 
     def perform_update(self, serializer: SiteSerializer) -> None:  # type: ignore[override]
         site_update(actor=actor_of(self.request), site=serializer.instance, **serializer.validated_data)
@@ -73,6 +77,8 @@ class SiteViewSet(viewsets.ModelViewSet):
             raise Conflict(f"site {instance.name!r} still has devices; move or delete them first") from None
 
 
+# `GET /devices/{id}/history/` is deployments' (deployments/api/views.py, DeviceHistoryViewSet): it reads
+# installations and jobs, a layer above fleet. (A comment: drf-spectacular shows the docstring below.)
 class DeviceViewSet(viewsets.ModelViewSet):
     """The inventory. Reads for every role; changes, credentials and imports for admins."""
 
@@ -98,14 +104,7 @@ class DeviceViewSet(viewsets.ModelViewSet):
             # rows as dicts of the columns the list shows; `list` below adds their related rows
             return Device.objects.listing()  # type: ignore[return-value]
         # `installed` in one query for the page, not one per device
-        current = Installation.objects.filter(until__isnull=True).select_related(
-            "model", "version", "pipeline", "pipeline_version"
-        )
-        return (
-            super()
-            .get_queryset()
-            .prefetch_related(Prefetch("installations", queryset=current, to_attr="current_installations"))
-        )
+        return installed_provider().with_current(super().get_queryset())
 
     def list(self, request: Request, *args: object, **kwargs: object) -> Response:
         # DeviceSerializer's output for a page, built from plain rows (device_list_rows), not by the
@@ -116,26 +115,6 @@ class DeviceViewSet(viewsets.ModelViewSet):
         if page is None:
             return Response(device_list_rows(devices))
         return self.get_paginated_response(device_list_rows(page))
-
-    @extend_schema(
-        parameters=[OpenApiParameter("model", int, description="only this model"),
-                    OpenApiParameter("version", int, description="only this model version")],
-        responses={200: DeviceHistorySerializer(many=True)},
-    )  # fmt: skip
-    @action(detail=True, methods=["get"])
-    def history(self, request: Request, pk: str | None = None) -> Response:
-        """Which model version ran on this device, from when to when, and the job or rollout that changed it."""
-        params = DeviceHistoryQuerySerializer(data=request.query_params)
-        params.is_valid(raise_exception=True)
-        rows = device_history(
-            self.get_object(),
-            model_id=params.validated_data.get("model"),
-            version_id=params.validated_data.get("version"),
-        )
-        page = self.paginate_queryset(rows)
-        if page is not None:
-            return self.get_paginated_response(DeviceHistorySerializer(page, many=True).data)
-        return Response(DeviceHistorySerializer(rows, many=True).data)
 
     @extend_schema(request=None, responses={201: CredentialsSerializer})
     @action(detail=True, methods=["post"])
@@ -160,6 +139,18 @@ class DeviceViewSet(viewsets.ModelViewSet):
         payload.is_valid(raise_exception=True)
         device = device_revoke(actor=actor_of(request), device=self.get_object(), **payload.validated_data)
         return Response(DeviceSerializer(Device.objects.with_inventory().get(pk=device.pk)).data)
+
+    @extend_schema(
+        responses={(200, "text/csv"): OpenApiTypes.STR},
+        description="Every device matching the list's filters as CSV, in the import's format "
+        '(`POST /api/v1/devices/import/` reads it back as it is; README, "Device CSV").',
+    )
+    @action(detail=False, methods=["get"], url_path="export", renderer_classes=[JSONRenderer, CSVRenderer])
+    def export(self, request: Request) -> StreamingHttpResponse:
+        devices = self.filter_queryset(Device.objects.with_inventory().order_by("uid"))
+        response = StreamingHttpResponse(device_csv_lines(devices), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="fogdeck-devices.csv"'
+        return response
 
     @extend_schema(request={"multipart/form-data": ImportInputSerializer}, responses={200: ImportReportSerializer})
     @action(detail=False, methods=["post"], url_path="import", parser_classes=[MultiPartParser, FormParser])

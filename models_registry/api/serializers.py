@@ -24,20 +24,33 @@ class RegisteredModelSerializer(serializers.ModelSerializer):
 
 class RequirementsSerializer(serializers.Serializer):
     runtime = serializers.ChoiceField(
-        choices=RUNTIME_NAMES, required=False, allow_blank=True, default="",
+        choices=RUNTIME_NAMES,
+        required=False,
+        allow_blank=True,
+        default="",
         help_text="narrows the runtimes the format allows (see compatibility.py)",
     )
     min_runtime_version = serializers.RegexField(
-        r"^\d+(\.\d+){0,3}$", max_length=40, required=False, allow_blank=True, default="",
+        r"^\d+(\.\d+){0,3}$",
+        max_length=40,
+        required=False,
+        allow_blank=True,
+        default="",
         help_text="compared numerically: 1.18 > 1.9",
     )
     archs = serializers.ListField(
-        child=serializers.ChoiceField(choices=Arch.choices), required=False, default=list, max_length=10,
+        child=serializers.ChoiceField(choices=Arch.choices),
+        required=False,
+        default=list,
+        max_length=10,
         help_text="allowed CPU architectures; empty means any",
     )
     min_memory_mb = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
     accelerator = serializers.ChoiceField(
-        choices=Accelerator.choices, required=False, allow_blank=True, default="",
+        choices=Accelerator.choices,
+        required=False,
+        allow_blank=True,
+        default="",
         help_text="required accelerator; blank or none means not needed",
     )
 
@@ -154,10 +167,32 @@ class VersionSerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelVersion
         fields = [
-            "id", "model", "model_name", "number", "label", "status", "is_deployable", "framework", "format",
-            "size", "sha256", "io_signature", "metrics", "requirements", "lineage", "aliases",
-            "manifest", "signature", "key_id", "published_at", "deprecated_at", "revoked_at", "revoked_reason",
-            "created_by", "created_at", "updated_at",
+            "id",
+            "model",
+            "model_name",
+            "number",
+            "label",
+            "status",
+            "is_deployable",
+            "framework",
+            "format",
+            "size",
+            "sha256",
+            "io_signature",
+            "metrics",
+            "requirements",
+            "lineage",
+            "aliases",
+            "manifest",
+            "signature",
+            "key_id",
+            "published_at",
+            "deprecated_at",
+            "revoked_at",
+            "revoked_reason",
+            "created_by",
+            "created_at",
+            "updated_at",
         ]
         read_only_fields = fields
 
@@ -182,7 +217,8 @@ class VersionDetailSerializer(VersionSerializer):
         many=True, read_only=True, help_text="status events and audit entries, oldest first"
     )
     deployments = serializers.ListField(
-        child=serializers.DictField(), read_only=True,
+        child=serializers.DictField(),
+        read_only=True,
         help_text="where this version was deployed: always empty until rollouts exist (filled by the rollouts issue)",
     )
 

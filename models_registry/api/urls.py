@@ -7,7 +7,7 @@ from .pipeline_views import PipelineVersionViewSet, PipelineViewSet
 from .views import ArtifactDownloadView, ModelVersionViewSet, RegisteredModelViewSet, SigningKeysView
 
 router = DefaultRouter(trailing_slash=True)
-router.include_root_view = False  # fleet's router already serves the API root
+router.include_root_view = False  # config/urls.py serves the API root (core/api_root.py)
 router.register("models", RegisteredModelViewSet, basename="model")
 router.register(r"models/(?P<model_id>[0-9]+)/versions", ModelVersionViewSet, basename="model-version")
 router.register("pipelines", PipelineViewSet, basename="pipeline")

@@ -6,7 +6,7 @@ from typing import Any
 
 import django_filters
 from django.core.files.storage import default_storage
-from django.core.signing import BadSignature, Signer
+from django.core.signing import BadSignature
 from django.db.models import Count, ProtectedError, QuerySet
 from django.http import FileResponse, HttpRequest, HttpResponseBase, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -33,9 +33,9 @@ from models_registry.filters import ModelVersionFilter, RegisteredModelFilter
 from models_registry.models import Alias, ModelVersion, RegisteredModel, Status
 from models_registry.selectors import version_compatibility, version_history
 from models_registry.services import (
-    DOWNLOAD_SALT,
     alias_delete,
     alias_set,
+    download_signer,
     model_create,
     model_delete,
     model_update,
@@ -103,9 +103,8 @@ class RegisteredModelViewSet(RegistryErrorsMixin, viewsets.ModelViewSet):
     action_roles = {"alias_set": roles.OPERATOR, "alias_delete": roles.OPERATOR}
 
     def perform_create(self, serializer: RegisteredModelSerializer) -> None:  # type: ignore[override]
-        serializer.instance = model_create(
-            actor=actor_of(self.request), owner=self.request.user, **serializer.validated_data
-        )
+        created = model_create(actor=actor_of(self.request), owner=self.request.user, **serializer.validated_data)
+        serializer.instance = self.get_queryset().get(pk=created.pk)  # with version_count, as every read has it
 
     def perform_update(self, serializer: RegisteredModelSerializer) -> None:  # type: ignore[override]
         model_update(actor=actor_of(self.request), model=serializer.instance, **serializer.validated_data)
@@ -165,9 +164,11 @@ def _device_filter_parameters() -> list[OpenApiParameter]:
     list=extend_schema(parameters=[MODEL_ID]),
     retrieve=extend_schema(parameters=[MODEL_ID], responses={200: VersionDetailSerializer}),
     create=extend_schema(
-        parameters=[MODEL_ID], request={"multipart/form-data": VersionWriteSerializer},
+        parameters=[MODEL_ID],
+        request={"multipart/form-data": VersionWriteSerializer},
         responses={
-            201: VersionDetailSerializer, 413: OpenApiResponse(description="artifact over MAX_ARTIFACT_SIZE_MB")
+            201: VersionDetailSerializer,
+            413: OpenApiResponse(description="artifact over MAX_ARTIFACT_SIZE_MB"),
         },
     ),
     update=extend_schema(
@@ -215,11 +216,7 @@ class ModelVersionViewSet(
     def get_queryset(self) -> QuerySet[ModelVersion]:
         if getattr(self, "swagger_fake_view", False):  # schema generation: no model_id in the URL
             return ModelVersion.objects.none()
-        return (
-            ModelVersion.objects.with_related()
-            .prefetch_related("aliases")
-            .filter(model=self.get_model())
-        )
+        return ModelVersion.objects.with_related().prefetch_related("aliases").filter(model=self.get_model())
 
     def filter_queryset(self, queryset: QuerySet[ModelVersion]) -> QuerySet[ModelVersion]:
         # only the list filters versions: detail actions take other query strings (compatibility: device filters)
@@ -311,7 +308,9 @@ class ModelVersionViewSet(
             raise ValidationError(filterset.errors)
         summary = version_compatibility(version, filterset.qs)
         body = {
-            "compatible": summary.compatible, "incompatible": summary.incompatible, "total": summary.total,
+            "compatible": summary.compatible,
+            "incompatible": summary.incompatible,
+            "total": summary.total,
             "reasons": summary.reasons,
         }
         return Response(CompatibilitySerializer(body).data)
@@ -321,16 +320,18 @@ class ArtifactDownloadView(APIView):
     """Serves an artifact from local storage to whoever holds an unexpired signed link (devices included).
 
     The token is the authorization: it names the storage key and version and carries an expiry, signed with
-    SECRET_KEY. Expired, tampered or revoked links answer 403.
+    a key derived from SECRET_KEY. Expired, tampered or revoked links answer 403.
     """
 
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
+    # a fleet behind one NAT downloads a rollout's artifact at once; the signed link is the limit
+    throttle_classes: list[Any] = []
 
     @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, 403: None})
     def get(self, request: Request, token: str) -> HttpResponseBase:
         try:
-            payload = Signer(salt=DOWNLOAD_SALT).unsign_object(token)
+            payload = download_signer().unsign_object(token)
         except BadSignature:
             raise PermissionDenied("invalid download link") from None
         if time.time() * 1000 > payload["e"]:
@@ -355,15 +356,18 @@ class SigningKeysView(APIView):
 
     authentication_classes: list[type] = []
     permission_classes = [AllowAny]
+    throttle_classes: list[type] = []  # devices fetch them unauthenticated, many from one address
 
     @extend_schema(responses={200: SigningKeySerializer(many=True)})
     def get(self, request: Request) -> Response:
         rows = [
             {
-                "key_id": key.key_id, "public_key": key.public_key_b64, "algorithm": "ed25519",
-                "active": key.active, "created_at": key.created_at,
+                "key_id": key.key_id,
+                "public_key": key.public_key_b64,
+                "algorithm": "ed25519",
+                "active": key.active,
+                "created_at": key.created_at,
             }
             for key in keys.all_keys()
         ]
         return Response(SigningKeySerializer(rows, many=True).data)
-

@@ -8,6 +8,7 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import viewsets
 from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -19,8 +20,15 @@ from protocol.messages import DEFAULT_HIST_EDGES
 from telemetry.drift import ProfileInvalid, profile_from_samples, reference_profile_set
 from telemetry.filters import DriftAlertFilter
 from telemetry.models import DriftAlert, ReferenceProfile
+from telemetry.series import telemetry_series
 
-from .serializers import DriftAlertSerializer, ReferenceProfileInputSerializer, ReferenceProfileSerializer
+from .serializers import (
+    DriftAlertSerializer,
+    ReferenceProfileInputSerializer,
+    ReferenceProfileSerializer,
+    TelemetryBucketSerializer,
+    TelemetrySeriesQuerySerializer,
+)
 
 
 class DriftAlertViewSet(viewsets.ReadOnlyModelViewSet):
@@ -97,3 +105,24 @@ def _profile_of_samples(samples: dict[str, Any], edges: list[float]) -> tuple[di
         raise ValidationError({"samples": [str(exc)]}) from None
     rows = max(1 if a.ndim == 0 else int(np.prod(a.shape[:-1])) for a in arrays.values())
     return features, rows
+
+
+class TelemetrySeriesView(GenericAPIView):
+    """Requests, errors, error rate and latency percentiles per time bucket, per model version, site,
+    device or rollout cohort (canary: the rollout's version; baseline: the model's other versions).
+
+    Fleet-wide figures come from the minute rollups (kept TELEMETRY_ROLLUP_RETENTION_DAYS); asking for
+    devices (`device=` or `group_by=device`) reads the raw samples (kept TELEMETRY_RAW_RETENTION_HOURS).
+    Buckets are aligned to the Unix epoch; a bucket with no telemetry is left out. Rows are ordered by
+    group, then time, and paginated (`page`, `page_size`)."""
+
+    serializer_class = TelemetryBucketSerializer
+    filter_backends: list[Any] = []  # the query string is TelemetrySeriesQuerySerializer's
+
+    @extend_schema(parameters=[TelemetrySeriesQuerySerializer], responses={200: TelemetryBucketSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        params = TelemetrySeriesQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        rows = telemetry_series(params.validated_data["query"])
+        page = self.paginate_queryset(rows)
+        return self.get_paginated_response(TelemetryBucketSerializer(page, many=True).data)

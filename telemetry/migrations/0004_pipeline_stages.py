@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('telemetry', '0003_drift'),
+        ("telemetry", "0003_drift"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='telemetrysample',
-            name='stages',
-            field=models.JSONField(blank=True, default=list, help_text="a pipeline's per-stage figures: name, model, version, requests, skipped, errors, latency_ms {p50, p95, p99, max}; empty for a single model"),
+            model_name="telemetrysample",
+            name="stages",
+            field=models.JSONField(
+                blank=True,
+                default=list,
+                help_text="a pipeline's per-stage figures: name, model, version, requests, skipped, errors, latency_ms {p50, p95, p99, max}; empty for a single model",
+            ),
         ),
     ]

@@ -11,7 +11,7 @@ import pytest
 
 from protocol import device_topics as topics
 from protocol.messages import JobsGetAccepted, encode, parse_jobs_get, parse_state, parse_status, parse_telemetry
-from tests.agent.conftest import MODEL, Bridge, Signer, make_onnx, wait_session_offline
+from tests.agent.conftest import MODEL, Bridge, Signer, make_onnx, signed, wait_session_offline
 
 X = [[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0]]
 
@@ -254,12 +254,12 @@ def test_telemetry_reports_latency_and_input_statistics(bridge, control_plane, s
 
 
 def test_jobs_get_reply_delivers_a_missed_job_and_a_finished_one_is_only_reported_again(
-    bridge, control_plane, start_agent, v1
+    bridge, control_plane, start_agent, v1, signer
 ):
     agent = start_agent()
     wait_online(bridge, agent.uid)
     [request] = [parse_jobs_get(m.payload) for m in bridge.messages if m.topic == topics.jobs_get_topic(agent.uid)]
-    job = control_plane.job(v1, version=1)
+    job = signed(signer, control_plane.job(v1, version=1), agent.uid)
 
     reply = JobsGetAccepted(schema_version=1, request_id=request.request_id, jobs=[job])
     bridge.publish(topics.jobs_get_accepted_topic(agent.uid), encode(reply))

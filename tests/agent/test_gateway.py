@@ -56,8 +56,13 @@ def via_gateway(
     return JobDocument.model_validate(job.model_dump() | {"mirrors": [m.model_dump() for m in mirrors]})
 
 
+STATS_TOKEN = "stats-token-for-tests"
+
+
 def gateway_stats(cache_url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{cache_url}/v1/stats", timeout=5) as response:  # noqa: S310
+    headers = {"Authorization": f"Bearer {STATS_TOKEN}"}
+    request = urllib.request.Request(f"{cache_url}/v1/stats", headers=headers)  # noqa: S310 (the test gateway)
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
         return json.load(response)
 
 
@@ -93,8 +98,9 @@ def gateway(bridge: Bridge, start_device, tmp_path: Path) -> dict[str, Any]:
     port = free_port()
     cache_dir = tmp_path / "gw-cache"
     process = start_device(
-        GATEWAY, "--gateway", "--cache-host", "127.0.0.1", "--cache-port", str(port), "--cache-dir", str(cache_dir)
-    )
+        GATEWAY, "--gateway", "--cache-host", "127.0.0.1", "--cache-port", str(port), "--cache-dir", str(cache_dir),
+        "--stats-token", STATS_TOKEN,
+    )  # fmt: skip
     state = bridge.wait_for(
         lambda messages: next(
             (parse_state(m.payload) for m in messages if m.topic == topics.state_topic(GATEWAY)), None

@@ -90,3 +90,39 @@ def test_unknown_principal_kind_is_treated_as_nothing_allowed():
 
     assert not may_publish(principal, f"{A}/telemetry")
     assert not may_subscribe(principal, "#")
+
+
+AWS_A, AWS_B = "$aws/things/dev-a/jobs", "$aws/things/dev-b/jobs"
+
+
+@pytest.mark.parametrize(
+    "topic", [f"{AWS_A}/get", f"{AWS_A}/start-next", f"{AWS_A}/0b0e/update", f"{AWS_A}/notify-next"]
+)
+def test_a_device_may_use_its_own_aws_jobs_topics(topic):
+    assert may_publish(DEV_A, topic)
+    assert may_subscribe(DEV_A, topic)
+    assert may_receive(DEV_A, topic)
+
+
+def test_a_device_may_subscribe_with_wildcards_below_its_aws_jobs_prefix():
+    assert may_subscribe(DEV_A, f"{AWS_A}/+/update/accepted")
+    assert may_subscribe(DEV_A, f"{AWS_A}/#")
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        f"{AWS_B}/get",  # another thing
+        f"{AWS_B}/notify-next",
+        AWS_A,  # the bare prefix
+        "$aws/things/dev-a/shadow/update",  # only the jobs API
+        "$aws/things/dev-a-2/jobs/get",
+        "$aws/things/+/jobs/notify-next",
+        "$aws/#",
+    ],
+)
+def test_a_device_may_not_use_other_aws_topics(topic):
+    assert not may_publish(DEV_A, topic)
+    assert not may_subscribe(DEV_A, topic)
+    if "+" not in topic and "#" not in topic and topic != AWS_A:
+        assert not may_receive(DEV_A, topic)

@@ -236,6 +236,45 @@ def test_device_cannot_subscribe_to_other_devices_or_wildcards(client, broker):
     assert broker.refusals.snapshot() == {"subscribe_denied": 3}
 
 
+AWS_A, AWS_B = "$aws/things/dev-a/jobs", "$aws/things/dev-b/jobs"
+
+
+def test_a_thing_uses_its_own_aws_jobs_topics_and_the_bridge_hears_them(client, broker):
+    service = connected(client, SERVICE_USER, SERVICE_PASSWORD)
+    assert service.subscribe("$aws/things/+/jobs/start-next")
+    dev_a = device(client, "dev-a")
+    assert dev_a.subscribe(f"{AWS_A}/notify-next") and dev_a.subscribe(f"{AWS_A}/+/update/+")
+
+    dev_a.publish(f"{AWS_A}/start-next", b"{}")
+    assert [m.payload for m in service.receive_until(f"{AWS_A}/start-next")] == [b"{}"]
+    service.publish(f"{AWS_A}/notify-next", b'{"timestamp": 1}')
+    assert [m.topic for m in dev_a.receive_until(f"{AWS_A}/notify-next")] == [f"{AWS_A}/notify-next"]
+    assert broker.refusals.snapshot() == {}
+
+
+def test_a_thing_cannot_read_or_answer_another_things_jobs(client, broker):
+    service = connected(client, SERVICE_USER, SERVICE_PASSWORD)
+    assert service.subscribe("$aws/things/+/jobs/+/update")
+    dev_a = device(client, "dev-a")
+
+    assert not dev_a.subscribe(f"{AWS_B}/notify-next")
+    assert not dev_a.subscribe(f"{AWS_B}/#")
+    assert not dev_a.subscribe("$aws/things/+/jobs/notify-next")
+    assert not dev_a.subscribe("$aws/#")
+    assert not dev_a.subscribe("$aws/things/dev-a/shadow/update")  # only the jobs API, not all of $aws
+    assert dev_a.subscribe(f"{AWS_A}/notify-next")
+
+    dev_a.publish(f"{AWS_B}/0b0e9c1a/update", b'{"status": "SUCCEEDED"}')  # answering B's job
+    dev_a.publish(f"{AWS_A}/0b0e9c1a/update", b"barrier")
+    received = service.receive_until(f"{AWS_A}/0b0e9c1a/update")
+    assert [m.payload for m in received] == [b"barrier"]
+
+    service.publish(f"{AWS_B}/notify-next", b"for b only")
+    service.publish(f"{AWS_A}/notify-next", b"barrier")
+    assert [m.payload for m in dev_a.receive_until(f"{AWS_A}/notify-next")] == [b"barrier"]
+    assert broker.refusals.snapshot() == {"subscribe_denied": 5, "publish_denied": 1}
+
+
 def test_retained_message_reaches_a_device_that_subscribes_later(client):
     service = connected(client, SERVICE_USER, SERVICE_PASSWORD)
     service.publish(f"{A}/desired", b'{"model": "v3"}', retain=True)
@@ -279,7 +318,7 @@ def test_persistent_session_gets_qos1_messages_sent_while_offline(client, broker
     assert message.payload == b"job 7"
 
 
-def test_device_cannot_take_over_another_devices_persistent_session(client, broker):
+def test_device_using_another_devices_client_id_gets_its_own_session(client, broker):
     dev_b = device(client, "dev-b", clean_session=False)
     assert dev_b.subscribe(f"{B}/jobs/notify", qos=1)
     dev_b.close()
@@ -287,14 +326,93 @@ def test_device_cannot_take_over_another_devices_persistent_session(client, brok
     service = connected(client, SERVICE_USER, SERVICE_PASSWORD)
     service.publish(f"{B}/jobs/notify", b"job for b", qos=1)
 
+    # as Mosquitto's use_username_as_clientid: a device's client id is its uid, whatever it sends
     impostor = client("dev-a", "secret-a", client_id="dev-b", clean_session=False)
-    connack = impostor.connect()
+    assert impostor.connect() == 0
+    assert set(broker._broker.sessions) == {"dev-a", "dev-b", SERVICE_USER}
 
-    assert connack.getName() == NOT_AUTHORIZED
-    assert broker.refusals.snapshot() == {"session_owned": 1}
     assert impostor.messages.empty()
     [message] = device(client, "dev-b", clean_session=False).receive_until(f"{B}/jobs/notify")
     assert message.payload == b"job for b"
+
+
+def test_service_cannot_take_a_devices_session(client, broker):
+    dev_b = device(client, "dev-b", clean_session=False)
+    assert dev_b.subscribe(f"{B}/jobs/notify", qos=1)
+
+    connack = client(SERVICE_USER, SERVICE_PASSWORD, client_id="dev-b", clean_session=False).connect()
+
+    assert connack.getName() == NOT_AUTHORIZED
+    assert broker.refusals.snapshot() == {"session_owned": 1}
+    service = connected(client, SERVICE_USER, SERVICE_PASSWORD)
+    service.publish(f"{B}/jobs/notify", b"still b's")
+    [message] = dev_b.receive_until(f"{B}/jobs/notify")
+    assert message.payload == b"still b's"
+
+
+def test_refused_connect_touches_no_session(client, broker):
+    """The credentials are checked on the CONNECT's own session, before amqtt looks the client id up."""
+    dev_a = device(client, "dev-a", clean_session=False)
+    assert dev_a.subscribe(f"{A}/jobs/notify")
+    before = broker._broker.sessions["dev-a"][0]
+    will_before = (before.will_flag, before.will_topic, before.username, before.password)
+
+    refused = client("dev-a", "wrong", client_id="dev-a", clean_session=False)
+    refused._paho.will_set(f"{B}/state", b"forged", qos=1)
+    assert refused.connect().getName() == NOT_AUTHORIZED
+    anonymous_clean = client(None, None, client_id="dev-a", clean_session=True)
+    assert anonymous_clean.connect().getName() == NOT_AUTHORIZED
+
+    session, _ = broker._broker.sessions["dev-a"]
+    assert session is before and session.transitions.is_connected()
+    assert (session.will_flag, session.will_topic, session.username, session.password) == will_before
+    assert f"{A}/jobs/notify" in broker._broker.subscriptions
+    assert broker.refusals.snapshot() == {"bad_credentials": 1, "anonymous": 1}
+
+
+def test_connect_with_a_will_outside_the_devices_prefix_is_refused_and_counted(client, broker):
+    impostor = client("dev-a", "secret-a")
+    impostor._paho.will_set(f"{B}/state", b"forged", qos=1)
+
+    assert impostor.connect().getName() == NOT_AUTHORIZED
+    assert broker.refusals.snapshot() == {"will_denied": 1}
+    assert "dev-a" not in broker._broker.sessions
+
+
+def test_will_under_the_devices_own_prefix_is_published_when_it_drops(client, broker):
+    service = connected(client, SERVICE_USER, SERVICE_PASSWORD)
+    assert service.subscribe("fogdeck/v1/devices/#")
+    dev_a = client("dev-a", "secret-a")
+    dev_a._paho.will_set(f"{A}/status", b"offline", qos=1)
+    assert dev_a.connect() == 0
+
+    sock = dev_a._paho.socket()
+    dev_a._paho.loop_stop()
+    sock.close()
+
+    [message] = service.receive_until(f"{A}/status")
+    assert message.payload == b"offline"
+
+
+def test_clean_connect_closes_the_connection_whose_session_it_replaces(client, broker):
+    """amqtt deleted the old session but left its connection open and deaf; the newcomer now takes it over."""
+    first = device(client, "dev-a", clean_session=False)
+    first._paho.on_disconnect = lambda paho, *_: paho.loop_stop()  # no reconnection
+    assert first.subscribe(f"{A}/jobs/notify")
+    second = device(client, "dev-a", clean_session=True)
+    deadline = time.monotonic() + WAIT
+    while first._paho.is_connected():
+        assert time.monotonic() < deadline, "the replaced connection is still open"
+        time.sleep(0.01)
+    assert second._paho.is_connected()
+
+
+def test_device_uid_in_the_service_namespace_is_refused():
+    hashes = {uid: hash_secret("s") for uid in ("fogdeck-healthz-1", "Fogdeck-Healthz-1", "dev-c")}
+    authenticate = static_authenticator({SERVICE_USER: SERVICE_PASSWORD}, hashes.get)
+    assert authenticate("dev-c", "s") == Principal(username="dev-c", kind="device")
+    assert authenticate("fogdeck-healthz-1", "s") is None
+    assert authenticate("Fogdeck-Healthz-1", "s") is None
 
 
 def test_authenticator_failure_refuses_and_is_counted():

@@ -57,7 +57,7 @@ def start_asgi_server(processes: Any, settings: Any, **extra: str) -> Server:
         settings.CHANNEL_LAYERS = {
             "default": {**layer, "CONFIG": {**layer["CONFIG"], "hosts": [{"address": private, "socket_timeout": 30}]}}
         }
-        # and the same cache: the server's consumers mark the groups they watch there (telemetry/watchers.py)
+        # and the same cache: the server's consumers mark the groups they watch there (core/stream_watchers.py)
         # and this process, producing the telemetry, reads the marks
         settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": private}}
     port = free_port()

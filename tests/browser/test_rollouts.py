@@ -60,7 +60,7 @@ def device_side(rollout_server, mosquitto, processes, tmp_path):
     env = {"PUBLIC_BASE_URL": rollout_server.url, "MQTT_URL": mosquitto.url}
     if redis_url:
         env["REDIS_URL"] = redis_url.rsplit("/", 1)[0] + f"/{LAYER_REDIS_DB}"
-    bridge = processes("bridge", "manage.py", "mqtt_bridge", "--client-id", "browser-bridge", **env)
+    bridge = processes("bridge", "manage.py", "mqtt_bridge", "--client-id", "fogdeck-browser-bridge", **env)
     worker = processes("worker", "-m", "celery", "-A", "config", "worker", "--beat", "--concurrency", "1",
                        "--loglevel", "WARNING", "-s", str(tmp_path / "beat-schedule"), "-n", "browser@%h",
                        ROLLOUT_TICK_SECONDS="1", **env)  # fmt: skip
@@ -110,8 +110,11 @@ def test_operator_plans_previews_starts_watches_and_pauses_a_rollout(
     page.click('[data-testid="preview-button"]')
     preview = page.locator('[data-testid="preview"]')
     assert preview.is_visible()
-    sizes = page.locator('[data-testid="preview-waves"] tbody td.num').all_inner_texts()
+    sizes = page.locator('[data-testid="preview-waves"] tbody td:nth-child(2)').all_inner_texts()
     assert sizes == ["2", "5"]
+    # every simulated device is connected: the preview says how many of each wave are online now
+    online = page.locator('[data-testid="preview-waves"] [data-testid="wave-online"]').all_inner_texts()
+    assert online == ["2 of 2", "5 of 5"]
     assert "needs runtime onnxruntime" in page.locator('[data-testid="excluded-reasons"]').inner_text()
     assert off_loop(Rollout.objects.count) == 0  # a preview writes nothing
     screenshot(page, "rollout-wizard-preview")

@@ -11,10 +11,9 @@ import pytest
 from asgiref.sync import async_to_sync
 from asgiref.testing import ApplicationCommunicator
 from django.test import Client
-from rest_framework.authtoken.models import Token
 
 from core.handlers import SyncChainASGIHandler
-from tests.factories import make_user
+from tests.factories import make_token, make_user
 
 # the handler serves on its own thread and connection: it must see committed rows
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -48,7 +47,7 @@ def test_the_chain_is_built_in_sync_mode():
 
 
 def test_a_token_request_gets_its_list_and_a_request_id():
-    key = Token.objects.create(user=make_user("vera", "viewer")).key
+    key = make_token(make_user("vera", "viewer"))
     status, headers, body = call(
         "GET", "/api/v1/devices/", {"authorization": f"Token {key}", "x-request-id": "abc-12345678"}
     )

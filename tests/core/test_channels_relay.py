@@ -4,8 +4,10 @@ websocket on `manage.py serve` through the relay socket."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -15,7 +17,8 @@ from django.test import Client
 from websockets.sync.client import connect
 
 from audit.actors import Actor
-from deployments.rollout_services import rollout_create, rollout_pause, rollout_start
+from deployments.services.rollout_drafts import rollout_create
+from deployments.services.rollouts import rollout_pause, rollout_start
 from telemetry.services import telemetry_ingest_batch
 from tests.factories import DeviceFactory, SiteFactory, make_user
 from tests.processes import free_port, wait_for_port
@@ -84,3 +87,28 @@ def test_a_rollout_action_in_another_process_reaches_the_rollout_socket(embedded
         rollout_pause(actor=Actor.system("tests"), rollout=rollout, reason="relay check")
         item = _receive_until(ws, lambda i: i.get("kind") == "progress" and i["status"] == "paused")
     assert item["status_reason"] == "relay check"
+
+
+def test_a_relay_connection_cancelled_with_the_servers_loop_logs_no_error(caplog):
+    """Ctrl-C on the demo ends the web server's loop (SystemExit) with producers still connected to the
+    relay: their handlers are cancelled, which asyncio would print as an error in a stream callback."""
+    from core import channels_relay
+
+    directory = tempfile.mkdtemp(prefix="fd-relay-")
+    path = f"{directory}/relay.sock"
+
+    async def serve_then_exit() -> None:
+        await channels_relay.relay_serve(path)
+        _, writer = await asyncio.open_unix_connection(path)
+        writer.write(b'{"group": "nobody", "message": {"type": "noop"}}\n')
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler is back in readline() on the open connection
+        raise SystemExit(143)
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"), pytest.raises(SystemExit):
+            asyncio.run(serve_then_exit())
+    finally:
+        channels_relay._server_loop = None
+        shutil.rmtree(directory, ignore_errors=True)
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text

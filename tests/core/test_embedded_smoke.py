@@ -77,7 +77,7 @@ def test_embedded_default_serves_health_api_and_broker(tmp_path):
         "from django.contrib.auth.models import User, Group; u = User.objects.create_user('ops');"
         " u.groups.add(Group.objects.get(name='admin'))",
     )
-    token = run("drf_create_token", "ops").split()[2]
+    token = run("token_create", "ops", "--name", "smoke").strip()
     server = subprocess.Popen(
         [*manage, "serve", "--port", str(http_port)],
         env=env,
@@ -155,14 +155,14 @@ def test_demo_command_runs_the_whole_embedded_stack(tmp_path):
                     if status != 200:
                         continue
                     result = subprocess.run(
-                        [*manage, "drf_create_token", "admin"],
+                        [*manage, "token_create", "admin", "--name", "smoke"],
                         env=env,
                         cwd=ROOT,
                         capture_output=True,
                         text=True,
                         timeout=60,
                     )
-                    token = result.stdout.split()[2]
+                    token = result.stdout.strip()
                 status, body = request(
                     f"http://127.0.0.1:{http_port}/api/v1/devices/?status=online&page_size=1", token=token
                 )

@@ -6,7 +6,26 @@ from django.test import override_settings
 pytestmark = pytest.mark.django_db
 
 
-def test_healthz_reports_every_backend(client):
+@pytest.fixture
+def configured_broker(settings):  # type: ignore[no-untyped-def]
+    """The MQTT broker the configuration names, running as a deployment has it: CI's Mosquitto, or on the
+    embedded default the in-process broker `manage.py serve` starts (here on a free port)."""
+    if not settings.EMBEDDED_MQTT:
+        yield
+        return
+    from stack.mqtt import embedded_broker
+    from tests.processes import free_port
+
+    settings.MQTT_PORT = free_port()
+    broker = embedded_broker(port=settings.MQTT_PORT)
+    broker.start_in_thread()
+    try:
+        yield
+    finally:
+        broker.stop_thread()
+
+
+def test_healthz_reports_every_backend(client, configured_broker):
     response = client.get("/healthz")
     assert response.status_code == 200, response.json()
     body = response.json()
@@ -25,7 +44,7 @@ def test_healthz_is_503_naming_the_backend_that_is_down(client):
     assert body["checks"]["database"]["ok"] is True
 
 
-def test_healthz_names_broken_storage(client, tmp_path):
+def test_healthz_names_broken_storage(client, tmp_path, configured_broker):
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("x")
     storages = {

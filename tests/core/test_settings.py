@@ -35,7 +35,7 @@ def test_no_variables_give_the_embedded_default(tmp_path):
     result = load_settings(DEBUG="true", FOGDECK_DATA_DIR=str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert '"db": "django.db.backends.sqlite3"' in result.stdout
-    assert "InMemoryChannelLayer" in result.stdout and '"broker": "filesystem://"' in result.stdout
+    assert "InMemoryChannelLayer" in result.stdout and '"broker": "filesystem://localhost/"' in result.stdout
     assert "FileSystemStorage" in result.stdout and '"embedded_mqtt": true' in result.stdout
 
 
@@ -58,7 +58,9 @@ def test_service_urls_switch_on_the_real_backends(tmp_path):
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"DEBUG": "false", "ALLOWED_HOSTS": "x"}, "SECRET_KEY is the built-in development key"),
+        ({"DEBUG": "false", "ALLOWED_HOSTS": "x"}, "SECRET_KEY is not set"),
+        # the key that used to be built in is public: refused even for development
+        ({"DEBUG": "true", "SECRET_KEY": "fogdeck-insecure-development-key-change-me"}, "old built-in development key"),
         ({"DEBUG": "false", "SECRET_KEY": "short"}, "at least 32 characters"),
         ({"DEBUG": "false", "SECRET_KEY": "k" * 40}, "set ALLOWED_HOSTS"),
         ({"DEBUG": "maybe"}, "DEBUG='maybe' is not a boolean"),
@@ -142,3 +144,77 @@ def test_pool_settings_that_cannot_work_refuse_to_start(tmp_path, env, message):
     result = database_settings(tmp_path, **env)
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr and message in result.stderr
+
+
+def development_secrets(data_dir: Path) -> dict[str, object]:
+    """Settings of a DEBUG install with no SECRET_KEY, loaded in a fresh interpreter."""
+    import json
+
+    code = (
+        "import json, os, stat, config.settings as s; "
+        "print(json.dumps({'key': s.SECRET_KEY, 'mqtt': s.MQTT_PASSWORD, 'links': s.ARTIFACT_LINK_KEY, "
+        "'audit': s.AUDIT_HMAC_KEY, 'mode': stat.S_IMODE(os.stat(s.DEV_SECRET_KEY_FILE).st_mode)}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**CLEAN, "DEBUG": "true", "FOGDECK_DATA_DIR": str(data_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_each_development_install_makes_its_own_private_key(tmp_path):
+    first, second = development_secrets(tmp_path / "a"), development_secrets(tmp_path / "b")
+    assert first["key"] != second["key"] and len(str(first["key"])) >= 50
+    assert first["key"] != "fogdeck-insecure-development-key-change-me"
+    assert first["mode"] == 0o600
+    # every secret derived from it differs between installs too, and from each other
+    for name in ("mqtt", "links", "audit"):
+        assert first[name] != second[name]
+    assert len({first["mqtt"], first["links"], first["audit"], first["key"]}) == 4
+    # the same install keeps its key across restarts (sessions, links and the broker password survive)
+    assert development_secrets(tmp_path / "a") == first
+
+
+def test_a_link_signed_with_the_old_public_key_is_refused(tmp_path):
+    """With DEBUG on and no SECRET_KEY, a 10-year download link forged with the key that used to be in the
+    source answers 403 (it was served before), and the MQTT password derived from it no longer matches."""
+    code = """
+import hashlib, json, time, django
+django.setup()
+from django.conf import settings
+from django.core.signing import Signer
+from django.test import Client
+from models_registry.services import DOWNLOAD_SALT
+public = "fogdeck-insecure-development-key-change-me"
+forged = Signer(key=public, salt=DOWNLOAD_SALT).sign_object(
+    {"k": "artifacts/x.onnx", "v": 1, "e": int((time.time() + 10 * 365 * 86400) * 1000)})
+response = Client().get(f"/api/v1/artifacts/{forged}/")
+old_mqtt = hashlib.sha256(f"fogdeck-mqtt:{public}".encode()).hexdigest()
+print(json.dumps({"status": response.status_code, "body": response.content.decode(),
+                  "mqtt_forgeable": settings.MQTT_PASSWORD == old_mqtt}))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={
+            **CLEAN,
+            "DEBUG": "true",
+            "FOGDECK_DATA_DIR": str(tmp_path),
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "ALLOWED_HOSTS": "testserver",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    import json
+
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["status"] == 403 and "invalid download link" in outcome["body"]
+    assert outcome["mqtt_forgeable"] is False

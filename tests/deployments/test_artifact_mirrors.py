@@ -9,17 +9,18 @@ import pytest
 
 from audit.actors import Actor
 from deployments.artifact_mirrors import artifact_transfer_record
-from deployments.bridge_handlers import job_updates_handler
+from deployments.bridge_handlers import job_updates
+from deployments.job_documents import job_document
 from deployments.models import Job, JobStatus
-from deployments.rollout_services import rollout_create
 from deployments.selectors import artifact_transfer_summary
-from deployments.services import deployment_create, job_document
+from deployments.services.jobs import deployment_create
+from deployments.services.rollout_drafts import rollout_create
 from fleet.models import ArtifactTransfer, Device
 from fleet.services import device_mark_seen, device_report_state, device_revoke
 from models_registry.keys import active_key
 from protocol import gateway_tokens
 from protocol.messages import JobsNotify, JobUpdate, RefusedSource, encode, parse_jobs_notify, utc_now
-from tests.deployments.rollout_helpers import finish
+from tests.deployments.rollout_helpers import RecordingBridge, finish
 from tests.factories import DeviceFactory
 
 pytestmark = pytest.mark.django_db
@@ -107,12 +108,12 @@ def succeeded(job: Job, *, source: str, size: int, refused: list[RefusedSource] 
 def test_the_bridge_stores_where_a_succeeded_job_got_its_artifact_once(gateway, published_version):
     device = edge(gateway)
     job = deployment_create(actor=ACTOR, device=device, version=published_version)
-    ignored: list[str] = []
-    handle = job_updates_handler(type("FakeBridge", (), {"count_applied": lambda _, kind: ignored.append(kind)})())
+    bridge = RecordingBridge()
     update = succeeded(job, source="gateway", size=published_version.size)
-    assert handle([(device.uid, update)]) == [None]
-    assert handle([(device.uid, update)]) == [None]  # a QoS 1 redelivery: ignored, not refused
-    assert ignored == ["job_update_ignored:job_already_terminal"]
+    assert job_updates([(device.uid, update)], bridge) == [None]
+    assert job_updates([(device.uid, update)], bridge) == [None]  # a QoS 1 redelivery: ignored, not refused
+    assert bridge.counted == ["job_update_ignored:job_already_terminal"]
+    assert [topic.rsplit("/", 1)[-1] for topic, _ in bridge.answers] == ["accepted", "accepted"]
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED
     (transfer,) = ArtifactTransfer.objects.all()

@@ -7,7 +7,7 @@ import pytest
 
 from audit.actors import Actor
 from deployments.models import Job, Rollout, RolloutStatus
-from deployments.rollout_services import rollout_advance
+from deployments.services.tick import rollout_advance
 from models_registry.services import model_version_revoke
 from tests.deployments.rollout_helpers import finish
 from tests.factories import DeviceFactory, SiteFactory
@@ -139,3 +139,21 @@ def test_device_history_and_installed(operator_client, published_version, device
     assert device["installed"][0]["model"] == "shape-classifier" and device["installed"][0]["version"] == 1
     listed = operator_client.get("/api/v1/devices/?tag=canary").json()["results"]
     assert sum(len(d["installed"]) for d in listed) == 1
+
+
+def test_the_detail_lists_online_at_dispatch_per_wave_and_the_preview_online_now(
+    operator_client, published_version, devices
+):
+    from fleet.models import ConnectionStatus, Device
+
+    offline = devices[-2]  # one of the ten that can run the version
+    Device.objects.filter(pk=offline.pk).update(status=ConnectionStatus.OFFLINE)
+    preview = operator_client.post(f"{URL}preview/", body(published_version.pk), format="json").json()
+    assert preview["wave_online"] == [1, 4, 4]  # the offline device is planned into the last wave
+    created = operator_client.post(URL, body(published_version.pk, offline_devices="defer"), format="json").json()
+    assert created["plan"]["offline_devices"] == "defer" and created["plan"]["queued_timeout_seconds"] == 600
+    operator_client.post(f"{URL}{created['id']}/start/", format="json")
+    rollout_advance(rollout_id=created["id"])
+    waves = operator_client.get(f"{URL}{created['id']}/").json()["waves"]
+    assert waves[0]["online_at_dispatch"] == 1 and waves[0]["offline_at_dispatch"]["deferred"] == []
+    assert waves[1]["online_at_dispatch"] is None  # not dispatched yet

@@ -19,22 +19,22 @@ from deployments.models import (
     RolloutTarget,
     WaveStatus,
 )
-from deployments.rollout_services import (
+from deployments.rollout_streams import rollout_stream_touch
+from deployments.services.jobs import deployment_create
+from deployments.services.rollout_drafts import rollout_create
+from deployments.services.rollouts import (
     rollout_abort,
-    rollout_advance,
     rollout_approve,
     rollout_cancel_jobs,
-    rollout_create,
     rollout_pause,
     rollout_resume,
     rollout_rollback,
     rollout_start,
 )
-from deployments.services import deployment_create
-from mqttbridge.models import OutboxMessage
-from telemetry.streaming import rollout_stream_touch
+from deployments.services.tick import rollout_advance
+from outbox.models import OutboxMessage
 from tests.deployments.rollout_helpers import finish, publish_next_version, telemetry
-from tests.factories import DeviceFactory, SiteFactory
+from tests.factories import DeviceFactory, SiteFactory, side_effects
 
 pytestmark = pytest.mark.django_db
 OPERATOR = Actor.system("tests")
@@ -57,7 +57,9 @@ def plan(**overrides: object) -> dict:
         "waves": [{"percent": 10}, {"percent": 50}, {"percent": 100}],
         "install_gate": {"min_success_pct": 95, "max_failure_pct": 10, "min_finished": 2},
         "health_gate": {"max_p95_latency_ratio": 1.3, "max_error_rate": 0.02, "bake_seconds": 10, "min_samples": 100},
-        "rate_per_minute": 6000,
+        # the rate limit is not under test here: a tick dispatches rate x (time since the last dispatch), and
+        # these ticks come milliseconds apart (6000/min let a fast SQLite run dispatch 7 of a wave's 10 jobs)
+        "rate_per_minute": 1_000_000,
         "job_timeout_seconds": 60,
         "seed": 7,
     }
@@ -116,7 +118,7 @@ def without_stream_updates(callbacks: list, rollout_id: int) -> list:
     """The on-commit callbacks other than the rollout page's live updates (which must be among them)."""
     stream = [c for c in callbacks if getattr(c, "func", None) is rollout_stream_touch]
     assert stream and all(c.args == (rollout_id,) for c in stream)
-    return [c for c in callbacks if c not in stream]
+    return [c for c in side_effects(callbacks) if c not in stream]
 
 
 def test_start_dispatches_the_canary_once_even_when_ticked_twice(
@@ -184,6 +186,77 @@ def test_slow_version_on_one_profile_fails_the_canary_and_rolls_back(published_v
     assert set(Installation.objects.filter(until=None).values_list("version_id", flat=True)) == {published_version.pk}
 
 
+RPI4_PROFILE = "aarch64|Cortex-A72 x4|none"
+LATE_GATE = {"max_p95_latency_ratio": 1.3, "bake_seconds": 10, "min_samples": 50}
+
+
+def test_a_profile_that_reports_late_is_waited_for_not_passed_unjudged(published_version):
+    """The canary's Raspberry Pi sends its first telemetry on v2 after the bake: the other profile's samples
+    alone don't pass the gate; the wave bakes on, and the late figures fail it."""
+    devices = fleet(10)
+    install_baseline(devices, published_version)
+    v2 = publish_next_version(published_version)
+    rollout = rollout_create(actor=OPERATOR, version=v2, plan=plan(health_gate=LATE_GATE))
+    rollout_start(actor=OPERATOR, rollout=rollout)
+    rollout_advance(rollout_id=rollout.pk)
+    after = bake_through(rollout, 0, candidate_p95={"aarch64|Cortex-A57": 10.0})  # the Pi is silent
+    rollout_advance(rollout_id=rollout.pk, now=after)
+    wave = rollout.waves.get(index=0)
+    assert wave.status == WaveStatus.BAKING
+    check = GateEvaluation.objects.filter(rollout=rollout, gate="health").latest("id")
+    assert check.verdict == "inconclusive" and not check.final
+    assert check.figures["waiting_for"] == [f"no telemetry yet on {RPI4_PROFILE}"]
+    pi = RolloutTarget.objects.filter(wave=wave, profile=RPI4_PROFILE).values_list("device_id", flat=True)
+    telemetry(list(pi), "shape-classifier", v2.number, after, 20.0)  # the Pi at last, twice as slow
+    rollout_advance(rollout_id=rollout.pk, now=after + dt.timedelta(seconds=2))
+    rollout.refresh_from_db()
+    assert rollout.status == RolloutStatus.ROLLING_BACK, rollout.status_reason
+    gate = GateEvaluation.objects.get(rollout=rollout, gate="health", final=True)
+    assert gate.verdict == "fail" and gate.figures["worst_profile"] == RPI4_PROFILE
+
+
+def test_a_profile_still_silent_after_twice_the_bake_holds_the_wave_for_a_person(published_version):
+    devices = fleet(10)
+    install_baseline(devices, published_version)
+    v2 = publish_next_version(published_version)
+    rollout = rollout_create(actor=OPERATOR, version=v2, plan=plan(health_gate=LATE_GATE))
+    rollout_start(actor=OPERATOR, rollout=rollout)
+    rollout_advance(rollout_id=rollout.pk)
+    after = bake_through(rollout, 0, candidate_p95={"aarch64|Cortex-A57": 10.0})
+    started = rollout.waves.get(index=0).bake_started_at
+    rollout_advance(rollout_id=rollout.pk, now=after)
+    assert rollout.waves.get(index=0).status == WaveStatus.BAKING
+    rollout_advance(rollout_id=rollout.pk, now=started + dt.timedelta(seconds=20))
+    rollout.refresh_from_db()
+    assert rollout.status == RolloutStatus.PAUSED and rollout.waves.get(index=0).status == WaveStatus.HELD
+    gate = GateEvaluation.objects.get(rollout=rollout, gate="health", final=True)
+    assert gate.verdict == "inconclusive" and RPI4_PROFILE in gate.reason
+
+
+def test_a_profile_whose_baseline_has_not_reported_is_not_judged_against_nothing(published_version):
+    devices = fleet(10)
+    install_baseline(devices, published_version)
+    v2 = publish_next_version(published_version)
+    rollout = rollout_create(actor=OPERATOR, version=v2, plan=plan(health_gate=LATE_GATE))
+    rollout_start(actor=OPERATOR, rollout=rollout)
+    rollout_advance(rollout_id=rollout.pk)
+    for job in wave_jobs(rollout, 0):
+        finish(job)
+    rollout_advance(rollout_id=rollout.pk)
+    wave = rollout.waves.get(index=0)
+    at = wave.bake_started_at + dt.timedelta(seconds=1)
+    telemetry(list(RolloutTarget.objects.filter(wave=wave).values_list("device_id", flat=True)),
+              "shape-classifier", v2.number, at, 30.0)  # fmt: skip
+    # only the Jetsons of the baseline report: the Pis' 3x slowdown has nothing to be compared with yet
+    old = RolloutTarget.objects.filter(rollout=rollout).exclude(wave=wave).exclude(profile=RPI4_PROFILE)
+    telemetry(list(old.values_list("device_id", flat=True)), "shape-classifier", 1, at, 30.0)
+    rollout_advance(rollout_id=rollout.pk, now=wave.bake_started_at + dt.timedelta(seconds=11))
+    assert rollout.waves.get(index=0).status == WaveStatus.BAKING
+    check = GateEvaluation.objects.filter(rollout=rollout, gate="health").latest("id")
+    assert check.figures["profiles"][RPI4_PROFILE]["judged_by"] == "waiting for the baseline"
+    assert check.figures["waiting_for"] == [f"baseline on {RPI4_PROFILE} has 0 requests (needs 12)"]
+
+
 def test_install_failures_above_the_threshold_abort_and_cancel_queued_jobs(
     published_version, django_capture_on_commit_callbacks
 ):
@@ -223,6 +296,78 @@ def test_retry_policy_sends_a_second_attempt_after_a_failure(published_version):
     rollout_advance(rollout_id=rollout.pk)
     attempts = sorted(j.attempt for j in Job.objects.filter(rollout=rollout, device=first[0].device))
     assert attempts == [1, 2]
+
+
+ERROR_GATE = {"max_p95_latency_ratio": 1.3, "max_error_rate": 0.02, "bake_seconds": 10, "min_samples": 40}
+
+
+def canary_baking(published_version):
+    """A 20-device fleet on v1, a rollout of v2 whose canary (2 devices) is installed and baking, the
+    baseline devices reporting 200 clean requests each."""
+    devices = fleet(10)
+    install_baseline(devices, published_version)
+    v2 = publish_next_version(published_version)
+    rollout = rollout_create(actor=OPERATOR, version=v2, plan=plan(health_gate=ERROR_GATE))
+    rollout_start(actor=OPERATOR, rollout=rollout)
+    rollout_advance(rollout_id=rollout.pk)
+    for job in wave_jobs(rollout, 0):
+        finish(job)
+    rollout_advance(rollout_id=rollout.pk)
+    wave = rollout.waves.get(index=0)
+    assert wave.status == WaveStatus.BAKING
+    canary = list(RolloutTarget.objects.filter(wave=wave).values_list("device_id", flat=True))
+    others = RolloutTarget.objects.filter(rollout=rollout, wave__isnull=False).exclude(device_id__in=canary)
+    at = wave.bake_started_at + dt.timedelta(seconds=1)
+    telemetry(list(others.values_list("device_id", flat=True)), "shape-classifier", 1, at, 10.0, requests=200)
+    return rollout, v2, wave, canary
+
+
+def test_one_early_error_in_a_few_requests_waits_for_more_rather_than_rolling_back(published_version):
+    """1 error in the first 42 requests is 2.4 %, over a 2 % limit, but not significantly: a version whose
+    true error rate is 0.1 % shows that often. The check waits; more clean requests pass the wave."""
+    rollout, v2, wave, canary = canary_baking(published_version)
+    at = wave.bake_started_at + dt.timedelta(seconds=1)
+    telemetry(canary[:1], "shape-classifier", v2.number, at, 10.0, requests=21, errors=1)
+    telemetry(canary[1:], "shape-classifier", v2.number, at, 10.0, requests=21)
+    rollout_advance(rollout_id=rollout.pk, now=wave.bake_started_at + dt.timedelta(seconds=5))
+    rollout.refresh_from_db()
+    assert rollout.status == RolloutStatus.RUNNING, rollout.status_reason
+    check = GateEvaluation.objects.filter(rollout=rollout, gate="health").latest("id")
+    assert check.verdict == "inconclusive" and not check.final
+    assert check.figures["error_rate"] == pytest.approx(1 / 42, abs=1e-5)
+    assert check.figures["error_rate_lower_bound"] < 0.02
+    assert any("not significantly" in line for line in check.figures["waiting_for"])
+    telemetry(canary, "shape-classifier", v2.number, at + dt.timedelta(seconds=6), 10.0, requests=150)
+    rollout_advance(rollout_id=rollout.pk, now=wave.bake_started_at + dt.timedelta(seconds=11))
+    gate = GateEvaluation.objects.get(rollout=rollout, gate="health", final=True)
+    assert gate.verdict == "pass", gate.reason
+    assert gate.figures["samples"] == 342 and gate.figures["errors"] == 1
+    assert rollout.waves.get(index=0).status == WaveStatus.PASSED
+
+
+def test_an_error_rate_significantly_over_the_limit_fails_at_the_first_check(published_version):
+    rollout, v2, wave, canary = canary_baking(published_version)
+    at = wave.bake_started_at + dt.timedelta(seconds=1)
+    telemetry(canary, "shape-classifier", v2.number, at, 10.0, requests=50, errors=5)  # 10 %
+    rollout_advance(rollout_id=rollout.pk, now=wave.bake_started_at + dt.timedelta(seconds=5))
+    rollout.refresh_from_db()
+    assert rollout.status == RolloutStatus.ROLLING_BACK, rollout.status_reason
+    gate = GateEvaluation.objects.get(rollout=rollout, gate="health", final=True)
+    assert gate.verdict == "fail" and "error rate 0.1000" in gate.reason
+    assert gate.figures["error_rate_lower_bound"] > 0.02
+
+
+def test_an_error_rate_still_not_significant_after_twice_the_bake_holds_the_wave(published_version):
+    rollout, v2, wave, canary = canary_baking(published_version)
+    at = wave.bake_started_at + dt.timedelta(seconds=1)
+    telemetry(canary, "shape-classifier", v2.number, at, 10.0, requests=25, errors=1)  # 2 of 50: 4 %
+    rollout_advance(rollout_id=rollout.pk, now=wave.bake_started_at + dt.timedelta(seconds=11))
+    assert rollout.waves.get(index=0).status == WaveStatus.BAKING
+    rollout_advance(rollout_id=rollout.pk, now=wave.bake_started_at + dt.timedelta(seconds=21))
+    rollout.refresh_from_db()
+    assert rollout.status == RolloutStatus.PAUSED and rollout.waves.get(index=0).status == WaveStatus.HELD
+    gate = GateEvaluation.objects.get(rollout=rollout, gate="health", final=True)
+    assert gate.verdict == "inconclusive" and "not significantly" in gate.reason
 
 
 def test_inconclusive_health_gate_pauses_for_a_person(published_version, assert_audited):

@@ -8,7 +8,9 @@ import pytest
 from django.utils import timezone
 
 from deployments.models import Job, JobKind, RolloutStatus
-from deployments.rollout_services import rollout_advance, rollout_create, rollout_start
+from deployments.services.rollout_drafts import rollout_create
+from deployments.services.rollouts import rollout_start
+from deployments.services.tick import rollout_advance
 from tests.deployments.test_rollouts import OPERATOR, fleet, plan
 
 pytestmark = pytest.mark.django_db

@@ -10,18 +10,14 @@ from django.utils import timezone
 from audit.actors import Actor
 from deployments.exceptions import DeploymentRefused, InvalidTransition
 from deployments.models import Installation, Job, JobStatus
-from deployments.services import (
-    ForeignJob,
-    deployment_create,
-    job_apply_device_update,
-    job_cancel,
-    jobs_answer_pending,
-    jobs_sweep_timeouts,
-)
+from deployments.services.device_updates import ForeignJob, job_apply_device_update
+from deployments.services.job_endings import job_cancel, jobs_sweep_timeouts
+from deployments.services.jobs import deployment_create
+from deployments.services.pending_jobs import jobs_answer_pending
 from models_registry.services import model_version_revoke
-from mqttbridge.models import OutboxMessage
+from outbox.models import OutboxMessage
 from protocol.messages import JobUpdate, parse_jobs_get_accepted, parse_jobs_notify
-from tests.factories import DeviceFactory
+from tests.factories import DeviceFactory, side_effects
 
 pytestmark = pytest.mark.django_db
 OPERATOR = Actor.system("tests")
@@ -147,4 +143,4 @@ def test_side_effects_wait_for_commit(published_version, django_capture_on_commi
     with django_capture_on_commit_callbacks() as callbacks:
         deployment_create(actor=OPERATOR, device=device, version=published_version)
     # the notification is an outbox row in the same transaction, not an on-commit publish
-    assert callbacks == [] and OutboxMessage.objects.count() == 1
+    assert side_effects(callbacks) == [] and OutboxMessage.objects.count() == 1

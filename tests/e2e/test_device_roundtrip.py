@@ -14,7 +14,8 @@ from django.utils import timezone
 
 from audit.actors import Actor
 from deployments.models import Job
-from deployments.services import deployment_create, jobs_sweep_timeouts
+from deployments.services.job_endings import jobs_sweep_timeouts
+from deployments.services.jobs import deployment_create
 from fleet.models import Device
 from fleet.services import device_issue_credentials
 from models_registry.models import ModelVersion
@@ -36,7 +37,7 @@ def control_plane(live_server, settings, mosquitto, processes):
         "manage.py",
         "mqtt_bridge",
         "--client-id",
-        "e2e-bridge",
+        "fogdeck-e2e-bridge",
         MQTT_URL=mosquitto.url,
         PUBLIC_BASE_URL=live_server.url,
     )
@@ -109,7 +110,7 @@ def test_deployment_reaches_a_real_agent_which_serves_the_model_and_reports_tele
     agent = start_agent(control_plane, device, secret, tmp_path / "agent", port)
     wait_until(lambda: Device.objects.get(pk=device.pk).status == "online", 30, f"agent online\n{agent.output()}")
     job = deployment_create(actor=ACTOR, device=device, version=published_version, timeout_seconds=120)
-    from mqttbridge.models import OutboxMessage
+    from outbox.models import OutboxMessage
 
     wait_until(
         lambda: job_status(job) == "SUCCEEDED",

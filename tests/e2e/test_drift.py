@@ -16,10 +16,11 @@ from django.utils import timezone
 
 from audit.actors import Actor
 from deployments.models import Job
-from deployments.services import deployment_create
+from deployments.services.jobs import deployment_create
 from fleet.demo_fleet import PROFILES
 from fleet.models import Device
 from fleet.services import device_create, device_issue_credentials, site_create
+from protocol.sample_inputs import sample_inputs
 from telemetry.drift import drift_evaluate, profile_from_samples, reference_profile_set
 from telemetry.models import DriftAlert, TelemetrySample
 from telemetry.tasks import evaluate_drift
@@ -64,8 +65,8 @@ def test_injected_drift_on_one_site_raises_an_alert_for_that_site_only_and_resol
 ):
     settings.PUBLIC_BASE_URL = live_server.url
     settings.DRIFT_MIN_COUNT = MIN_COUNT
-    # the simulator draws inputs from N(0, 1) per feature: that is this version's "training data"
-    training = np.random.default_rng(1).normal(0.0, 1.0, size=(20_000, 4))
+    # the simulator draws the sample classifier's inputs from the samples' distribution: its "training data"
+    training = sample_inputs(np.random.default_rng(1), 20_000)
     reference_profile_set(
         actor=ACTOR, version=published_version, features=profile_from_samples({"input": training}), sample_count=20_000
     )
@@ -73,7 +74,7 @@ def test_injected_drift_on_one_site_raises_an_alert_for_that_site_only_and_resol
     devices_file = tmp_path / "devices.json"
     devices_file.write_text(json.dumps(specs))
     mosquitto.sync_auth()
-    bridge = processes("bridge", "manage.py", "mqtt_bridge", "--client-id", "drift-bridge",
+    bridge = processes("bridge", "manage.py", "mqtt_bridge", "--client-id", "fogdeck-drift-bridge",
                        MQTT_URL=mosquitto.url, PUBLIC_BASE_URL=live_server.url)  # fmt: skip
     sim = processes(
         "sim", "-m", "agent.simulator", "--api", live_server.url, "--mqtt", f"mqtt://127.0.0.1:{mosquitto.port}",
@@ -107,7 +108,7 @@ def test_injected_drift_on_one_site_raises_an_alert_for_that_site_only_and_resol
     assert (alert.site.name, alert.version_id, alert.status) == ("South", published_version.pk, "open")
     assert alert.psi > settings.DRIFT_PSI_THRESHOLD
     assert {f["feature"] for f in alert.features} == {f"input[{i}]" for i in range(4)}
-    assert all(f["mean"] == pytest.approx(1.5, abs=0.2) for f in alert.features)
+    assert all(f["mean"] == pytest.approx(f["reference_mean"] + 1.5, abs=0.2) for f in alert.features)
 
     # the simulator stops the drift; once the window holds only what came after, the alert resolves
     sim.process.send_signal(signal.SIGUSR1)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from rest_framework.authtoken.models import Token
 
 from audit.actors import Actor
-from core.mqtt import embedded_broker
 from deployments.models import Job
-from deployments.services import deployment_create
+from deployments.services.jobs import deployment_create
 from fleet.models import Device
-from tests.factories import make_user
+from stack.mqtt import embedded_broker
+from tests.factories import make_token, make_user
 from tests.processes import free_port, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.timeout(300)]
@@ -24,14 +23,14 @@ def test_simulator_provisions_through_the_api_and_runs_on_the_embedded_broker(
     broker = embedded_broker(port=free_port())
     broker.start_in_thread()
     try:
-        token = Token.objects.create(user=make_user("sim-admin", "admin")).key
+        token = make_token(make_user("sim-admin", "admin"))
         url = f"mqtt://127.0.0.1:{broker.port}"
         processes(
             "bridge",
             "manage.py",
             "mqtt_bridge",
             "--client-id",
-            "embedded-bridge",
+            "fogdeck-embedded-bridge",
             MQTT_URL=f"mqtt://fogdeck-control:embedded-e2e-secret@127.0.0.1:{broker.port}",
             PUBLIC_BASE_URL=live_server.url,
         )

@@ -21,7 +21,8 @@ from django.utils import timezone
 
 from audit.actors import Actor
 from deployments.models import Installation, Job
-from deployments.services import deployment_create, jobs_sweep_timeouts
+from deployments.services.job_endings import jobs_sweep_timeouts
+from deployments.services.jobs import deployment_create
 from fleet.models import Device
 from fleet.services import device_issue_credentials
 from telemetry.models import TelemetryRollup, TelemetrySample
@@ -42,7 +43,7 @@ def control_plane(live_server, settings, mosquitto, processes):
             "manage.py",
             "mqtt_bridge",
             "--client-id",
-            "fault-bridge",
+            "fogdeck-fault-bridge",
             MQTT_URL=mosquitto.url,
             PUBLIC_BASE_URL=live_server.url,
         )
@@ -73,7 +74,7 @@ def test_job_updates_sent_while_the_bridge_is_dead_are_applied_after_it_restarts
 
 
 def _published(job: Job) -> bool:
-    from mqttbridge.models import OutboxMessage
+    from outbox.models import OutboxMessage
 
     return OutboxMessage.objects.filter(topic__endswith="/jobs/notify", published_at__isnull=False).exists()
 
@@ -117,7 +118,7 @@ def telemetry_message(index: int) -> bytes:
     return json.dumps({"schema_version": 1, "ts": ts, "interval_s": 1.0, "samples": samples}).encode()
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="terminates PostgreSQL backends")
+@pytest.mark.postgres_only(reason="drops the bridge's connections with pg_terminate_backend, a PostgreSQL function")
 def test_bridge_recovers_when_its_database_connections_are_dropped_during_ingest_and_writes_no_half_batch(
     mosquitto, processes
 ):
@@ -125,7 +126,7 @@ def test_bridge_recovers_when_its_database_connections_are_dropped_during_ingest
     secrets = {d.uid: device_issue_credentials(actor=Actor.system("tests"), device=d).secret for d in devices}
     mosquitto.sync_auth()
     bridge = processes(
-        "bridge", "manage.py", "mqtt_bridge", "--client-id", "pg-fault-bridge",
+        "bridge", "manage.py", "mqtt_bridge", "--client-id", "fogdeck-pg-fault-bridge",
         MQTT_URL=mosquitto.url, PGAPPNAME=BRIDGE_APP,
     )  # fmt: skip
     wait_until(lambda: _bridge_backends() > 0, 30, lambda: f"the bridge's db connection\n{bridge.output()[-2000:]}")

@@ -13,8 +13,8 @@ from django.core.signals import request_started
 
 from audit.actors import Actor
 from deployments.models import Job
-from deployments.rollout_services import rollout_create
-from deployments.services import deployment_create
+from deployments.services.jobs import deployment_create
+from deployments.services.rollout_drafts import rollout_create
 from fleet.models import ArtifactTransfer, Device
 from fleet.services import device_issue_credentials
 from tests.factories import DeviceFactory
@@ -49,8 +49,8 @@ def cloud_downloads():
 @pytest.fixture
 def stack(live_server, settings, mosquitto, processes, tmp_path):
     settings.PUBLIC_BASE_URL = live_server.url
-    bridge = processes("bridge", "manage.py", "mqtt_bridge", "--client-id", "gw-e2e-bridge", MQTT_URL=mosquitto.url,
-                       PUBLIC_BASE_URL=live_server.url)  # fmt: skip
+    bridge = processes("bridge", "manage.py", "mqtt_bridge", "--client-id", "fogdeck-gw-e2e-bridge",
+                       MQTT_URL=mosquitto.url, PUBLIC_BASE_URL=live_server.url)  # fmt: skip
 
     def agent(device: Device, secret: str, *extra: str):
         return processes(

@@ -10,8 +10,10 @@ import pytest
 from django.core.files.storage import default_storage
 
 from deployments.models import Installation, Job
-from deployments.rollout_services import rollout_advance, rollout_create, rollout_start
-from deployments.services import deployment_create
+from deployments.services.jobs import deployment_create
+from deployments.services.rollout_drafts import rollout_create
+from deployments.services.rollouts import rollout_start
+from deployments.services.tick import rollout_advance
 from fleet.models import Device
 from models_registry.pipeline_services import pipeline_version_create, pipeline_version_publish
 from models_registry.samples import PIPELINE_CONDITION, build_classifier, build_motion_detector

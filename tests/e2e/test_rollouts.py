@@ -57,7 +57,7 @@ class Stack:
         specs = build_fleet(FLEET)
         (tmp_path / "devices.json").write_text(json.dumps(specs))
         mosquitto.sync_auth()
-        self.bridge = processes("bridge", "manage.py", "mqtt_bridge", "--client-id", "ro-bridge",
+        self.bridge = processes("bridge", "manage.py", "mqtt_bridge", "--client-id", "fogdeck-ro-bridge",
                                 MQTT_URL=mosquitto.url, PUBLIC_BASE_URL=live_server.url, REDIS_URL="")  # fmt: skip
         self.workers = [self.start_worker("worker")]
         self.sim = processes(
@@ -96,6 +96,20 @@ def kill_tree(process: Any) -> None:
     for proc in [*parent.children(recursive=True), parent]:
         proc.send_signal(signal.SIGKILL)
     process.process.wait(10)
+
+
+def health_checks(rollout: Any) -> list[tuple[int, str, bool, dict]]:
+    """Each health check of a rollout with the figures it judged: what a failed assertion should show."""
+    return [
+        (g.wave.index, g.verdict, g.final, {
+            "samples": g.figures.get("samples"), "worst": g.figures.get("worst_profile"),
+            "ratio": g.figures.get("max_p95_ratio"),
+            "profiles": {p: (e.get("p95_ratio"), (e.get("candidate") or {}).get("p95_ms"),
+                             (e.get("baseline") or {}).get("p95_ms"))
+                         for p, e in g.figures.get("profiles", {}).items()},
+        })
+        for g in GateEvaluation.objects.filter(rollout=rollout, gate="health").select_related("wave").order_by("id")
+    ]  # fmt: skip
 
 
 def rollout_body(version_id: int, **overrides: Any) -> dict[str, Any]:
@@ -180,7 +194,7 @@ def test_good_version_completes_despite_a_killed_worker_then_a_slow_one_rolls_ba
     # 2. v2 is 2x slower on one profile: the canary's health gate fails and the canary rolls back
     second = create_and_start(operator_client, rollout_body(v2.pk))
     done = stack.wait_status(second, {"rolled_back", "completed", "paused", "aborted"}, 180)
-    assert done.status == "rolled_back", done.status_reason
+    assert done.status == "rolled_back", (done.status_reason, health_checks(done))
     gate = GateEvaluation.objects.get(rollout=done, gate="health", final=True)
     assert gate.verdict == "fail" and gate.wave.index == 0 and gate.actor == "system:gate:health"
     assert gate.figures["worst_profile"] == RPI4 and gate.figures["max_p95_ratio"] > 1.3

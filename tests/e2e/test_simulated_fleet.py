@@ -6,16 +6,15 @@ import json
 import time
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from audit.actors import Actor
 from deployments.models import Job
-from deployments.services import deployment_create
+from deployments.services.jobs import deployment_create
 from fleet.demo_fleet import PROFILES
 from fleet.models import Device
 from fleet.services import device_create, device_issue_credentials, site_create
-from tests.factories import make_user
+from tests.factories import make_token, make_user
 from tests.processes import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.timeout(420)]
@@ -62,7 +61,7 @@ def test_two_thousand_simulated_devices_show_online_through_the_api(
         "manage.py",
         "mqtt_bridge",
         "--client-id",
-        "sim-bridge",
+        "fogdeck-sim-bridge",
         MQTT_URL=mosquitto.url,
         PUBLIC_BASE_URL=live_server.url,
     )
@@ -96,7 +95,7 @@ def test_two_thousand_simulated_devices_show_online_through_the_api(
     )
     print(f"all online after {time.monotonic() - started:.1f}s")
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=make_user('watcher', 'viewer')).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {make_token(make_user('watcher', 'viewer'))}")
     listed = client.get("/api/v1/devices/?status=online&tag=sim&page_size=1").json()
     assert listed["count"] == FLEET
 

@@ -7,11 +7,13 @@ import pytest
 from django.utils import timezone
 
 from audit.actors import Actor
+from deployments.services.jobs import deployment_create
 from endpoints.selectors import endpoints_resolve_cached
 from fleet.models import Device
 from fleet.services import device_mark_seen, device_report_state, device_update
+from models_registry.models import ModelVersion
 from models_registry.services import alias_set
-from tests.deployments.rollout_helpers import publish_next_version, telemetry
+from tests.deployments.rollout_helpers import finish, publish_next_version, telemetry
 from tests.factories import DeviceFactory, SiteFactory
 
 pytestmark = pytest.mark.django_db
@@ -19,8 +21,16 @@ ACTOR = Actor.system("tests")
 URL = "/api/v1/endpoints/resolve/"
 
 
+def install(device: Device, model: str, version: int) -> None:
+    """Fogdeck installs `model` v`version` on the device: a job it reports SUCCEEDED (an Installation)."""
+    target = ModelVersion.objects.get(model__name=model, number=version)
+    finish(deployment_create(actor=ACTOR, device=device, version=target))
+
+
 def serve(device: Device, model: str, version: int, *, online: bool = True) -> Device:
-    """The device reports `model` v`version` active, with its inference URL, and its online state."""
+    """Fogdeck installs `model` v`version` on the device, which then reports it active, with its inference
+    URL (a host ENDPOINTS_TRUSTED_INFERENCE_HOSTS trusts, see conftest.py), and its online state."""
+    install(device, model, version)
     state = {
         "active": {model: {"version": version, "slot": "a"}},
         "slots": {"a": {"model": model, "version": version, "sha256": "0" * 64}, "b": None},

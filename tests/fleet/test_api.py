@@ -48,13 +48,12 @@ def test_operator_cannot_manage_inventory(operator_client):
 
 
 def test_user_without_role_is_refused(db):
-    from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
 
-    from tests.factories import make_user
+    from tests.factories import make_token, make_user
 
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=make_user('nobody', None)).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {make_token(make_user('nobody', None))}")
     assert client.get(DEVICES).status_code == 403
 
 
@@ -85,6 +84,7 @@ def test_update_records_before_and_after(admin_client, assert_audited):
         ({"tier": "satellite"}, "tier"),
         ({"memory_mb": -5}, "memory_mb"),
         ({"uid": "bad/uid#"}, "uid"),
+        ({"uid": "fogdeck-bridge-1"}, "uid"),  # the control plane's MQTT client ids (issue 14, finding 3)
         ({"runtimes": [{"name": "onnxruntime"}]}, "runtimes.0.version"),
         (
             {"runtimes": [{"name": "onnxruntime", "version": "1"}, {"name": "onnxruntime", "version": "2"}]},
@@ -103,6 +103,23 @@ def test_bad_device_input_is_400_with_field_and_reason(admin_client, override, f
     assert field in [e["field"] for e in body["errors"]], body
     assert all(e["reason"] for e in body["errors"])
     assert not Device.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("runtimes", "field"),
+    [
+        ([{"version": "0"}], "runtimes.0.name"),
+        ([{"name": "onnxruntime"}], "runtimes.0.version"),
+        ([{}], "runtimes.0.name"),
+    ],
+)
+def test_a_patch_with_an_incomplete_runtime_is_400_not_500(admin_client, runtimes, field):
+    """Issue 14 #13: a PATCH let DRF skip the nested runtime's missing name, and the duplicate check hit a KeyError."""
+    device = DeviceFactory()
+    response = admin_client.patch(f"{DEVICES}{device.pk}/", {"runtimes": runtimes}, format="json")
+    assert response.status_code == 400, response.content
+    assert field in [e["field"] for e in response.json()["errors"]], response.json()
+    assert Device.objects.get(pk=device.pk).runtime_list == device.runtime_list
 
 
 def test_parent_must_be_gateway_and_not_a_cycle(admin_client):
@@ -177,6 +194,7 @@ def test_device_list_has_bounded_queries(viewer_client):
 
     for i in range(5):
         DeviceFactory(site=site, parent=gateway, tags=[f"t{i}", "x"])
+    viewer_client.get(DEVICES)  # a token's first use in a minute also records last_used_at (one UPDATE)
     small, n_small = count_queries()
     for i in range(35):
         DeviceFactory(site=site, parent=gateway, tags=[f"u{i}"])

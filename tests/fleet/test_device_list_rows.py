@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.renderers import JSONRenderer
 
 from deployments.models import Installation
-from deployments.services import deployment_create
+from deployments.services.jobs import deployment_create
 from fleet.api.serializers import DeviceSerializer, device_list_rows
 from fleet.models import Device
 from fleet.services import device_issue_credentials, device_revoke

@@ -55,30 +55,44 @@ def connect(port: int, username: str, password: str) -> tuple[mqtt.Client, bool]
     client.on_connect = on_connect
     client.connect("127.0.0.1", port)
     client.loop_start()
-    assert done.wait(5), "no CONNACK"
+    answered = done.wait(5)
+    if not answered or not result["ok"]:
+        # a refused client would go on retrying on paho's thread after the test
+        client.disconnect()
+        client.loop_stop()
+    assert answered, "no CONNACK"
     return client, result["ok"]
 
 
 @override_settings(MQTT_USERNAME="fogdeck-control", MQTT_PASSWORD="control-secret")
 def test_mosquitto_enforces_per_device_credentials_and_topics(tmp_path):
-    port = free_port()
+    from tests.processes import mosquitto_conf, write_test_certificate
+
+    port, control_port, tls_port = free_port(), free_port(), free_port()
     auth = tmp_path / "auth"
     conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"per_listener_settings false\nallow_anonymous false\npassword_file {auth}/passwd\nacl_file {auth}/acl\n"
-        f"listener {port} 127.0.0.1\npersistence false\nlog_dest stderr\nuser root\n"
-    )
+    conf.write_text(mosquitto_conf(auth, {1883: control_port, 1884: port, 8883: tls_port}))
+    write_test_certificate(auth / "certs")
     actor = Actor.system("tests")
     a, b, revoked = DeviceFactory(uid="dev-a"), DeviceFactory(uid="dev-b"), DeviceFactory(uid="dev-r")
     secret_a = device_issue_credentials(actor=actor, device=a).secret
     device_issue_credentials(actor=actor, device=b)
     secret_r = device_issue_credentials(actor=actor, device=revoked).secret
     device_revoke(actor=actor, device=revoked)
+    reserved = DeviceFactory(uid="legacy-1")
+    # a row registered before the API refused uids in the control plane's client id namespace
+    type(reserved).objects.filter(pk=reserved.pk).update(uid="fogdeck-bridge-2")
+    reserved.refresh_from_db()
+    device_issue_credentials(actor=actor, device=reserved)
     call_command("mqtt_auth_sync", out=str(auth))
-    assert "dev-a:$7$" in (auth / "passwd").read_text() and "dev-r" not in (auth / "passwd").read_text()
+    devices = (auth / "passwd-devices").read_text()
+    assert "dev-a:$7$" in devices and "dev-r" not in devices
+    assert "fogdeck-" not in devices  # neither the control user nor a device in its client id namespace
+    assert [line.split(":")[0] for line in (auth / "passwd-control").read_text().splitlines()] == ["fogdeck-control"]
     broker = start_broker(conf, port)
     try:
-        control, ok = connect(port, "fogdeck-control", "control-secret")
+        assert connect(port, "fogdeck-control", "control-secret")[1] is False  # not where devices connect
+        control, ok = connect(control_port, "fogdeck-control", "control-secret")
         assert ok
         received: list[str] = []
         got = threading.Event()

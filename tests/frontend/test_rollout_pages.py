@@ -11,7 +11,9 @@ from django.test.utils import CaptureQueriesContext
 from audit.actors import Actor
 from audit.models import AuditEntry
 from deployments.models import GateEvaluation, Job, Rollout, RolloutStatus
-from deployments.rollout_services import rollout_advance, rollout_create, rollout_pause, rollout_start
+from deployments.services.rollout_drafts import rollout_create
+from deployments.services.rollouts import rollout_pause, rollout_start
+from deployments.services.tick import rollout_advance
 from tests.factories import DeviceFactory, SiteFactory, make_user
 
 pytestmark = pytest.mark.django_db
@@ -88,7 +90,7 @@ def test_wizard_creates_and_starts_the_previewed_plan_audited(published_version,
     assert rollout.status == RolloutStatus.RUNNING and rollout.seed == 7
     assert [w.size for w in rollout.waves.order_by("index")] == [1, 4, 5]
     assert [w.requires_approval for w in rollout.waves.order_by("index")] == [False, True, False]
-    assert rollout.plan["health_gate"]["max_p95_latency_ratio"] == 1.3
+    assert rollout.plan.health_gate is not None and rollout.plan.health_gate.max_p95_latency_ratio == 1.3
     assert_audited("rollout", rollout.pk, "rollout.create", actor="user:olga")
     assert_audited("rollout", rollout.pk, "rollout.running", actor="user:olga")
 
@@ -237,3 +239,84 @@ def test_detail_page_shows_where_artifacts_came_from_and_overview_shows_the_drif
     page = viewer.get(f"/rollouts/{rollout.pk}/").content.decode()
     assert 'data-testid="artifact-transfer"' in page and 'data-testid="transfer-cloud"' in page
     assert 'data-testid="drift-alerts"' in viewer.get("/").content.decode()
+
+
+def test_wizard_prefills_the_plan_the_api_gets_without_fields(published_version, devices, settings):
+    """The wizard's pre-filled numbers are RolloutPlan's defaults: posted as shown, it plans what the API
+    plans for a body with no plan fields (rate and timeout from settings included)."""
+    from django.http import QueryDict
+
+    from deployments.api.serializers import RolloutPlanSerializer
+    from frontend.rollout_views import plan_payload
+
+    settings.ROLLOUT_DEFAULT_RATE_PER_MINUTE = 120
+    shown = login("operator").get("/rollouts/new/").context["v"]
+    post = QueryDict(mutable=True)
+    post.update(shown)
+    post.update({"version": str(published_version.pk), "target_filter": "tag=canary", "health_enabled": "1"})
+    body, errors = plan_payload(post)
+    wizard_side = RolloutPlanSerializer(data=body)
+    assert not errors and wizard_side.is_valid(), wizard_side.errors
+    api_side = RolloutPlanSerializer(data={
+        "version": published_version.pk, "target": {"filter": {"tag": "canary"}}, "waves": [{"percent": 100}],
+        "health_gate": {"max_error_rate": 0.02},
+    })  # fmt: skip
+    assert api_side.is_valid(), api_side.errors
+    wizard_plan, api_plan = wizard_side.to_plan()[2], api_side.to_plan()[2]
+    assert wizard_plan.install_gate == api_plan.install_gate
+    assert wizard_plan.rate_per_minute == api_plan.rate_per_minute == 120
+    assert wizard_plan.job_timeout_seconds == api_plan.job_timeout_seconds
+    assert wizard_plan.queued_timeout_seconds == api_plan.queued_timeout_seconds
+    assert wizard_plan.offline_devices == api_plan.offline_devices
+    assert wizard_plan.health_gate is not None and api_plan.health_gate is not None
+    assert wizard_plan.health_gate.bake_seconds == api_plan.health_gate.bake_seconds
+    assert wizard_plan.health_gate.min_samples == api_plan.health_gate.min_samples
+
+
+def test_wizard_preview_shows_how_many_devices_of_each_wave_are_online_now(published_version):
+    site = SiteFactory(name="Plant B")
+    for index in range(10):  # 3 of 10 offline: the planner keeps them out of the canary
+        DeviceFactory(site=site, tags=["canary"], connected=index >= 3)
+    response = login("operator").post("/rollouts/new/", wizard(published_version.pk, step="preview"))
+    assert response.status_code == 200, response.context.get("errors")
+    assert response.context["preview"]["wave_sizes"] == [1, 4, 5]
+    assert [(w["size"], w["online"]) for w in response.context["preview_waves"]] == [(1, 1), (4, 4), (5, 2)]
+    html = response.content.decode()
+    assert html.count('data-testid="wave-online"') == 3 and ">2 of 5<" in html
+
+
+def test_wizard_has_the_health_gate_on_with_absolute_limits_and_the_offline_options(published_version, devices):
+    from deployments.plan import DEFAULT_OFFLINE_DEVICES, DEFAULT_QUEUED_TIMEOUT_SECONDS, SUGGESTED_HEALTH_GATE
+
+    operator = login("operator")
+    shown = operator.get("/rollouts/new/").context["v"]
+    assert shown["health_enabled"] == "1"
+    assert float(shown["health_max_p95_ms"]) == SUGGESTED_HEALTH_GATE["max_p95_ms"]
+    assert float(shown["health_max_error_rate"]) == SUGGESTED_HEALTH_GATE["max_error_rate"]
+    assert shown["queued_timeout_seconds"] == str(DEFAULT_QUEUED_TIMEOUT_SECONDS)
+    assert shown["offline_devices"] == DEFAULT_OFFLINE_DEVICES
+    posted = wizard(published_version.pk, step="start", offline_devices="defer", queued_timeout_seconds="120")
+    response = operator.post("/rollouts/new/", posted)
+    assert response.status_code == 302
+    rollout = Rollout.objects.get()
+    assert rollout.plan.offline_devices == "defer" and rollout.plan.queued_timeout_seconds == 120
+
+
+def test_wizard_offers_pipeline_versions_and_starts_a_pipeline_rollout(settings, tmp_path, devices, assert_audited):
+    from tests.pipeline_helpers import publish_sample_pipeline
+
+    settings.SIGNING_KEY_DIR = tmp_path / "keys"
+    pipeline_version = publish_sample_pipeline()
+    client = login("operator", "olga")
+    form = client.get("/rollouts/new/").content.decode()
+    assert f'<option value="pipeline:{pipeline_version.pk}"' in form and "motion-then-classify v1 (pipeline)" in form
+    choice = f"pipeline:{pipeline_version.pk}"
+    preview = client.post("/rollouts/new/", {**wizard(0, step="preview"), "version": choice})
+    assert preview.status_code == 200, preview.context.get("errors")
+    assert f'value="{choice}" selected' in preview.content.decode()
+    response = client.post("/rollouts/new/", {**wizard(0, step="start"), "version": choice, "health_enabled": ""})
+    rollout = Rollout.objects.get()
+    assert response.status_code == 302 and rollout.pipeline_version == pipeline_version and rollout.version is None
+    assert_audited("rollout", rollout.pk, "rollout.create", actor="user:olga")
+    unknown = client.post("/rollouts/new/", {**wizard(0, step="preview"), "version": "pipeline:999999"})
+    assert unknown.status_code == 400 and "pipeline_version" in unknown.context["errors"]

@@ -117,3 +117,37 @@ def make_version(
     fields.setdefault("framework", "pytorch")
     version = model_version_create(actor=actor, model=model, artifact=io.BytesIO(data), **fields)
     return model_version_publish(actor=actor, version=version) if publish else version
+
+
+@pytest.fixture
+def registry_broadcasts(settings: Any, django_capture_on_commit_callbacks: Any) -> Callable[[Callable[[], Any]], list]:
+    """`run(action)`: run `action` (its on-commit callbacks executed) and return, in order, what the
+    registry's channel-layer group received. On an in-memory layer, so the test reads the same on both
+    environments (the embedded default's layer relays to a web server the tests don't run)."""
+    import asyncio
+
+    from asgiref.sync import async_to_sync, sync_to_async
+    from channels.layers import get_channel_layer
+
+    from models_registry.lifecycle import REGISTRY_GROUP
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+    def act(action: Callable[[], Any]) -> None:
+        with django_capture_on_commit_callbacks(execute=True):
+            action()
+
+    async def listen(action: Callable[[], Any]) -> list:
+        # one event loop for the subscription, the broadcasts (their async_to_sync joins this loop) and reads
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(REGISTRY_GROUP, channel)
+        await sync_to_async(act)(action)  # on this (the test's) thread and database connection
+        received = []
+        while True:
+            try:
+                received.append(await asyncio.wait_for(layer.receive(channel), timeout=0.2))
+            except TimeoutError:
+                return received
+
+    return lambda action: async_to_sync(listen)(action)

@@ -176,12 +176,12 @@ def test_invalid_metadata_is_refused_without_storing_anything(upload, registered
 
 
 def test_database_failure_removes_the_stored_artifact(registered_model, tmp_path, monkeypatch):
-    from models_registry import services
+    from models_registry import lifecycle
 
     def fail(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(services, "audit_record", fail)
+    monkeypatch.setattr(lifecycle, "audit_record", fail)  # the create's audit entry, in its transaction
     with pytest.raises(RuntimeError):
         make_version(registered_model, ONNX_BYTES)
     assert not ModelVersion.objects.exists()

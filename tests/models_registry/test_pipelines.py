@@ -7,7 +7,7 @@ import json
 import pytest
 
 from deployments.exceptions import DeploymentRefused
-from deployments.services import deployment_create
+from deployments.services.jobs import deployment_create
 from models_registry.exceptions import InvalidTransition
 from models_registry.models import PipelineEvent, Status
 from models_registry.pipeline_services import pipeline_version_publish, pipeline_version_revoke

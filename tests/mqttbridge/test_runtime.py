@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -14,12 +16,14 @@ from django.utils import timezone
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from audit.actors import Actor
+from deployments import bridge_handlers
 from fleet.models import Device
 from fleet.services import device_issue_credentials, device_revoke
-from mqttbridge.models import RejectedMessageCount
 from mqttbridge.runtime import Bridge
+from outbox.models import RejectedMessageCount
 from telemetry.models import TelemetrySample
 from tests.factories import DeviceFactory
 from tests.processes import CONTROL_PASSWORD, CONTROL_USER, wait_until
@@ -52,28 +56,34 @@ class DeviceClient:
         self.client.loop_stop()
 
 
-@pytest.fixture
-def bridge(mosquitto) -> Iterator[Bridge]:
+@contextlib.contextmanager
+def running_bridge(mosquitto, **options: object) -> Iterator[Bridge]:
+    """A bridge on its own thread against our Mosquitto; stopped and joined however the block ends."""
+    options = {"client_id": f"fogdeck-bridge-{uuid.uuid4().hex[:6]}", "telemetry_flush_seconds": 0.2,
+               "counters_flush_seconds": 0.2, **bridge_handlers.HANDLERS, **options}  # fmt: skip
     with override_settings(
         MQTT_HOST="127.0.0.1",
-        MQTT_PORT=mosquitto.port,
+        MQTT_PORT=mosquitto.control_port,
         MQTT_USERNAME=CONTROL_USER,
         MQTT_PASSWORD=CONTROL_PASSWORD,
         MQTT_TLS=False,
     ):
-        instance = Bridge(
-            client_id=f"bridge-{uuid.uuid4().hex[:6]}",
-            telemetry_flush_seconds=0.2,
-            counters_flush_seconds=0.2,
-            outbox_poll_seconds=0.1,
-        )
+        instance = Bridge(**options)  # type: ignore[arg-type]
         thread = threading.Thread(target=instance.run, daemon=True)
         thread.start()
-        assert instance.connected.wait(10), "bridge did not connect"
+        try:
+            assert instance.connected.wait(10), "bridge did not connect"
+            yield instance
+        finally:
+            instance.stop()
+            thread.join(10)
+    assert not thread.is_alive()
+
+
+@pytest.fixture
+def bridge(mosquitto) -> Iterator[Bridge]:
+    with running_bridge(mosquitto, outbox_poll_seconds=0.1) as instance:
         yield instance
-        instance.stop()
-        thread.join(10)
-        assert not thread.is_alive()
 
 
 def provision(mosquitto, **kwargs) -> tuple[Device, str]:
@@ -119,7 +129,15 @@ def test_status_state_and_telemetry_are_applied(mosquitto, bridge):
     client.close()
 
 
+def metric(name: str, **labels: str) -> float:
+    """A sample of this process's metrics (the fixture's bridge runs in a thread of the test's process)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_bad_messages_are_dropped_counted_and_the_bridge_keeps_going(mosquitto, bridge):
+    reasons = ("bad_json", "unsupported_version", "invalid_message", "oversize", "unknown_job", "revoked_device")
+    before = {r: metric("fogdeck_bridge_messages_rejected_total", reason=r) for r in reasons}
+    applied_before = metric("fogdeck_bridge_messages_applied_total", kind="status")
     device, secret = provision(mosquitto)
     revoked, revoked_secret = provision(mosquitto)
     client = DeviceClient(mosquitto.port, device.uid, secret)
@@ -149,6 +167,11 @@ def test_bad_messages_are_dropped_counted_and_the_bridge_keeps_going(mosquitto, 
     wait_until(lambda: Device.objects.get(pk=device.pk).status == "online", 10, "device online after garbage")
     for c in (client, revoked_client):
         c.close()
+    # the same counts on the bridge's metrics (its --metrics-port), by reason
+    moved = {r: metric("fogdeck_bridge_messages_rejected_total", reason=r) - before[r] for r in reasons}
+    assert all(moved[r] >= expected[r] for r in reasons), moved
+    assert metric("fogdeck_bridge_messages_applied_total", kind="status") > applied_before
+    assert metric("fogdeck_bridge_batch_seconds_count", kind="device_messages") > 0
 
 
 def test_a_device_cannot_publish_as_another_device(mosquitto, bridge):
@@ -207,8 +230,8 @@ def test_fuzzed_payloads_never_crash_the_bridge(mosquitto, bridge):
 
 
 def test_outbox_survives_a_broker_outage(mosquitto, bridge, published_version):
-    from deployments.services import deployment_create
-    from mqttbridge.models import OutboxMessage
+    from deployments.services.jobs import deployment_create
+    from outbox.models import OutboxMessage
 
     device, secret = provision(mosquitto)
     received = threading.Event()
@@ -243,31 +266,77 @@ def test_a_batch_is_acknowledged_once_stored_so_the_next_session_gets_nothing_ag
     """Acks go out per committed batch (`AckingClient.ack_many`): a bridge that stops after storing a burst
     and a new bridge on the same persistent session must not receive (and store) any of it again."""
     device, secret = provision(mosquitto)
-    client_id = f"bridge-{uuid.uuid4().hex[:6]}"
+    client_id = f"fogdeck-bridge-{uuid.uuid4().hex[:6]}"
     sample = {"model": "m", "version": 1, "requests": 1, "errors": 0,
               "latency_ms": {"p50": 1.0, "p95": 2.0, "p99": 3.0, "max": 4.0}, "inputs": {}}  # fmt: skip
 
-    def run_bridge():  # type: ignore[no-untyped-def]
-        instance = Bridge(client_id=client_id, telemetry_flush_seconds=0.2, counters_flush_seconds=0.2)
-        thread = threading.Thread(target=instance.run, daemon=True)
-        thread.start()
-        assert instance.connected.wait(10), "bridge did not connect"
-        return instance, thread
-
-    with override_settings(MQTT_HOST="127.0.0.1", MQTT_PORT=mosquitto.port, MQTT_USERNAME=CONTROL_USER,
-                           MQTT_PASSWORD=CONTROL_PASSWORD, MQTT_TLS=False):  # fmt: skip
-        first, thread = run_bridge()
-        sender = DeviceClient(mosquitto.port, device.uid, secret)
-        for _ in range(120):
-            sender.publish("telemetry", {"schema_version": 1, "ts": NOW(), "interval_s": 5.0, "samples": [sample]})
-        wait_until(lambda: TelemetrySample.objects.filter(device=device).count() == 120, 15, "burst stored")
-        first.stop()
-        thread.join(10)
-        second, thread = run_bridge()
-        sender.publish("status", {"schema_version": 1, "state": "online", "agent_version": "1", "ts": NOW()})
-        wait_until(lambda: Device.objects.get(pk=device.pk).status == "online", 10, "second bridge applying")
-        second.stop()
-        thread.join(10)
+    stored = lambda: TelemetrySample.objects.filter(device=device).count()  # noqa: E731
+    sender = DeviceClient(mosquitto.port, device.uid, secret)
+    try:
+        with running_bridge(mosquitto, client_id=client_id):
+            for _ in range(120):
+                sender.publish("telemetry", {"schema_version": 1, "ts": NOW(), "interval_s": 5.0, "samples": [sample]})
+            wait_until(lambda: stored() == 120, 15, lambda: f"burst stored (have {stored()} of 120)")
+        with running_bridge(mosquitto, client_id=client_id) as second:
+            sender.publish("status", {"schema_version": 1, "state": "online", "agent_version": "1", "ts": NOW()})
+            wait_until(lambda: Device.objects.get(pk=device.pk).status == "online", 10, "second bridge applying")
+    finally:
         sender.close()
     assert TelemetrySample.objects.filter(device=device).count() == 120  # nothing redelivered
     assert second.stats.applied.get("telemetry", 0) == 0
+
+
+def test_the_bridge_counts_as_connected_only_once_its_subscription_is_granted(mosquitto, monkeypatch):
+    """A fresh session has no subscription for the broker to queue messages for: what devices publish
+    before the SUBACK is routed to nobody. Here paho's network thread stalls after the CONNACK (a busy
+    machine), so the SUBSCRIBE leaves late; a message sent as soon as `connected` is set must still arrive."""
+    on_connect = Bridge._on_connect
+
+    def stalled(self, *args):  # type: ignore[no-untyped-def]
+        on_connect(self, *args)
+        time.sleep(1.0)  # the queued SUBSCRIBE is written only after the callback returns
+
+    monkeypatch.setattr(Bridge, "_on_connect", stalled)
+    device, secret = provision(mosquitto)
+    sender = DeviceClient(mosquitto.port, device.uid, secret)
+    try:
+        with running_bridge(mosquitto):
+            sender.publish("status", {"schema_version": 1, "state": "online", "agent_version": "1", "ts": NOW()})
+            wait_until(lambda: Device.objects.get(pk=device.pk).status == "online", 10, "status applied")
+    finally:
+        sender.close()
+
+
+def test_the_bridge_marks_itself_ready_while_connected_and_not_after_it_stops(mosquitto, tmp_path, monkeypatch):
+    """Its heartbeat file is what docker-compose's healthcheck reads (`python -m core.heartbeat check bridge`)."""
+    from core import heartbeat
+
+    monkeypatch.setenv("HEARTBEAT_DIR", str(tmp_path))
+    heartbeat.beat("bridge")  # left by an earlier run: must not count once this one starts
+    with running_bridge(mosquitto, outbox_poll_seconds=0.1):
+        wait_until(lambda: heartbeat.problem("bridge") is None, 15, "bridge heartbeat")
+    assert heartbeat.problem("bridge") is not None and "no heartbeat" in heartbeat.problem("bridge")
+
+
+def test_a_message_that_breaks_its_handler_is_rejected_alone_and_the_rest_of_its_batch_applied(mosquitto):
+    """Not a database error: the batch is not re-applied (and failing) forever; its other messages are
+    applied one by one and only the breaking one is rejected, once."""
+    device, secret = provision(mosquitto)
+    poison = str(uuid.uuid4())
+
+    def job_updates(items, bridge):
+        if any(update.job_id == poison for _, update in items):
+            raise ValueError("a rule nobody expected")
+        return bridge_handlers.job_updates(items, bridge)
+
+    # a long batch window: the update and the status below land in one batch
+    with running_bridge(mosquitto, job_updates=job_updates, device_batch_seconds=1.0) as instance:
+        client = DeviceClient(mosquitto.port, device.uid, secret)
+        update = {"schema_version": 1, "job_id": poison, "seq": 1, "status": "IN_PROGRESS", "ts": NOW()}
+        client.publish(f"jobs/{poison}/update", update)
+        client.publish("status", {"schema_version": 1, "state": "online", "agent_version": "1.0", "ts": NOW()})
+        wait_until(lambda: Device.objects.get(pk=device.pk).status == "online", 20, "the status applied")
+        wait_until(lambda: instance.stats.rejected.get("handler_error") == 1, 20, lambda: str(instance.stats.rejected))
+        time.sleep(1.5)  # more batch windows: the broken message is not tried again
+        assert instance.stats.rejected.get("handler_error") == 1
+        client.close()

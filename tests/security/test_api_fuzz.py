@@ -1,7 +1,12 @@
 """Schemathesis against the API's own OpenAPI schema (served at /api/v1/schema/), in-process through the
-WSGI application, as an operator: no request may cause a 5xx, and every response — errors included —
-must match what the schema says (status code, content type, body). Bounded to a few examples per
-operation so the whole run stays well under a minute. Nothing is excluded.
+WSGI application, over every operation as each role (unauthenticated, viewer, operator, admin): no request
+may cause a 5xx, and every response — errors included — must match what the schema says (status code,
+content type, body). Nothing is excluded.
+
+Bounded for CI (the suite runs twice): a role that the permission check turns away before the body is
+read needs few examples to prove it is turned away; the examples go where the request reaches the code
+(EXAMPLES below). Each request runs in a savepoint that is rolled back, so every example starts from the
+same rows and one database error cannot poison the requests after it.
 """
 
 from __future__ import annotations
@@ -13,17 +18,21 @@ import pytest
 import schemathesis
 from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from hypothesis import HealthCheck, settings
-from rest_framework.authtoken.models import Token
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from tests.factories import DeviceFactory, SiteFactory, make_user
+from tests.factories import DeviceFactory, SiteFactory
 
 pytestmark = pytest.mark.django_db
 
-EXAMPLES_PER_OPERATION = 4
+ROLES = ("anonymous", "viewer", "operator", "admin")
+# Examples per operation and role. Anonymous requests stop at authentication, and a viewer's reads run the
+# same code as everyone's (operators and admins fuzz them) while a viewer's writes stop at the role check
+# (tests/security/test_authorization_matrix.py checks those answers one by one): one example each shows
+# the refusal is clean. Operators and admins reach validation, services and the database.
+EXAMPLES = {"anonymous": 1, "viewer": 1, "operator": 3, "admin": 3}
 EXCLUDED_CHECKS = [
     # A schema cannot say which ids exist: a schema-valid request naming a device, version or site that
     # does not exist is rightly refused with a 400 naming the field (asserted by the API tests).
@@ -34,12 +43,15 @@ EXCLUDED_CHECKS = [
 ]
 
 
-@pytest.fixture
-def operator_token(db: Any) -> str:
+def _credentials(request: Any, role: str) -> dict[str, str]:
+    """The Authorization header of the role's API client (tests/conftest.py makes those), none when anonymous."""
     # something to find behind the small ids the generator tries first
     SiteFactory()
     DeviceFactory()
-    return Token.objects.create(user=make_user("fuzz-operator", "operator")).key
+    if role == "anonymous":
+        return {}
+    client = request.getfixturevalue(f"{role}_client")
+    return {"Authorization": client._credentials["HTTP_AUTHORIZATION"]}
 
 
 @pytest.fixture(autouse=True)
@@ -66,19 +78,36 @@ def served_schema() -> dict[str, Any]:
 
 
 # Examples and random fuzzing (valid and invalid data). The coverage phase (every boundary value of every
-# parameter) is off: it costs minutes for 64 operations and finds nothing the fuzzing phase misses here.
+# parameter) is off: it costs minutes for the operations and finds nothing the fuzzing phase misses here.
 CONFIG = SchemathesisConfig.from_dict({"phases": {"coverage": {"enabled": False}}})
 schema = schemathesis.openapi.from_dict(served_schema(), config=CONFIG)
 schema.app = get_wsgi_application()
 
 
-@schema.parametrize()
-@settings(
-    max_examples=EXAMPLES_PER_OPERATION,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    database=None,  # no example database on disk: nothing is left behind
-    derandomize=True,  # the same examples on every run: CI is reproducible (run with a seed to explore more)
-)
-def test_api_never_fails_with_5xx_and_answers_as_its_schema_says(case: Any, operator_token: str) -> None:
-    case.call_and_validate(headers={"Authorization": f"Token {operator_token}"}, excluded_checks=EXCLUDED_CHECKS)
+def _fuzz_as(role: str) -> Any:
+    @schema.parametrize()
+    @settings(
+        max_examples=EXAMPLES[role],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,  # no example database on disk: nothing is left behind
+        derandomize=True,  # the same examples on every run: CI is reproducible (run with a seed to explore more)
+    )
+    def test(case: Any, request: Any) -> None:
+        headers = request.node.__dict__.get("fuzz_headers")
+        if headers is None:  # once per operation, not per example
+            headers = request.node.fuzz_headers = _credentials(request, role)
+        savepoint = transaction.savepoint()
+        try:
+            case.call_and_validate(headers=headers, excluded_checks=EXCLUDED_CHECKS)
+        finally:
+            transaction.savepoint_rollback(savepoint)
+
+    test.__doc__ = f"Every operation, as {role}: no 5xx, and every answer as the schema says."
+    return test
+
+
+test_api_never_fails_with_5xx_and_answers_as_its_schema_says_anonymous = _fuzz_as("anonymous")
+test_api_never_fails_with_5xx_and_answers_as_its_schema_says_viewer = _fuzz_as("viewer")
+test_api_never_fails_with_5xx_and_answers_as_its_schema_says_operator = _fuzz_as("operator")
+test_api_never_fails_with_5xx_and_answers_as_its_schema_says_admin = _fuzz_as("admin")

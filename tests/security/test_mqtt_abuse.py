@@ -22,10 +22,11 @@ from django.test import override_settings
 from django.utils import timezone
 
 from audit.actors import Actor
+from deployments import bridge_handlers
 from fleet.models import Device
 from fleet.services import device_issue_credentials, device_revoke
-from mqttbridge.models import RejectedMessageCount
 from mqttbridge.runtime import Bridge
+from outbox.models import RejectedMessageCount
 from tests.factories import DeviceFactory
 from tests.processes import CONTROL_PASSWORD, CONTROL_USER, wait_until
 
@@ -37,7 +38,8 @@ WAIT = 5.0
 @dataclass
 class BrokerUnderTest:
     kind: str
-    port: int
+    port: int  # where devices connect
+    control_port: int  # where the control plane connects (Mosquitto: its own listener)
     mosquitto: object | None = None
 
     def sync(self) -> None:
@@ -51,14 +53,14 @@ def broker(request, tmp_path) -> Iterator[BrokerUnderTest]:
     with override_settings(MQTT_USERNAME=CONTROL_USER, MQTT_PASSWORD=CONTROL_PASSWORD):
         if request.param == "mosquitto":
             mosquitto = request.getfixturevalue("mosquitto")
-            yield BrokerUnderTest("mosquitto", mosquitto.port, mosquitto)
+            yield BrokerUnderTest("mosquitto", mosquitto.port, mosquitto.control_port, mosquitto)
         else:
-            from core.mqtt import embedded_broker
+            from stack.mqtt import embedded_broker
 
             embedded = embedded_broker(port=0)
             embedded.start_in_thread()
             try:
-                yield BrokerUnderTest("embedded", embedded.port)
+                yield BrokerUnderTest("embedded", embedded.port, embedded.port)
             finally:
                 embedded.stop_thread()
 
@@ -152,7 +154,7 @@ def test_wrong_missing_and_revoked_credentials_are_refused(broker):
 def test_device_a_can_neither_publish_nor_subscribe_under_device_b(broker):
     a, secret_a = provision(broker, "abuse-a")
     b, secret_b = provision(broker, "abuse-b")
-    control = Conn(broker.port, CONTROL_USER, CONTROL_PASSWORD)
+    control = Conn(broker.control_port, CONTROL_USER, CONTROL_PASSWORD)
     dev_a, dev_b = Conn(broker.port, a.uid, secret_a), Conn(broker.port, b.uid, secret_b)
     try:
         assert control.subscribe("fogdeck/v1/devices/#")
@@ -176,8 +178,12 @@ def test_device_a_can_neither_publish_nor_subscribe_under_device_b(broker):
 
 def test_a_device_revoked_while_connected_is_ignored_by_the_bridge(broker):
     device, secret = provision(broker, "abuse-live")
-    with override_settings(MQTT_HOST="127.0.0.1", MQTT_PORT=broker.port, MQTT_TLS=False):
-        bridge = Bridge(client_id=f"abuse-bridge-{uuid.uuid4().hex[:6]}", counters_flush_seconds=0.2)
+    with override_settings(MQTT_HOST="127.0.0.1", MQTT_PORT=broker.control_port, MQTT_TLS=False):
+        bridge = Bridge(
+            client_id=f"fogdeck-abuse-bridge-{uuid.uuid4().hex[:6]}",
+            counters_flush_seconds=0.2,
+            **bridge_handlers.HANDLERS,
+        )
         thread = threading.Thread(target=bridge.run, daemon=True)
         thread.start()
         conn = Conn(broker.port, device.uid, secret)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from audit.models import AuditEntry
 from deployments.models import JobEvent
 from fleet.models import Device
-from mqttbridge.models import OutboxMessage, RejectedMessageCount
+from outbox.models import OutboxMessage, RejectedMessageCount
 from telemetry.models import TelemetryRollup, TelemetrySample
 from tests.mqttbridge.test_runtime import NOW, DeviceClient, bridge, provision  # noqa: F401 - `bridge` is a fixture
 from tests.processes import wait_until

@@ -11,6 +11,7 @@ import pytest
 from django.test import Client
 from django.urls import URLPattern, get_resolver
 
+from audit.actors import Actor
 from audit.models import AuditEntry
 from fleet.models import DeviceTag
 from models_registry.models import ModelVersion
@@ -99,12 +100,41 @@ def _hook_created(ctx: Any) -> bool:
     return True
 
 
+def _save_group(client: Client, ctx: Any) -> Any:
+    return client.post("/devices/save-group/", {"name": "matrix-group", "query": "tier=edge"})
+
+
+def _group_saved(ctx: Any) -> bool:
+    from fleet.models import DeviceGroup
+
+    group = DeviceGroup.objects.filter(name="matrix-group").first()
+    if group is None:
+        return False
+    assert AuditEntry.objects.filter(action="group.create", object_id=str(group.pk)).exists()
+    return True
+
+
+def _alias(client: Client, ctx: Any) -> Any:
+    return client.post(f"/models/{ctx['model'].pk}/versions/1/alias-set/", {"alias": "matrix"})
+
+
+def _aliased(ctx: Any) -> bool:
+    from models_registry.models import Alias
+
+    aliased = Alias.objects.filter(model=ctx["model"], name="matrix").exists()
+    audited = AuditEntry.objects.for_object("model", ctx["model"].pk).filter(action="model.alias_set").exists()
+    assert aliased == audited, "a UI change without its audit entry (or the reverse)"
+    return aliased
+
+
 ACTIONS = {
-    "device-bulk": Action("device-bulk", _tag, _tagged),
+    "device-bulk": Action("device-bulk", _tag, _tagged, min_role="admin"),
+    "device-save-group": Action("device-save-group", _save_group, _group_saved, min_role="admin"),
+    "model-version-action": Action("model-version-action", _alias, _aliased),
     "rollout-action": Action("rollout-action", _pause, _paused),
     "webhook-action": Action("webhook-action", _toggle_hook, _hook_toggled, min_role="admin"),
     "webhooks-page": Action("webhooks-page", _create_hook, _hook_created, min_role="admin", ok_status=200),
-    "model-version-upload": Action("model-version-upload", _upload, _uploaded),
+    "model-version-upload": Action("model-version-upload", _upload, _uploaded, min_role="admin"),
 }
 
 
@@ -117,7 +147,8 @@ def frontend_routes() -> dict[str, list[str]]:
 @pytest.fixture
 def ctx(published_version: Any) -> dict[str, Any]:
     from audit.actors import Actor
-    from deployments.rollout_services import rollout_create, rollout_start
+    from deployments.services.rollout_drafts import rollout_create
+    from deployments.services.rollouts import rollout_start
     from webhooks.services import webhook_create
 
     system = Actor.system("tests")
@@ -149,6 +180,7 @@ def test_the_matrix_covers_every_post_only_ui_route(ctx):
         "subscription_id": ctx["hook"].pk,
         "pipeline_id": 1,
         "verb": "pause",
+        "number": 1,
     }
     post_only = set()
     for name, params in frontend_routes().items():
@@ -184,3 +216,111 @@ def test_operator_and_admin_act_and_it_is_audited(ctx, name, role):
         return
     assert action.post(client_for(role), ctx).status_code == action.ok_status
     assert action.changed(ctx)
+
+
+# --- the UI asks for the role the API asks for (issue 14, finding 8) -------------------------------
+
+
+def _api_tag(api: Any, ctx: Any) -> Any:
+    return api.patch(f"/api/v1/devices/{ctx['device'].pk}/", {"tags": ["matrix"]}, format="json")
+
+
+def _ui_group(client: Client, ctx: Any) -> Any:
+    return client.post("/devices/bulk/", {"action": "group", "group": ctx["group"].pk, "devices": [ctx["device"].pk]})
+
+
+def _api_group(api: Any, ctx: Any) -> Any:
+    return api.post(f"/api/v1/groups/{ctx['group'].pk}/members/", {"devices": [ctx["device"].pk]}, format="json")
+
+
+def _api_upload(api: Any, ctx: Any) -> Any:
+    from models_registry.samples import sample_versions
+
+    artifact = io.BytesIO(sample_versions()[1].onnx_bytes)
+    artifact.name = "v2.onnx"
+    body = {"artifact": artifact, "format": "onnx", "framework": "other", "label": "m"}
+    return api.post(f"/api/v1/models/{ctx['model'].pk}/versions/", body, format="multipart")
+
+
+def _api_pause(api: Any, ctx: Any) -> Any:
+    return api.post(f"/api/v1/rollouts/{ctx['rollout'].pk}/pause/", {"reason": "matrix"}, format="json")
+
+
+def _api_toggle_hook(api: Any, ctx: Any) -> Any:
+    return api.patch(f"/api/v1/webhooks/{ctx['hook'].pk}/", {"active": False}, format="json")
+
+
+def _api_create_hook(api: Any, ctx: Any) -> Any:
+    body = {"name": "matrix-hook", "url": "https://hooks.example.com/x", "event_kinds": ["rollout.gate_failed"]}
+    return api.post("/api/v1/webhooks/", body, format="json")
+
+
+TWINS = {
+    "tag devices": (_tag, _api_tag),
+    "add devices to a group": (_ui_group, _api_group),
+    "upload a version": (_upload, _api_upload),
+    "pause a rollout": (_pause, _api_pause),
+    "pause a webhook": (_toggle_hook, _api_toggle_hook),
+    "create a webhook": (_create_hook, _api_create_hook),
+}
+
+
+@pytest.mark.parametrize("role", ["viewer", "operator", "admin"])
+@pytest.mark.parametrize("name", sorted(TWINS))
+def test_the_ui_allows_a_role_exactly_what_the_api_allows_it(ctx, request, name, role):
+    from fleet.services import group_create
+
+    ctx["group"] = group_create(actor=Actor.system("tests"), name="matrix-group")
+    api = request.getfixturevalue(f"{role}_client")
+    ui = Client()
+    ui.force_login(api.user)
+    ui_answer, api_answer = TWINS[name][0](ui, ctx).status_code, TWINS[name][1](api, ctx).status_code
+    assert (ui_answer == 403) == (api_answer == 403), (ui_answer, api_answer)
+
+
+def test_an_operator_upload_is_refused_before_the_body_is_read(ctx, monkeypatch):
+    from models_registry.uploads import ArtifactUploadHandler
+
+    chunks: list[int] = []
+    original = ArtifactUploadHandler.receive_data_chunk
+    monkeypatch.setattr(
+        ArtifactUploadHandler,
+        "receive_data_chunk",
+        lambda self, raw, start: chunks.append(len(raw)) or original(self, raw, start),
+    )
+    assert _upload(client_for("operator"), ctx).status_code == 403
+    assert chunks == []
+    assert _upload(client_for("admin"), ctx).status_code == 302
+    assert chunks, "the UI upload is streamed through the API's ArtifactUploadHandler"
+    assert _uploaded(ctx)
+
+
+def test_an_oversized_ui_upload_is_stopped_by_the_streaming_handler(ctx, settings, monkeypatch):
+    from models_registry import uploads
+
+    monkeypatch.setattr(uploads, "max_artifact_bytes", lambda: 1024)
+    response = _upload(client_for("admin"), ctx)
+    assert response.status_code == 302
+    messages = [str(m) for m in response.wsgi_request._messages]
+    assert any("Upload refused" in m for m in messages), messages
+    assert not ModelVersion.objects.filter(model=ctx["model"], number=2).exists()
+
+
+def test_the_ui_upload_is_validated_by_the_api_serializer(ctx):
+    from models_registry.samples import sample_versions
+
+    artifact = io.BytesIO(sample_versions()[1].onnx_bytes)
+    artifact.name = "v2.onnx"
+    body = {"artifact": artifact, "format": "onnx", "framework": "other", "runtime": "no-such-runtime"}
+    response = client_for("admin").post(f"/models/{ctx['model'].pk}/versions/", body)
+    messages = [str(m) for m in response.wsgi_request._messages]
+    assert any("requirements.runtime" in m for m in messages), messages  # the API's field path
+    assert not ModelVersion.objects.filter(model=ctx["model"], number=2).exists()
+
+
+def test_an_upload_without_a_csrf_token_is_refused(ctx):
+    """The upload view reads its body through the streaming handler, so CSRF is checked inside it: still checked."""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(make_user("ui-csrf-admin", "admin"))
+    assert _upload(client, ctx).status_code == 403
+    assert not _uploaded(ctx)

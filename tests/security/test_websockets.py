@@ -34,7 +34,7 @@ def private_channel_layer(settings):
 def a_rollout(published_version):
     """A rollout for the /ws/rollouts/{id}/ route to name."""
     from audit.actors import Actor
-    from deployments.rollout_services import rollout_create
+    from deployments.services.rollout_drafts import rollout_create
 
     device = DeviceFactory()
     plan = {"target": {"devices": [device.pk]}, "waves": [{"percent": 100}], "seed": 1}

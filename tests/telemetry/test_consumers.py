@@ -72,7 +72,7 @@ async def test_user_without_a_role_is_refused():
     await _close_db()
 
 
-async def test_ingested_telemetry_reaches_the_device_socket_as_one_coalesced_message():
+async def test_ingested_telemetry_reaches_the_device_socket_as_one_coalesced_message(web_server_layer):
     from telemetry.services import telemetry_ingest_batch
 
     cookie = await sync_to_async(lambda: _session_cookie(make_user("vic", "viewer")))()
@@ -93,4 +93,23 @@ async def test_ingested_telemetry_reaches_the_device_socket_as_one_coalesced_mes
     assert {(i["version"], i["p95_ms"]) for i in message["items"]} == {(1, 41.0), (2, 42.5)}
     assert await socket.receive_nothing(timeout=0.5)  # the other device's figures went to its own group
     await socket.disconnect()
+    await _close_db()
+
+
+async def test_open_sockets_are_counted_by_group_kind_in_the_metrics():
+    from prometheus_client import REGISTRY
+
+    def open_device_groups() -> float:
+        return REGISTRY.get_sample_value("fogdeck_websocket_groups", {"kind": "device"}) or 0.0
+
+    cookie = await sync_to_async(lambda: _session_cookie(make_user("vic", "viewer")))()
+    device = await sync_to_async(DeviceFactory)()
+    before = open_device_groups()
+    socket = _socket(f"/ws/devices/{device.pk}/", cookie)
+    connected, _ = await socket.connect()
+    assert connected and open_device_groups() == before + 1
+    refused = _socket(f"/ws/devices/{device.pk}/")  # anonymous: closed, never counted
+    assert not (await refused.connect())[0] and open_device_groups() == before + 1
+    await socket.disconnect()
+    assert open_device_groups() == before
     await _close_db()

@@ -224,6 +224,7 @@ def test_the_command_scores_once_with_progress(profiled):
 
 
 @pytest.mark.django_db
+@pytest.mark.postgres_only(reason="compares the PostgreSQL aggregation (_window_sql) with the portable one")
 def test_the_python_aggregation_matches_the_postgresql_one(profiled):
     from telemetry.drift import _window_python, _window_sql
 

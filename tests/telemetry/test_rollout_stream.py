@@ -11,8 +11,12 @@ from asgiref.sync import sync_to_async
 
 from audit.actors import Actor
 from deployments.models import Job
-from deployments.rollout_services import rollout_advance, rollout_create, rollout_start
-from telemetry.streaming import Coalescer, Deferred, rollout_cohort_items
+from deployments.rollout_streams import rollout_cohort_items
+from deployments.services.rollout_drafts import rollout_create
+from deployments.services.rollouts import rollout_start
+from deployments.services.tick import rollout_advance
+from protocol import latency_histogram
+from telemetry.streaming import Coalescer, Deferred
 from tests.deployments.rollout_helpers import finish
 from tests.factories import DeviceFactory, SiteFactory, make_user
 from tests.telemetry.helpers import envelope
@@ -24,7 +28,8 @@ ACTOR = Actor.system("tests")
 
 def _running_rollout(version, count: int = 4):
     site = SiteFactory()
-    devices = [DeviceFactory(site=site, tags=["live"]) for _ in range(count)]
+    # connected: a wave defers (or replaces) devices that are offline when it starts
+    devices = [DeviceFactory(site=site, tags=["live"], connected=True) for _ in range(count)]
     plan = {
         "target": {"filter": {"tag": "live"}},
         "waves": [{"count": 2}, {"percent": 100}],
@@ -67,7 +72,7 @@ async def test_anonymous_and_unknown_rollout_sockets_are_closed(published_versio
 
 
 @pytest.mark.asyncio
-async def test_rollout_devices_telemetry_reaches_the_group_as_canary_and_baseline(published_version):
+async def test_rollout_devices_telemetry_reaches_the_group_as_canary_and_baseline(published_version, web_server_layer):
     from telemetry.services import telemetry_ingest_batch
 
     rollout, devices = await sync_to_async(_running_rollout)(published_version)
@@ -99,7 +104,7 @@ async def test_rollout_devices_telemetry_reaches_the_group_as_canary_and_baselin
 
 
 @pytest.mark.asyncio
-async def test_job_state_changes_reach_the_group_as_per_wave_counts(published_version):
+async def test_job_state_changes_reach_the_group_as_per_wave_counts(published_version, web_server_layer):
     rollout, _ = await sync_to_async(_running_rollout)(published_version)
     cookie = await sync_to_async(lambda: _session_cookie(make_user("vic", "viewer")))()
     socket = _socket(f"/ws/rollouts/{rollout.pk}/", cookie)
@@ -132,17 +137,35 @@ def test_many_touches_in_one_flush_read_the_progress_once():
 def test_cohort_items_fold_only_the_rollouts_model_and_members():
     ts = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     samples = [
-        (1, "m", 2, ts, 10, 1, 50.0),
-        (1, "other", 2, ts, 10, 0, 500.0),
-        (2, "m", 1, ts + dt.timedelta(seconds=1), 30, 0, 10.0),
-        (3, "m", 2, ts, 10, 0, 70.0),  # not a member
+        (1, "m", 2, ts, 10, 1, 50.0, None),
+        (1, "other", 2, ts, 10, 0, 500.0, None),
+        (2, "m", 1, ts + dt.timedelta(seconds=1), 30, 0, 10.0, None),
+        (3, "m", 2, ts, 10, 0, 70.0, None),  # not a member
     ]
     items = rollout_cohort_items(samples, {1: [(9, "m", 2)], 2: [(9, "m", 2)]})
     assert set(items) == {"rollout.9"}
     canary, baseline = items["rollout.9"]["cohort:canary"], items["rollout.9"]["cohort:baseline"]
     assert (canary["requests"], canary["errors"], canary["p95_ms"], canary["devices"]) == (10, 1, 50.0, 1)
+    assert canary["p95_method"] == "request-weighted mean of device p95s"
     assert (baseline["requests"], baseline["p95_ms"], baseline["ts"]) == (
         30,
         10.0,
         (ts + dt.timedelta(seconds=1)).isoformat(),
     )
+
+
+def test_cohort_p95_is_the_quantile_of_the_merged_histograms_as_the_gate_computes_it():
+    """Two devices: 95 fast requests on one, 5 slow on the other. A mean of their p95s (weighted by
+    requests) says 14.5 ms; the cohort's real p95 is a fast request."""
+    ts = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    fast, slow = [2.0] * 95, [250.0] * 5
+    samples = [
+        (1, "m", 2, ts, 95, 0, 2.0, latency_histogram.counts_of(fast)),
+        (2, "m", 2, ts, 5, 0, 250.0, latency_histogram.counts_of(slow)),
+    ]
+    canary = rollout_cohort_items(samples, {1: [(9, "m", 2)], 2: [(9, "m", 2)]})["rollout.9"]["cohort:canary"]
+    assert canary["p95_method"] == "merged histogram"
+    exact = sorted(fast + slow)[94]  # nearest rank
+    assert canary["p95_ms"] == pytest.approx(exact, rel=latency_histogram.RELATIVE_ERROR)
+    weighted_mean = (95 * 2.0 + 5 * 250.0) / 100
+    assert abs(canary["p95_ms"] - weighted_mean) > 10

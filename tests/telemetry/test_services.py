@@ -8,12 +8,12 @@ from django.test.utils import CaptureQueriesContext
 
 from audit.actors import Actor
 from audit.models import AuditEntry
+from core.stream_watchers import stream_watch
 from fleet.services import device_revoke
 from protocol.streams import device_group
 from telemetry import services, streaming
 from telemetry.models import TelemetryRollup, TelemetrySample
 from telemetry.services import telemetry_enforce_retention, telemetry_ingest_batch
-from telemetry.watchers import stream_watch
 from tests.factories import DeviceFactory, SiteFactory
 from tests.telemetry.helpers import envelope
 
@@ -183,7 +183,7 @@ def test_a_failure_of_the_live_update_after_commit_does_not_fail_the_committed_b
     def lookup_fails(samples: object) -> None:
         raise OperationalError("terminating connection due to administrator command")
 
-    monkeypatch.setattr(services, "rollout_cohort_offer", lookup_fails)
+    monkeypatch.setattr(services, "committed_batch_offer", lookup_fails)
     device = DeviceFactory()
     assert telemetry_ingest_batch([envelope(device.uid, ts=MINUTE)]) == 1
     assert TelemetrySample.objects.filter(device=device).count() == 1

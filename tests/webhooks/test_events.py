@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from audit.actors import Actor
-from deployments.rollout_services import rollout_abort, rollout_create, rollout_start
+from deployments.services.rollout_drafts import rollout_create
+from deployments.services.rollouts import rollout_abort, rollout_start
 from fleet.services import device_mark_seen, devices_mark_stale_offline
 from fleet.storms import offline_storm_check
 from tests.factories import DeviceFactory, SiteFactory
@@ -114,7 +115,7 @@ def test_a_failed_install_gate_produces_gate_failed_and_state_changed_deliveries
     published_version, receiver, eager_celery, django_capture_on_commit_callbacks
 ):
     from deployments.models import Job, JobKind, JobStatus
-    from deployments.rollout_services import rollout_advance
+    from deployments.services.tick import rollout_advance
     from tests.deployments.rollout_helpers import finish
 
     webhook_create(actor=ACTOR, name="gates", url=receiver.url, event_kinds=["rollout.gate_failed"])

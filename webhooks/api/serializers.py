@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from webhooks.destinations import DestinationRefused, check_url
 from webhooks.models import EVENT_KINDS, WebhookAttempt, WebhookDelivery, WebhookSubscription
+from webhooks.selectors import shows_delivery_errors
 
 
 class WebhookSubscriptionSerializer(serializers.ModelSerializer):
@@ -18,8 +20,10 @@ class WebhookSubscriptionSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at", "updated_at"]
 
     def validate_url(self, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise serializers.ValidationError("must be an http:// or https:// URL")
+        try:
+            check_url(value)
+        except DestinationRefused as exc:
+            raise serializers.ValidationError(exc.reason) from None
         return value
 
 
@@ -32,13 +36,21 @@ class WebhookSubscriptionCreatedSerializer(WebhookSubscriptionSerializer):
         fields = [*WebhookSubscriptionSerializer.Meta.fields, "secret"]
 
 
-class WebhookAttemptSerializer(serializers.ModelSerializer):
+class _HidesErrorFromViewers(serializers.ModelSerializer):
+    error = serializers.SerializerMethodField(help_text="of the last attempt; empty for viewers")
+
+    def get_error(self, row: WebhookAttempt | WebhookDelivery) -> str:
+        request = self.context.get("request")
+        return row.error if request is not None and shows_delivery_errors(request.user) else ""
+
+
+class WebhookAttemptSerializer(_HidesErrorFromViewers):
     class Meta:
         model = WebhookAttempt
         fields = ["number", "at", "response_code", "latency_ms", "error"]
 
 
-class WebhookDeliverySerializer(serializers.ModelSerializer):
+class WebhookDeliverySerializer(_HidesErrorFromViewers):
     attempt_log = WebhookAttemptSerializer(many=True, read_only=True)
 
     class Meta:

@@ -5,6 +5,7 @@ from rest_framework.routers import DefaultRouter
 from .views import WebhookViewSet
 
 router = DefaultRouter(trailing_slash=True)
+router.include_root_view = False  # config/urls.py serves the API root (core/api_root.py)
 router.register("webhooks", WebhookViewSet, basename="webhook")
 
 urlpatterns = router.urls

