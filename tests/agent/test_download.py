@@ -41,8 +41,8 @@ def server() -> Iterator[tuple[str, Served]]:
         def do_GET(self) -> None:
             served.ranges.append(self.headers.get("Range"))
             if served.status != 200:
-                self.send_error(served.status)
                 served.bytes_sent.append(0)
+                self.send_error(served.status)
                 return
             start = 0
             requested = self.headers.get("Range")
@@ -55,14 +55,16 @@ def server() -> Iterator[tuple[str, Served]]:
             body = ARTIFACT[start:]
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            # Recorded before writing: the client may read the last byte and the test assert
+            # before this thread runs again.
             if served.cut_first and len(served.ranges) == 1:
+                served.bytes_sent.append(CUT_AT)
                 self.wfile.write(body[:CUT_AT])  # then the connection drops mid-body
                 self.wfile.flush()
-                served.bytes_sent.append(CUT_AT)
                 self.close_connection = True
                 return
-            self.wfile.write(body)
             served.bytes_sent.append(len(body))
+            self.wfile.write(body)
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
