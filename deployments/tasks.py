@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import logging
 
-from celery import shared_task
-
 from audit.actors import Actor
+from core.celery_tasks import shared_task
 
 from .models import Rollout
 from .services.job_endings import jobs_sweep_timeouts
