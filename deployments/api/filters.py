@@ -6,7 +6,7 @@ from core.filters import IntFilter, UTCIsoDateTimeFilter
 from deployments.models import Job, JobKind, JobStatus
 
 
-class DeploymentFilter(django_filters.FilterSet):
+class DeploymentFilter(django_filters.FilterSet):  # type: ignore[misc]  # django-filter has no types
     """Jobs by what they install, where, for which rollout and wave, in which state and when
     (AWS `list-job-executions-for-job --status FAILED`). Each filter is one indexed or joined column."""
 

@@ -15,13 +15,13 @@ from fleet.models import Device, Site, Tier
 from models_registry.models import ModelVersion, PipelineVersion
 
 
-class JobEventSerializer(serializers.ModelSerializer):
+class JobEventSerializer(serializers.ModelSerializer[JobEvent]):
     class Meta:
         model = JobEvent
         fields = ["from_status", "to_status", "step", "reason", "actor", "seq", "at"]
 
 
-class DeploymentSerializer(serializers.ModelSerializer):
+class DeploymentSerializer(serializers.ModelSerializer[Job]):
     device_uid = serializers.CharField(source="device.uid", read_only=True)
     model_name = serializers.CharField(source="model.name", read_only=True, allow_null=True, default=None)
     version_number = serializers.IntegerField(source="version.number", read_only=True, allow_null=True, default=None)
@@ -70,7 +70,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class DeploymentCreateSerializer(serializers.Serializer):
+class DeploymentCreateSerializer(serializers.Serializer[dict[str, Any]]):
     device = serializers.PrimaryKeyRelatedField(queryset=Device.objects.all())
     version = serializers.PrimaryKeyRelatedField(
         queryset=ModelVersion.objects.select_related("model"), required=False, help_text="a model version's id"
@@ -89,7 +89,7 @@ class DeploymentCreateSerializer(serializers.Serializer):
         return data
 
 
-class CancelInputSerializer(serializers.Serializer):
+class CancelInputSerializer(serializers.Serializer[dict[str, Any]]):
     reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="canceled by operator")
 
 
@@ -98,7 +98,7 @@ class CancelInputSerializer(serializers.Serializer):
 HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
 
 
-class RolloutTargetInputSerializer(serializers.Serializer):
+class RolloutTargetInputSerializer(serializers.Serializer[dict[str, Any]]):
     filter = serializers.DictField(required=False, help_text='device-list filters, e.g. {"tier": "edge"}')
     group = serializers.IntegerField(required=False, min_value=1)
     devices = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=100000)
@@ -112,7 +112,7 @@ class RolloutTargetInputSerializer(serializers.Serializer):
         return data
 
 
-class WaveInputSerializer(serializers.Serializer):
+class WaveInputSerializer(serializers.Serializer[dict[str, Any]]):
     percent = serializers.FloatField(required=False, min_value=0.001, max_value=100, help_text="cumulative")
     count = serializers.IntegerField(required=False, min_value=1, help_text="cumulative")
     site = serializers.IntegerField(required=False, min_value=1, help_text="pin the wave to a site")
@@ -129,13 +129,13 @@ class WaveInputSerializer(serializers.Serializer):
 # Defaults shown here are RolloutPlan's (deployments/plan.py), the one place they are defined.
 
 
-class InstallGateSerializer(serializers.Serializer):
+class InstallGateSerializer(serializers.Serializer[dict[str, Any]]):
     min_success_pct = serializers.FloatField(min_value=0, max_value=100, default=defaults.DEFAULT_MIN_SUCCESS_PCT)
     max_failure_pct = serializers.FloatField(min_value=0, max_value=100, default=defaults.DEFAULT_MAX_FAILURE_PCT)
     min_finished = serializers.IntegerField(min_value=1, default=defaults.DEFAULT_MIN_FINISHED)
 
 
-class HealthGateSerializer(serializers.Serializer):
+class HealthGateSerializer(serializers.Serializer[dict[str, Any]]):
     max_p95_latency_ratio = serializers.FloatField(required=False, min_value=0.01)
     max_error_rate = serializers.FloatField(required=False, min_value=0, max_value=1)
     max_p95_ms = serializers.FloatField(required=False, min_value=0.0001, help_text="where there is no baseline")
@@ -147,18 +147,18 @@ class HealthGateSerializer(serializers.Serializer):
     check_interval_seconds = serializers.IntegerField(required=False, min_value=1)
 
 
-class RetryPolicySerializer(serializers.Serializer):
+class RetryPolicySerializer(serializers.Serializer[dict[str, Any]]):
     FAILED = serializers.IntegerField(min_value=0, max_value=10, default=0)
     TIMED_OUT = serializers.IntegerField(min_value=0, max_value=10, default=0)
 
 
-class ExponentialRateSerializer(serializers.Serializer):
+class ExponentialRateSerializer(serializers.Serializer[dict[str, Any]]):
     base_per_minute = serializers.IntegerField(min_value=1)
     factor = serializers.FloatField(min_value=1, max_value=5, default=2)
     every_succeeded = serializers.IntegerField(min_value=1, default=10)
 
 
-class MaintenanceWindowSerializer(serializers.Serializer):
+class MaintenanceWindowSerializer(serializers.Serializer[dict[str, Any]]):
     site = serializers.IntegerField(min_value=1)
 
     def validate_site(self, site: int) -> int:
@@ -170,7 +170,7 @@ class MaintenanceWindowSerializer(serializers.Serializer):
     end = serializers.RegexField(HHMM, help_text="UTC HH:MM; before start means it wraps midnight")
 
 
-class RolloutPlanSerializer(serializers.Serializer):
+class RolloutPlanSerializer(serializers.Serializer[dict[str, Any]]):
     version = serializers.PrimaryKeyRelatedField(
         queryset=ModelVersion.objects.select_related("model"), required=False, help_text="a model version's id"
     )
@@ -181,7 +181,9 @@ class RolloutPlanSerializer(serializers.Serializer):
     )
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     target = RolloutTargetInputSerializer()
-    waves = WaveInputSerializer(many=True, min_length=1, max_length=20)
+    waves: serializers.ListSerializer[list[dict[str, Any]]] = serializers.ListSerializer(
+        child=WaveInputSerializer(), min_length=1, max_length=20
+    )  # WaveInputSerializer(many=True, …) spelled out: the stubs don't take min_length/max_length there
     install_gate = InstallGateSerializer(required=False)
     health_gate = HealthGateSerializer(required=False, allow_null=True)
     rate_per_minute = serializers.IntegerField(
@@ -254,7 +256,7 @@ class RolloutPlanSerializer(serializers.Serializer):
             ) from None
 
 
-class RolloutPreviewSerializer(serializers.Serializer):
+class RolloutPreviewSerializer(serializers.Serializer[dict[str, Any]]):
     eligible = serializers.IntegerField()
     excluded_count = serializers.IntegerField()
     wave_sizes = serializers.ListField(child=serializers.IntegerField())
@@ -265,7 +267,7 @@ class RolloutPreviewSerializer(serializers.Serializer):
     excluded = serializers.ListField(child=serializers.DictField())
 
 
-class WaveStateSerializer(serializers.ModelSerializer):
+class WaveStateSerializer(serializers.ModelSerializer[Wave]):
     jobs = serializers.SerializerMethodField(help_text="devices of the wave by the state of their install job")
     rollbacks = serializers.SerializerMethodField(help_text="rollback jobs of the wave by state")
 
@@ -275,14 +277,20 @@ class WaveStateSerializer(serializers.ModelSerializer):
                   "bake_started_at", "failed_checks", "finished_at", "online_at_dispatch", "offline_at_dispatch",
                   "jobs", "rollbacks"]  # fmt: skip
 
+    @extend_schema_field(OpenApiTypes.OBJECT)
     def get_jobs(self, wave: Wave) -> dict[str, int]:
-        return self.context.get("counts", {}).get(wave.pk, {}).get("jobs", {})
+        return self._counts(wave, "jobs")
 
+    @extend_schema_field(OpenApiTypes.OBJECT)
     def get_rollbacks(self, wave: Wave) -> dict[str, int]:
-        return self.context.get("counts", {}).get(wave.pk, {}).get("rollbacks", {})
+        return self._counts(wave, "rollbacks")
+
+    def _counts(self, wave: Wave, kind: str) -> dict[str, int]:
+        counts: dict[int, dict[str, dict[str, int]]] = self.context.get("counts", {})  # selectors.rollout_wave_counts
+        return counts.get(wave.pk, {}).get(kind, {})
 
 
-class GateEvaluationSerializer(serializers.ModelSerializer):
+class GateEvaluationSerializer(serializers.ModelSerializer[GateEvaluation]):
     wave = serializers.IntegerField(source="wave.index")
 
     class Meta:
@@ -290,7 +298,7 @@ class GateEvaluationSerializer(serializers.ModelSerializer):
         fields = ["wave", "gate", "verdict", "final", "inputs", "figures", "reason", "actor", "at"]
 
 
-class RolloutEventSerializer(serializers.ModelSerializer):
+class RolloutEventSerializer(serializers.ModelSerializer[RolloutEvent]):
     wave = serializers.IntegerField(source="wave.index", allow_null=True, default=None)
 
     class Meta:
@@ -298,7 +306,7 @@ class RolloutEventSerializer(serializers.ModelSerializer):
         fields = ["wave", "from_status", "to_status", "reason", "actor", "at"]
 
 
-class RolloutSerializer(serializers.ModelSerializer):
+class RolloutSerializer(serializers.ModelSerializer[Rollout]):
     model_name = serializers.CharField(source="model.name", read_only=True, allow_null=True, default=None)
     version_number = serializers.IntegerField(source="version.number", read_only=True, allow_null=True, default=None)
     pipeline_name = serializers.CharField(source="pipeline.name", read_only=True, allow_null=True, default=None)
@@ -328,41 +336,38 @@ class RolloutDetailSerializer(RolloutSerializer):
                   "artifact_transfer"]  # fmt: skip
         read_only_fields = fields
 
+    @extend_schema_field(OpenApiTypes.OBJECT)
     def get_plan(self, rollout: Rollout) -> dict[str, Any]:
-        return rollout.plan.stored()
+        plan: RolloutPlan = rollout.plan  # RolloutPlanField
+        return plan.stored()
 
+    @extend_schema_field(WaveStateSerializer(many=True))
     def get_waves(self, rollout: Rollout) -> list[dict[str, Any]]:
-        return WaveStateSerializer(rollout.waves.all(), many=True, context=self.context).data  # type: ignore[return-value]
+        # what WaveStateSerializer(..., many=True) builds, spelled out: the stubs type that as one serializer
+        waves = serializers.ListSerializer(rollout.waves.all(), child=WaveStateSerializer(), context=self.context)
+        return waves.data
 
+    @extend_schema_field(OpenApiTypes.OBJECT)
     def get_excluded(self, rollout: Rollout) -> dict[str, Any]:
-        return self.context.get("excluded", {})
+        excluded: dict[str, Any] = self.context.get("excluded", {})  # selectors.rollout_excluded
+        return excluded
 
+    @extend_schema_field(OpenApiTypes.OBJECT)
     def get_artifact_transfer(self, rollout: Rollout) -> dict[str, Any]:
-        return self.context.get("artifact_transfer", {})
+        summary: dict[str, Any] = self.context.get("artifact_transfer", {})  # selectors.artifact_transfer_summary
+        return summary
 
 
-WaveStateSerializer.get_jobs = extend_schema_field(OpenApiTypes.OBJECT)(WaveStateSerializer.get_jobs)  # type: ignore[method-assign]
-WaveStateSerializer.get_rollbacks = extend_schema_field(OpenApiTypes.OBJECT)(WaveStateSerializer.get_rollbacks)  # type: ignore[method-assign]
-RolloutDetailSerializer.get_waves = extend_schema_field(WaveStateSerializer(many=True))(
-    RolloutDetailSerializer.get_waves
-)  # type: ignore[method-assign]
-RolloutDetailSerializer.get_plan = extend_schema_field(OpenApiTypes.OBJECT)(RolloutDetailSerializer.get_plan)  # type: ignore[method-assign]
-RolloutDetailSerializer.get_excluded = extend_schema_field(OpenApiTypes.OBJECT)(RolloutDetailSerializer.get_excluded)  # type: ignore[method-assign]
-RolloutDetailSerializer.get_artifact_transfer = extend_schema_field(OpenApiTypes.OBJECT)(  # type: ignore[method-assign]
-    RolloutDetailSerializer.get_artifact_transfer
-)
-
-
-class RolloutReasonSerializer(serializers.Serializer):
+class RolloutReasonSerializer(serializers.Serializer[dict[str, Any]]):
     reason = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
 
 
-class RolloutEmergencySerializer(serializers.Serializer):
+class RolloutEmergencySerializer(serializers.Serializer[dict[str, Any]]):
     action = serializers.ChoiceField(choices=["skip_gates", "rollback"])
     reason = serializers.CharField(max_length=1000, help_text="mandatory: why the gates are bypassed")
 
 
-class DeviceHistorySerializer(serializers.ModelSerializer):
+class DeviceHistorySerializer(serializers.ModelSerializer[Installation]):
     model_name = serializers.CharField(source="model.name")
     version_number = serializers.IntegerField(source="version.number")
     job = serializers.UUIDField(source="job_id", allow_null=True)
@@ -390,6 +395,6 @@ class DeviceHistorySerializer(serializers.ModelSerializer):
         return f"rollout {job.rollout_id} wave {wave} (by {rollout.created_by if rollout else job.created_by})"
 
 
-class DeviceHistoryQuerySerializer(serializers.Serializer):
+class DeviceHistoryQuerySerializer(serializers.Serializer[dict[str, Any]]):
     model = serializers.IntegerField(required=False, min_value=1)
     version = serializers.IntegerField(required=False, min_value=1)

@@ -49,7 +49,7 @@ from .serializers import (
 
 
 class DeploymentViewSet(
-    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Job]
 ):
     """Single-device deployments (jobs). Operators create and cancel them; every role reads them."""
 
@@ -91,7 +91,7 @@ def _plan_error(exc: PlanInvalid) -> ValidationError:
 
 
 class RolloutViewSet(
-    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Rollout]
 ):
     """Staged canary rollouts. Operators plan, start and steer them; the emergency path is for admins."""
 
@@ -204,7 +204,8 @@ class RolloutViewSet(
         return self._detail(rollout)
 
 
-class DeviceHistoryViewSet(viewsets.GenericViewSet):
+# Any: its object is a Device, its serializer and its rows are Installations' (the stubs allow one model)
+class DeviceHistoryViewSet(viewsets.GenericViewSet[Any]):
     """`GET /devices/{id}/history/`, the device API's history action. It reads installations and jobs, so it
     is served here rather than by fleet's DeviceViewSet (a layer below); deployments/api/urls.py registers
     it under the same `devices` prefix, route name and schema operation. The device is found as the device
