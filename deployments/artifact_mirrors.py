@@ -18,7 +18,7 @@ from django.db import transaction
 from fleet.models import ArtifactTransfer, ConnectionStatus, Device
 from models_registry.keys import active_key
 from protocol import gateway_tokens
-from protocol.messages import CAPABILITY_ARTIFACT_MIRRORS, ArtifactMirror, JobUpdate
+from protocol.messages import CAPABILITY_ARTIFACT_MIRRORS, ArtifactMirror, ArtifactSource, JobUpdate
 
 from .models import Job, JobStatus
 
@@ -43,13 +43,14 @@ def job_artifact_mirrors(
     *, device: Device, version: ModelVersion, cloud_url: str, ttl: int
 ) -> list[ArtifactMirror] | None:
     """[gateway cache, cloud] for a capable device behind a usable gateway; None means "cloud URL only"."""
-    cache_url = gateway_cache_url(device.parent)
-    if cache_url is None or not understands_mirrors(device):
+    gateway = device.parent
+    cache_url = gateway_cache_url(gateway)
+    if gateway is None or cache_url is None or not understands_mirrors(device):
         return None
     key = active_key()
     claims = gateway_tokens.GatewayTokenClaims(
         kid=key.key_id,
-        gw=device.parent.uid,  # type: ignore[union-attr]  # gateway_cache_url checked it
+        gw=gateway.uid,
         dev=device.uid,
         sha256=version.sha256,
         size=version.size,
@@ -70,21 +71,26 @@ def artifact_transfer_record(*, uid: str, update: JobUpdate) -> ArtifactTransfer
     update changes nothing. Reported facts like telemetry: not audited (the job's own transition is).
     """
     artifact_transfers_record_many(items=[(uid, update)])
-    return ArtifactTransfer.objects.filter(job_id=update.job_id).first() if _reports_source(update) else None
+    if _reported_source(update) is None:
+        return None
+    return ArtifactTransfer.objects.filter(job_id=update.job_id).first()
 
 
-def _reports_source(update: JobUpdate) -> bool:
-    return (
-        update.status == JobStatus.SUCCEEDED
-        and update.artifact_source is not None
-        and update.artifact_bytes is not None
-    )
+def _reported_source(update: JobUpdate) -> tuple[ArtifactSource, int] | None:
+    """(source, bytes) when the update reports where the artifact came from: only a SUCCEEDED one does."""
+    if update.status != JobStatus.SUCCEEDED or update.artifact_source is None or update.artifact_bytes is None:
+        return None
+    return update.artifact_source, update.artifact_bytes
 
 
 def artifact_transfers_record_many(*, items: list[tuple[str, JobUpdate]]) -> int:
     """`artifact_transfer_record` for a batch of (uid, update): one query for their jobs, one insert
     (a row that exists already is left as it is). Returns the rows inserted or already there."""
-    reports = {update.job_id: (uid, update) for uid, update in items if _reports_source(update)}
+    reports = {
+        update.job_id: (uid, update, source)
+        for uid, update in items
+        if (source := _reported_source(update)) is not None
+    }
     if not reports:
         return 0
     rows = []
@@ -93,7 +99,7 @@ def artifact_transfers_record_many(*, items: list[tuple[str, JobUpdate]]) -> int
             pk__in=list(reports), status=JobStatus.SUCCEEDED
         )
         for job in jobs:
-            uid, update = reports[str(job.pk)]
+            uid, update, (artifact_source, artifact_bytes) = reports[str(job.pk)]
             if job.device.uid != uid or job.version is None:
                 continue
             rows.append(
@@ -101,10 +107,10 @@ def artifact_transfers_record_many(*, items: list[tuple[str, JobUpdate]]) -> int
                     job_id=job.pk,
                     rollout_id=job.rollout_id,
                     device=job.device,
-                    gateway=job.device.parent if update.artifact_source == "gateway" else None,
+                    gateway=job.device.parent if artifact_source == "gateway" else None,
                     sha256=job.version.sha256,
-                    source=update.artifact_source,
-                    size=update.artifact_bytes,
+                    source=artifact_source,
+                    size=artifact_bytes,
                     refused=[r.model_dump() for r in update.refused_sources or []],
                     gateway_refused=any(r.source == "gateway" for r in update.refused_sources or []),
                 )

@@ -21,6 +21,7 @@ from django.utils import timezone
 from fleet.models import Device
 from outbox.services import outbox_enqueue_many
 from protocol import aws_jobs as aws
+from protocol import messages
 from protocol.messages import JobUpdate
 
 from .aws_notify import _pending, aws_jobs_notify, execution_of
@@ -45,7 +46,8 @@ def aws_jobs_handle_requests(*, requests: Sequence[aws.AwsRequest]) -> list[Verd
             uid, operation, job_id = request.uid, request.operation, request.job_id
             replies.append((aws.response_topic(uid, operation, job_id, accepted=accepted), aws.encode(message)))
             verdicts.append(None if accepted else (f"aws_{message['code']}", str(message["message"])))
-            if accepted and operation == "update" and request.body.status in aws.TERMINAL_STATUSES:  # type: ignore[union-attr]
+            body = request.body
+            if accepted and isinstance(body, aws.UpdateRequest) and body.status in aws.TERMINAL_STATUSES:
                 outbox_enqueue_many(messages=replies)  # the reply goes out before the notifications
                 replies = []
                 aws_jobs_notify(devices=[Device.objects.get(uid=uid)])
@@ -85,7 +87,9 @@ def _locked_job(uid: str, job_id: str) -> Job | None:
     )
 
 
-def _start_next(uid: str, body: aws.StartNextRequest, token: str | None, now: dt.datetime) -> tuple[bool, dict]:
+def _start_next(
+    uid: str, body: aws.StartNextRequest, token: str | None, now: dt.datetime
+) -> tuple[bool, dict[str, Any]]:
     pending = _pending([uid])[uid]
     if not pending:
         return True, aws.execution_reply(None, client_token=token, now=now)
@@ -99,7 +103,7 @@ def _start_next(uid: str, body: aws.StartNextRequest, token: str | None, now: dt
 
 def _describe(
     uid: str, job_id: str, body: aws.DescribeRequest, token: str | None, now: dt.datetime
-) -> tuple[bool, dict]:
+) -> tuple[bool, dict[str, Any]]:
     if job_id == aws.NEXT_JOB_ID:
         pending = _pending([uid])[uid]
         upcoming = execution_of(pending[0], with_document=body.includeJobDocument) if pending else None
@@ -116,7 +120,9 @@ def _describe(
     return True, aws.execution_reply(execution, client_token=token, now=now)
 
 
-def _update(uid: str, job_id: str, body: aws.UpdateRequest, token: str | None, now: dt.datetime) -> tuple[bool, dict]:
+def _update(
+    uid: str, job_id: str, body: aws.UpdateRequest, token: str | None, now: dt.datetime
+) -> tuple[bool, dict[str, Any]]:
     job = _locked_job(uid, job_id)
     if job is None or (body.executionNumber not in (None, 1)):
         return False, aws.rejected(
@@ -148,7 +154,9 @@ def _reason(status: str, details: Mapping[str, str] | None) -> str | None:
     return text[:_REASON_MAX]
 
 
-def _apply(job: Job, status: str, details: Mapping[str, str] | None, step_minutes: int | None, now: dt.datetime) -> Job:
+def _apply(
+    job: Job, status: messages.JobStatus, details: Mapping[str, str] | None, step_minutes: int | None, now: dt.datetime
+) -> Job:
     """One device update of a locked job, through the same service as a Fogdeck update, then the AWS-only
     fields: statusDetails (replaced when given) and the step timer (the job's deadline, never past its own
     timeout)."""

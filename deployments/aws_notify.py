@@ -33,7 +33,8 @@ def version_number(job: Job) -> int:
 
 def _document_json(document: JobDocument) -> dict[str, Any]:
     # the Fogdeck wire form (absent additions left out), so a client that verifies sees what the agent sees
-    return json.loads(document.model_dump_json())  # type: ignore[no-any-return]
+    data: dict[str, Any] = json.loads(document.model_dump_json())
+    return data
 
 
 def execution_of(job: Job, document: JobDocument | None = None, *, with_document: bool = True) -> aws.Execution:

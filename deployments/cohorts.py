@@ -110,6 +110,8 @@ def _profiles(samples: QuerySet[TelemetrySample]) -> dict[str, _Acc]:
             )
         )  # fmt: skip
     for device_id, counts in samples.filter(latency_hist__isnull=False).values_list("device_id", "latency_hist"):
+        if counts is None:  # left out by the filter; the column's type is nullable
+            continue
         hist = accs[profile_of[device_id]].hist
         for index, count in enumerate(counts[: latency_histogram.BUCKETS]):
             hist[index] += count

@@ -52,7 +52,7 @@ def error_rate_lower_bound(errors: int, requests: int, alpha: float = ERROR_RATE
     if errors <= 0 or requests <= 0:
         return 0.0
     if errors >= requests:
-        return alpha ** (1 / requests)
+        return math.pow(alpha, 1 / requests)
     if errors > EXACT_BOUND_MAX_ERRORS:
         return _wilson_lower_bound(errors, requests)
     low, high = 0.0, errors / requests

@@ -10,12 +10,13 @@ from django.conf import settings
 from audit.actors import Actor
 from models_registry.models import ModelVersion, PipelineStage, PipelineVersion
 from models_registry.services import model_version_download_url
+from protocol import messages
 from protocol.messages import JobDocument, PipelineStageDocument, StageCondition
 from protocol.pipelines import PIPELINE_FORMAT
 
 from .artifact_mirrors import job_artifact_mirrors
 from .job_envelopes import JobEnvelopes
-from .models import Job
+from .models import Job, JobKind
 
 _DOWNLOAD_ACTOR = Actor.system("deployments:job-document")
 
@@ -74,6 +75,15 @@ def _job_document(
     return (envelopes or JobEnvelopes()).sign(job, document, ttl=ttl)
 
 
+def _protocol_kind(job: Job) -> messages.JobKind:
+    """The job's kind as the protocol's Literal (the model's JobKind values are the protocol's)."""
+    if job.kind == JobKind.INSTALL:
+        return "install"
+    if job.kind == JobKind.ROLLBACK:
+        return "rollback"
+    raise ValueError(f"job {job.pk} has an unknown kind {job.kind!r}")
+
+
 def _unsigned_job_document(
     job: Job, *, ttl: int, url_of: ArtifactUrl, stages: list[PipelineStageDocument] | None
 ) -> JobDocument:
@@ -82,7 +92,7 @@ def _unsigned_job_document(
         assert pipeline_version is not None and stages is not None  # noqa: S101 - a pipeline job has both
         return JobDocument(
             job_id=str(job.id),
-            kind=job.kind,
+            kind=_protocol_kind(job),
             model=pipeline_version.pipeline.name,
             model_id=pipeline_version.pipeline_id,
             version=pipeline_version.number,
@@ -100,7 +110,7 @@ def _unsigned_job_document(
     artifact_url = url_of(version)
     return JobDocument(
         job_id=str(job.id),
-        kind=job.kind,
+        kind=_protocol_kind(job),
         model=version.model.name,
         model_id=version.model_id,
         version=version.number,

@@ -33,7 +33,7 @@ class JobEnvelopes:
         self._revoked: dict[tuple[str, int], list[int]] = {}
 
     def _revoked_numbers(self, job: Job) -> list[int]:
-        family = ("pipeline", job.pipeline_id) if job.pipeline_version_id is not None else ("model", job.model_id)
+        family = job.family
         if family not in self._revoked:
             rows = (
                 PipelineVersion.objects.filter(pipeline_id=family[1], status=Status.REVOKED)
@@ -42,8 +42,8 @@ class JobEnvelopes:
             )
             # the newest first: past the protocol's limit, the oldest revocations matter least
             numbers = list(rows.order_by("-number").values_list("number", flat=True)[: job_envelope.MAX_REVOKED])
-            self._revoked[family] = sorted(numbers)  # type: ignore[index]
-        return self._revoked[family]  # type: ignore[index]
+            self._revoked[family] = sorted(numbers)
+        return self._revoked[family]
 
     def sign(self, job: Job, document: JobDocument, *, ttl: int) -> JobDocument:
         """`document` with its envelope, for a device that verifies them; unchanged for an older agent."""

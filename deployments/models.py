@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from django.db import models
 
@@ -146,6 +146,15 @@ class Job(models.Model):
     def target(self) -> object:
         """What the job installs: the model version or the pipeline version."""
         return self.pipeline_version if self.pipeline_version_id else self.version
+
+    @property
+    def family(self) -> tuple[Literal["pipeline", "model"], int]:
+        """What the job installs a version of: ("pipeline", pipeline_id) or ("model", model_id)."""
+        if self.pipeline_version_id is not None and self.pipeline_id is not None:
+            return "pipeline", self.pipeline_id
+        if self.pipeline_version_id is None and self.model_id is not None:
+            return "model", self.model_id
+        raise ValueError(f"job {self.pk} breaks its constraint job_targets_a_version_or_a_pipeline_version")
 
 
 class JobEvent(models.Model):
@@ -379,7 +388,11 @@ class Rollout(models.Model):
     @property
     def subject_name(self) -> str:
         """The name devices report and telemetry stores it under (the model's or the pipeline's)."""
-        return self.pipeline.name if self.pipeline_id else self.model.name  # type: ignore[union-attr]
+        if self.pipeline is not None:
+            return self.pipeline.name
+        if self.model is not None:
+            return self.model.name
+        raise ValueError(f"rollout {self.pk} breaks its constraint rollout_targets_a_version_or_a_pipeline_version")
 
 
 class Wave(models.Model):

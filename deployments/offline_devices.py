@@ -17,7 +17,7 @@ inside its transaction.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, TypedDict
 
 from django.db.models import Max
 
@@ -29,6 +29,19 @@ from .models import Job, JobKind, JobStatus, Rollout, RolloutTarget, Wave
 from .services.job_endings import jobs_expire_queued
 
 
+class Replacement(TypedDict):
+    device: str  # the unreachable device's uid
+    by: str  # the uid of the reachable device that took its place
+
+
+class OfflineMoves(TypedDict):
+    """What became of a wave's unreachable devices (uids); stored as `Wave.offline_at_dispatch`."""
+
+    replaced: list[Replacement]
+    deferred: list[str]
+    dispatched: list[str]
+
+
 def _matches(candidate: RolloutTarget, target: RolloutTarget, spec: dict[str, Any]) -> bool:
     """A replacement keeps the wave's hardware mix and any site or tier pin of the wave."""
     return (
@@ -38,11 +51,12 @@ def _matches(candidate: RolloutTarget, target: RolloutTarget, spec: dict[str, An
     )
 
 
-def wave_place_unreachable(*, actor: Actor, rollout: Rollout, wave: Wave, now: dt.datetime) -> dict[str, Any]:
+def wave_place_unreachable(*, actor: Actor, rollout: Rollout, wave: Wave, now: dt.datetime) -> OfflineMoves:
     """Replace, defer or dispatch the wave's unreachable devices (once: a wave with `online_at_dispatch`
     set is left alone). Audited when a device moved. Returns what it recorded on the wave."""
     if wave.online_at_dispatch is not None:
-        return wave.offline_at_dispatch
+        recorded: OfflineMoves = wave.offline_at_dispatch  # set with online_at_dispatch, below
+        return recorded
     mode = rollout.plan.offline_devices
     targets = list(
         RolloutTarget.objects.filter(wave=wave, install_job__isnull=True, skip_reason="").select_related("device")
@@ -52,7 +66,7 @@ def wave_place_unreachable(*, actor: Actor, rollout: Rollout, wave: Wave, now: d
     )
     unreachable = [t for t in targets if t.device_id not in reachable]
     following = Wave.objects.filter(rollout=rollout, index=wave.index + 1).first()
-    moves: dict[str, Any] = {"replaced": [], "deferred": [], "dispatched": []}
+    moves: OfflineMoves = {"replaced": [], "deferred": [], "dispatched": []}
     if unreachable and (mode == "dispatch" or following is None):
         moves["dispatched"] = [t.device.uid for t in unreachable]
     elif unreachable and following is not None:

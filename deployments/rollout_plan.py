@@ -18,10 +18,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import QuerySet
 from django.utils import timezone
 
-from fleet.models import Device, DeviceGroup
+from fleet.models import Device, DeviceGroup, DeviceQuerySet
 from fleet.selectors import devices_matching, group_members
 from models_registry.compatibility import (
     Requirements,
@@ -43,7 +42,7 @@ def hardware_profile(device: Device) -> str:
     return f"{device.arch}|{device.cpu}|{device.accelerator or 'none'}"
 
 
-def resolve_target(target: TargetSpec) -> QuerySet[Device]:
+def resolve_target(target: TargetSpec) -> DeviceQuerySet:
     """The devices a target names: a device-list filter, a group or device ids."""
     base = Device.objects.active()
     if target.filter is not None:
@@ -123,7 +122,7 @@ def subject_requirements(subject: Subject) -> Requirements:
 def _baselines(devices: Sequence[Device], subject: Subject) -> dict[int, Subject | None]:
     """What each device runs now: its current Installation row, else the version its agent reports."""
     ids = [d.pk for d in devices]
-    current: dict[int, Subject]
+    current: dict[int, Subject | None]  # the row's version column is nullable (no constraint ties it to the model)
     if isinstance(subject, PipelineVersion):
         name = subject.pipeline.name
         current = {

@@ -115,13 +115,18 @@ def device_installed(device: Device) -> list[dict[str, Any]]:
         current = Installation.objects.filter(device=device, until__isnull=True).select_related(
             "model", "version", "pipeline", "pipeline_version"
         )
+    return [_installed(i) for i in current]
+
+
+def _installed(installation: Installation) -> dict[str, Any]:
     # a pipeline is listed under its name, as devices and telemetry know it
-    return [
-        {"model": i.pipeline.name, "version": i.pipeline_version.number, "since": i.since}
-        if i.pipeline_version_id
-        else {"model": i.model.name, "version": i.version.number, "since": i.since}
-        for i in current
-    ]
+    i = installation
+    if i.pipeline_version is not None and i.pipeline is not None:
+        return {"model": i.pipeline.name, "version": i.pipeline_version.number, "since": i.since}
+    if i.version is not None and i.model is not None:
+        return {"model": i.model.name, "version": i.version.number, "since": i.since}
+    # services/installations.py writes a model with its version or a pipeline with its pipeline version
+    raise ValueError(f"installation {i.pk} names neither a model version nor a pipeline version")
 
 
 def devices_with_current_installations(devices: QuerySet[Device]) -> QuerySet[Device]:
@@ -194,7 +199,7 @@ def artifact_transfer_summary(rollout: Rollout) -> dict[str, Any]:
         rollout_id=rollout.pk, gateway_refused=True
     ).count()
     # a pipeline rollout has no single artifact (its stages are fetched from the cloud, see protocol.md)
-    artifact_size = rollout.version.size if rollout.version_id else 0
+    artifact_size = rollout.version.size if rollout.version is not None else 0
     summary["gateway_fill_bytes_max"] = len(summary["gateways"]) * artifact_size
     return summary
 

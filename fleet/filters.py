@@ -10,7 +10,17 @@ from django.http import QueryDict
 
 from core.filters import IdsFilter, IntFilter
 
-from .models import Accelerator, Arch, ConnectionStatus, Device, DeviceGroup, DeviceRuntime, DeviceTag, Tier
+from .models import (
+    Accelerator,
+    Arch,
+    ConnectionStatus,
+    Device,
+    DeviceGroup,
+    DeviceQuerySet,
+    DeviceRuntime,
+    DeviceTag,
+    Tier,
+)
 
 
 class DeviceFilter(django_filters.FilterSet):
@@ -95,16 +105,17 @@ def filter_to_querydict(stored: dict[str, Any]) -> QueryDict:
     return data
 
 
-def devices_matching(stored_filter: dict[str, Any], queryset: QuerySet[Device] | None = None) -> QuerySet[Device]:
+def devices_matching(stored_filter: dict[str, Any], queryset: DeviceQuerySet | None = None) -> DeviceQuerySet:
     """Devices matching a stored filter (the same semantics as the device list's query string)."""
     base = queryset if queryset is not None else Device.objects.all()
     filterset = DeviceFilter(filter_to_querydict(stored_filter), queryset=base)
     if not filterset.is_valid():
         raise ValueError(f"invalid device filter: {dict(filterset.errors)}")
-    return filterset.qs
+    matching: DeviceQuerySet = filterset.qs  # `base` filtered: its class (django_filters is untyped)
+    return matching
 
 
-def group_members(group: DeviceGroup) -> QuerySet[Device]:
+def group_members(group: DeviceGroup) -> DeviceQuerySet:
     """A static group's devices, or a dynamic group's filter evaluated now."""
     if group.is_dynamic:
         return devices_matching(group.filter)

@@ -97,7 +97,9 @@ def requirements_of(version: _VersionLike) -> VersionRequirements:
 class _StageLike(Protocol):
     position: int
     name: str
-    version: _VersionLike
+
+    @property  # read-only, so a stage whose `version` is a ModelVersion (a subtype) fits
+    def version(self) -> _VersionLike: ...
 
 
 def pipeline_requirements_of(stages: Iterable[_StageLike]) -> PipelineRequirements:

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -25,12 +25,20 @@ DIALECT_AWS = "aws-iot-jobs"
 THINGS_ROOT = "$aws/things"
 MAX_PAYLOAD_BYTES = 256 * 1024
 
-# execution statuses (the SDK's iotjobs.JobStatus); Fogdeck's job statuses have the same names but REMOVED
-QUEUED, IN_PROGRESS, SUCCEEDED, FAILED = "QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED"
-TIMED_OUT, REJECTED, REMOVED, CANCELED = "TIMED_OUT", "REJECTED", "REMOVED", "CANCELED"
+# execution statuses (the SDK's iotjobs.JobStatus); Fogdeck's job statuses have the same names but REMOVED.
+# Final, so each one's type is its Literal and it fits where a Fogdeck JobStatus is expected.
+QUEUED: Final = "QUEUED"
+IN_PROGRESS: Final = "IN_PROGRESS"
+SUCCEEDED: Final = "SUCCEEDED"
+FAILED: Final = "FAILED"
+TIMED_OUT: Final = "TIMED_OUT"
+REJECTED: Final = "REJECTED"
+REMOVED: Final = "REMOVED"
+CANCELED: Final = "CANCELED"
 TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED, TIMED_OUT, REJECTED, REMOVED, CANCELED})
-DEVICE_SETTABLE = frozenset({IN_PROGRESS, SUCCEEDED, FAILED, REJECTED})
-"""What UpdateJobExecution accepts from a device; the others are the service's to set."""
+DEVICE_SETTABLE: Final = (IN_PROGRESS, SUCCEEDED, FAILED, REJECTED)
+"""What UpdateJobExecution accepts from a device; the others are the service's to set. A tuple: mypy narrows
+a status's Literal type by `in` a tuple, not a frozenset."""
 
 ErrorCode = Literal[
     "InvalidTopic",

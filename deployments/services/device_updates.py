@@ -12,6 +12,7 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, TypedDict
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -49,12 +50,25 @@ def job_apply_device_update(*, uid: str, update: JobUpdate) -> UpdateOutcome:
     return outcome
 
 
+class _FoldFields(TypedDict, total=False):
+    """The Job columns a fold writes (`_FOLD_COLUMNS`); a column left out keeps its value."""
+
+    status: str
+    step: str
+    progress: float | None
+    last_seq: int
+    updated_at: dt.datetime
+    reason: str
+    started_at: dt.datetime
+    finished_at: dt.datetime
+
+
 @dataclass
 class _Fold:
     """A locked job and what its updates in one batch do to it, before anything is written."""
 
     job: Job
-    fields: dict[str, object]
+    fields: _FoldFields
     changes: list[tuple[str, str, str, str, int]]  # (from, to, step, reason, seq), in order
     applied: list[int] = field(default_factory=list)  # indexes of the updates that changed it
 
@@ -64,7 +78,7 @@ class _Fold:
 
     @property
     def last_seq(self) -> int:
-        return int(self.fields.get("last_seq", self.job.last_seq))  # type: ignore[call-overload]
+        return self.fields.get("last_seq", self.job.last_seq)
 
 
 def _fold(fold: _Fold, update: JobUpdate, uid: str, now: dt.datetime) -> UpdateOutcome:
@@ -95,11 +109,21 @@ def _fold(fold: _Fold, update: JobUpdate, uid: str, now: dt.datetime) -> UpdateO
     else:
         step = update.step or ""
     # a progress update within the same state only moves step, progress and seq: no event, no audit
-    fields.update(step=step, progress=update.progress, last_seq=update.seq, updated_at=now)
+    fields.update({"step": step, "progress": update.progress, "last_seq": update.seq, "updated_at": now})
     return UpdateOutcome(True)
 
 
-_FOLD_COLUMNS = ("status", "step", "progress", "last_seq", "updated_at", "reason", "started_at", "finished_at")
+_FoldColumn = Literal["status", "step", "progress", "last_seq", "updated_at", "reason", "started_at", "finished_at"]
+_FOLD_COLUMNS: tuple[_FoldColumn, ...] = (
+    "status",
+    "step",
+    "progress",
+    "last_seq",
+    "updated_at",
+    "reason",
+    "started_at",
+    "finished_at",
+)
 _FOLD_TYPES = ("text", "text", "double precision", "bigint", "timestamptz", "text", "timestamptz", "timestamptz")
 
 
@@ -121,7 +145,7 @@ def _write_folds(folds: Sequence[_Fold]) -> set[uuid.UUID]:
     keep = {"reason", "started_at", "finished_at"}
     assignments = ", ".join(f"{c} = COALESCE(v.{c}, j.{c})" if c in keep else f"{c} = v.{c}" for c in _FOLD_COLUMNS)
     row = "(%s::uuid, %s::text, %s::bigint, " + ", ".join(f"%s::{t}" for t in _FOLD_TYPES) + ")"
-    params: list[object] = []
+    params: list[str | int | float | dt.datetime | uuid.UUID | None] = []
     for fold in folds:
         fields = fold.fields
         params += [fold.job.pk, fold.job.status, fold.job.last_seq, fold.status]

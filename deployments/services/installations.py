@@ -29,8 +29,8 @@ def _record_installations(jobs: Sequence[Job], at: dt.datetime) -> None:
         return
     by_family: dict[tuple[str, int], list[Job]] = {}
     for job in jobs:
-        family = ("pipeline_id", job.pipeline_id) if job.pipeline_version_id is not None else ("model_id", job.model_id)
-        by_family.setdefault(family, []).append(job)  # type: ignore[arg-type]
+        kind, family_id = job.family
+        by_family.setdefault((f"{kind}_id", family_id), []).append(job)
     for (column, family_id), members in by_family.items():
         Installation.objects.filter(
             device_id__in=[j.device_id for j in members], until__isnull=True, **{column: family_id}

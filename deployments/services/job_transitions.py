@@ -9,6 +9,7 @@ but its events and audit entries are the same (`_job_transition_audit`).
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -36,7 +37,7 @@ def _transition(job: Job, *, to: str, actor: Actor, reason: str = "") -> Moved:
     """Move a job along TRANSITIONS (core.transitions: already there is a no-op that writes nothing, a
     forbidden or lost move InvalidTransition), with its event row and audit entry."""
     # a finished job keeps the step it last reached: "failed while verifying" is the operator's first clue
-    fields: dict[str, object] = {"progress": None} if to in TERMINAL else {"step": "", "progress": None}
+    fields: dict[str, Any] = {"progress": None} if to in TERMINAL else {"step": "", "progress": None}
     if reason:
         fields["reason"] = reason
     if to == JobStatus.IN_PROGRESS and job.started_at is None:

@@ -83,7 +83,8 @@ def _grant_urls(
         if job.pipeline_version_id is not None:
             versions = [stage.version for stage in stages[job.pipeline_version_id]]
         else:
-            versions = [job.version]  # type: ignore[list-item]  # a job has one or the other
+            assert job.version is not None  # noqa: S101 - a job has a version or a pipeline version (a check constraint)
+            versions = [job.version]
         for version in versions:
             _, count = wanted.get((version.pk, ttl), (version, 0))
             wanted[(version.pk, ttl)] = (version, count + 1)

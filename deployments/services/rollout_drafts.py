@@ -94,13 +94,16 @@ def rollout_create(*, actor: Actor, version: Subject, plan: RolloutPlan | Mappin
     plan = as_plan(plan)
     seed = plan.seed if plan.seed is not None else random.SystemRandom().randrange(2**31)
     plan = plan.model_copy(update={"seed": seed})
-    is_pipeline = isinstance(version, PipelineVersion)
+    pipeline_version = version if isinstance(version, PipelineVersion) else None
+    model_version = version if isinstance(version, ModelVersion) else None
+    is_pipeline = pipeline_version is not None
+    family = version.pipeline.name if isinstance(version, PipelineVersion) else version.model.name
     rollout = Rollout.objects.create(
-        name=name or f"{version.pipeline.name if is_pipeline else version.model.name} v{version.number}",  # type: ignore[union-attr]
-        model_id=None if is_pipeline else version.model_id,  # type: ignore[union-attr]
-        version=None if is_pipeline else version,
-        pipeline_id=version.pipeline_id if is_pipeline else None,  # type: ignore[union-attr]
-        pipeline_version=version if is_pipeline else None,
+        name=name or f"{family} v{version.number}",
+        model_id=model_version.model_id if model_version is not None else None,
+        version=model_version,
+        pipeline_id=pipeline_version.pipeline_id if pipeline_version is not None else None,
+        pipeline_version=pipeline_version,
         plan=plan,
         seed=seed,
         created_by=actor.label,

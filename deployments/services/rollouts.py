@@ -49,7 +49,7 @@ def rollout_start(*, actor: Actor, rollout: Rollout) -> Rollout:
     """
     if rollout.pipeline_id is not None:
         Pipeline.objects.select_for_update().filter(pk=rollout.pipeline_id).first()
-    else:
+    elif rollout.model_id is not None:  # one of the two is set (a check constraint)
         RegisteredModel.objects.select_for_update().filter(pk=rollout.model_id).first()
     rollout = _lock(rollout)
     if rollout.status != RolloutStatus.DRAFT:

@@ -1,7 +1,7 @@
 """The codebase's own checks, run by the suite so that `.ci/run` fails on them.
 
 - ruff lint and ruff format (pyproject `[tool.ruff]`);
-- mypy, strict on protocol/, agent/ and deployments/plan.py (pyproject `[tool.mypy]` names what is strict
+- mypy, strict on protocol/, agent/ and deployments/ (pyproject `[tool.mypy]` names what is strict
   and every relaxation);
 - the OpenAPI schema: tests/core/test_schema.py runs `manage.py spectacular --validate --fail-on-warn`.
 The import graph has its own test (tests/core/test_import_graph.py).
