@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from protocol import aws_jobs
-from protocol.messages import JobDocument, JobUpdate
+from protocol.messages import JobDocument, JobUpdate, Payload
 
 logger = logging.getLogger("fogdeck.agent.aws")
 
@@ -81,7 +81,7 @@ class AwsJobsLink:
     def on_message(
         self,
         topic: str,
-        payload: bytes,
+        payload: Payload,
         *,
         submit: Callable[[JobDocument], object],
         cancel: Callable[[str], object],

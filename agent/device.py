@@ -12,9 +12,12 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import AGENT_VERSION
 from agent.aws_dialect import AwsJobsLink
@@ -23,7 +26,7 @@ from agent.http_api import MAX_BODY_BYTES, InferenceServer
 from agent.inference import LoadedModel
 from agent.jobs import JobRunner, slot_path
 from agent.mqtt_url import parse_mqtt_url
-from agent.pipeline import load_slot
+from agent.pipeline import LoadedPipeline, load_slot
 from agent.policy import SigningKeys
 from agent.state import StateStore
 from agent.telemetry import TelemetryRecorder
@@ -34,6 +37,7 @@ from protocol.messages import (
     CAPABILITY_ARTIFACT_MIRRORS,
     CAPABILITY_SIGNED_JOBS,
     DEFAULT_HIST_EDGES,
+    DeviceState,
     Hardware,
     JobUpdate,
     ProtocolError,
@@ -100,7 +104,7 @@ class DeviceAgent:
         self.uid = config.device_id
         self.store = StateStore(config.state_dir)
         self.telemetry = TelemetryRecorder(hist_edges=config.hist_edges)
-        self.model: LoadedModel | None = None
+        self.model: LoadedModel | LoadedPipeline | None = None
         self.connected = threading.Event()
         self._stopping = threading.Event()
         self._publish_lock = threading.Lock()  # one state/status snapshot at a time, in order
@@ -148,14 +152,15 @@ class DeviceAgent:
         self._load_active_model()
         self.http.start()
         logger.info("serving inference on http://%s:%s", self.config.http_host, self.http.port)
-        if self.gateway is not None:
+        gateway_config = self.config.gateway
+        if self.gateway is not None and gateway_config is not None:  # both or neither (__init__)
             self.gateway.start()
             logger.info("serving the artifact cache at %s", self.gateway.url)
-            if self.config.gateway.host in ("127.0.0.1", "::1", "localhost") and not self.config.gateway.advertise_url:
+            if gateway_config.host in ("127.0.0.1", "::1", "localhost") and not gateway_config.advertise_url:
                 logger.warning(
                     "the artifact cache listens on %s only: edge devices cannot reach it (they fall back to the cloud)."
                     " Set --cache-host to the LAN address they use.",
-                    self.config.gateway.host,
+                    gateway_config.host,
                 )
         self.runner.start()
         address = parse_mqtt_url(self.config.mqtt_url)
@@ -200,7 +205,7 @@ class DeviceAgent:
             except Exception:
                 logger.exception("active model %s v%s in slot %s does not load", name, entry.version, entry.slot)
 
-    def _serve(self, loaded: LoadedModel) -> None:
+    def _serve(self, loaded: LoadedModel | LoadedPipeline) -> None:
         self.model = loaded
         logger.info("now serving %s v%s", loaded.model, loaded.version)
 
@@ -222,11 +227,20 @@ class DeviceAgent:
         client.on_message = self._on_message
         return client
 
-    def _on_pre_connect(self, client: mqtt.Client, _userdata: object) -> None:
+    # paho's callbacks, CallbackAPIVersion.VERSION2 signatures (paho.mqtt.client.CallbackOnConnect_v2, …)
+
+    def _on_pre_connect(self, client: mqtt.Client, _userdata: Any) -> None:
         # The will's timestamp is the moment this session started.
         client.will_set(topics.status_topic(self.uid), self._status("offline"), qos=QOS, retain=True)
 
-    def _on_connect(self, client: mqtt.Client, _userdata, _flags, reason_code, _properties) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        _userdata: Any,
+        _flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
         if reason_code.is_failure:
             logger.error("MQTT connection refused: %s", reason_code)
             return
@@ -250,12 +264,19 @@ class DeviceAgent:
         for update in self.runner.unanswered():  # a lost connection may have taken them (or their answers)
             self._publish_update(update)
 
-    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        _flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
         self.connected.clear()
         if not self._stopping.is_set():
             logger.warning("MQTT connection lost (%s); reconnecting", reason_code)
 
-    def _on_message(self, _client, _userdata, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
             if self.aws is not None and self.aws.handles(message.topic):
                 self.aws.on_message(
@@ -288,15 +309,8 @@ class DeviceAgent:
 
     # --- publishing -----------------------------------------------------------------------------
 
-    def _status(self, state: str) -> bytes:
-        return encode(
-            StatusMessage(
-                schema_version=1,
-                state=state,
-                agent_version=AGENT_VERSION,  # type: ignore[arg-type]
-                ts=utc_now(),
-            )
-        )
+    def _status(self, state: DeviceState) -> bytes:
+        return encode(StatusMessage(schema_version=1, state=state, agent_version=AGENT_VERSION, ts=utc_now()))
 
     def state_message(self) -> StateMessage:
         return StateMessage(

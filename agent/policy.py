@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from protocol import job_envelope, signing
 from protocol.job_envelope import EnvelopeRefused, JobEnvelopeClaims
-from protocol.messages import JobDocument
+from protocol.messages import JobDocument, PipelineStageDocument
 
 logger = logging.getLogger("fogdeck.agent.policy")
 
@@ -77,14 +77,19 @@ def check_version(
     raise JobRefused("REJECTED", f"version {job.version} is {relation} active version {active_version}")
 
 
-def check_artifact(job: JobDocument, size: int, sha256: str) -> None:
+# check_artifact, check_manifest, check_signature and verify_download take a single-model job or, in the
+# simulator, one stage of a pipeline job (each stage carries its own artifact and signed manifest)
+Signed = JobDocument | PipelineStageDocument
+
+
+def check_artifact(job: Signed, size: int, sha256: str) -> None:
     if sha256 != job.sha256:
         raise JobRefused("REJECTED", f"sha256 mismatch: expected {job.sha256}, got {sha256}")
     if size != job.size:
         raise JobRefused("REJECTED", f"size mismatch: expected {job.size} bytes, got {size}")
 
 
-def check_manifest(job: JobDocument) -> None:
+def check_manifest(job: Signed) -> None:
     """The signed manifest must describe exactly the artifact and version the job asks for."""
     try:
         manifest = json.loads(job.manifest)
@@ -102,14 +107,14 @@ def check_manifest(job: JobDocument) -> None:
             raise JobRefused("REJECTED", f"manifest {field} {value!r} does not match the job's {expected!r}")
 
 
-def check_signature(job: JobDocument, public_key_b64: str | None) -> None:
+def check_signature(job: Signed, public_key_b64: str | None) -> None:
     if public_key_b64 is None:
         raise JobRefused("REJECTED", f"unknown signing key {job.key_id}")
     if not signing.verify(public_key_b64, job.manifest, job.signature):
         raise JobRefused("REJECTED", f"signature does not verify with key {job.key_id}")
 
 
-def verify_download(job: JobDocument, size: int, sha256: str, keys: SigningKeys) -> None:
+def verify_download(job: Signed, size: int, sha256: str, keys: SigningKeys) -> None:
     """Everything `verifying` checks, in order: the bytes, the signature, then what the manifest says."""
     check_artifact(job, size, sha256)
     check_signature(job, keys.public_key(job.key_id))

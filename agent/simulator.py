@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import AGENT_VERSION
 from agent.aws_dialect import AwsJobsLink
@@ -70,15 +72,18 @@ from protocol.messages import (
     CAPABILITY_SIGNED_JOBS,
     TERMINAL_JOB_STATUSES,
     ActiveModel,
+    DeviceState,
     Hardware,
     JobDocument,
     JobsGet,
     JobStatus,
     JobStep,
     JobUpdate,
+    PipelineStageDocument,
     ProtocolError,
     Runtime,
     SlotContent,
+    SlotName,
     Slots,
     StateMessage,
     StatusMessage,
@@ -241,6 +246,23 @@ class Bench:
     stages: list[StageBench] | None = None  # a pipeline's, in order
 
 
+@dataclass(frozen=True)
+class Artifact:
+    """A single-model job's artifact or one pipeline stage's: what `Artifacts` fetches, verifies and times."""
+
+    document: JobDocument | PipelineStageDocument  # what `verify_download` checks
+    url: str
+    sha256: str
+    size: int
+
+    @classmethod
+    def of(cls, document: JobDocument | PipelineStageDocument) -> Artifact:
+        if document.artifact_url is None or document.sha256 is None or document.size is None:
+            # not for a valid document: a job without stages has all three (JobDocument's validator)
+            raise JobRefused("REJECTED", "the job names no artifact")
+        return cls(document, document.artifact_url, document.sha256, document.size)
+
+
 class Artifacts:
     """Downloads, verification results and latency benchmarks, each done once and shared by devices."""
 
@@ -254,31 +276,31 @@ class Artifacts:
         self._slots = asyncio.Semaphore(downloads)
 
     @staticmethod
-    def _url_key(job: JobDocument) -> str:
+    def _url_key(artifact: Artifact) -> str:
         # Presigned URLs differ only in their query; the object is the same.
-        parts = urllib.parse.urlsplit(job.artifact_url)
+        parts = urllib.parse.urlsplit(artifact.url)
         return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
-    def download(self, job: JobDocument) -> asyncio.Task[tuple[Path, int, str]]:
-        key = (self._url_key(job), job.sha256)
+    def download(self, artifact: Artifact) -> asyncio.Task[tuple[Path, int, str]]:
+        key = (self._url_key(artifact), artifact.sha256)
         if key not in self._downloads:
-            self._downloads[key] = asyncio.ensure_future(self._download(job))
+            self._downloads[key] = asyncio.ensure_future(self._download(artifact))
         return self._downloads[key]
 
-    async def _download(self, job: JobDocument) -> tuple[Path, int, str]:
+    async def _download(self, artifact: Artifact) -> tuple[Path, int, str]:
         async with self._slots:
-            return await asyncio.to_thread(self._fetch, job)
+            return await asyncio.to_thread(self._fetch, artifact)
 
-    def _fetch(self, job: JobDocument) -> tuple[Path, int, str]:
-        target = self.workdir / f"{hashlib.sha256(job.artifact_url.encode()).hexdigest()[:16]}-{job.sha256}"
+    def _fetch(self, artifact: Artifact) -> tuple[Path, int, str]:
+        target = self.workdir / f"{hashlib.sha256(artifact.url.encode()).hexdigest()[:16]}-{artifact.sha256}"
         digest, size = hashlib.sha256(), 0
         try:
-            with urllib.request.urlopen(job.artifact_url, timeout=30) as response, open(target, "wb") as out:  # noqa: S310 (http(s) by the protocol)
+            with urllib.request.urlopen(artifact.url, timeout=30) as response, open(target, "wb") as out:  # noqa: S310 (http(s) by the protocol)
                 while chunk := response.read(256 * 1024):
                     out.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
-                    if size > job.size:
+                    if size > artifact.size:
                         break
         except urllib.error.HTTPError as exc:
             raise JobRefused("FAILED", f"download failed: HTTP {exc.code} {exc.reason}") from None
@@ -286,8 +308,9 @@ class Artifacts:
             raise JobRefused("FAILED", f"download failed: {getattr(exc, 'reason', exc)}") from None
         return target, size, digest.hexdigest()
 
-    def verify(self, job: JobDocument, size: int, sha256: str) -> asyncio.Task[None]:
-        key = (job.sha256, str(job.size), sha256, str(size), job.manifest, job.signature, job.key_id,
+    def verify(self, artifact: Artifact, size: int, sha256: str) -> asyncio.Task[None]:
+        job = artifact.document
+        key = (artifact.sha256, str(artifact.size), sha256, str(size), job.manifest, job.signature, job.key_id,
                job.model, str(job.version), job.format)  # fmt: skip
         if key not in self._verdicts:
             self._verdicts[key] = asyncio.ensure_future(
@@ -295,12 +318,13 @@ class Artifacts:
             )
         return self._verdicts[key]
 
-    def bench(self, job: JobDocument, path: Path) -> asyncio.Task[Bench]:
-        if job.sha256 not in self._benches:
-            self._benches[job.sha256] = asyncio.ensure_future(asyncio.to_thread(
-                self.timings.time, path, model=job.model, version=job.version, sha256=job.sha256
+    def bench(self, artifact: Artifact, path: Path) -> asyncio.Task[Bench]:
+        job = artifact.document
+        if artifact.sha256 not in self._benches:
+            self._benches[artifact.sha256] = asyncio.ensure_future(asyncio.to_thread(
+                self.timings.time, path, model=job.model, version=job.version, sha256=artifact.sha256
             ))  # fmt: skip
-        return self._benches[job.sha256]
+        return self._benches[artifact.sha256]
 
 
 BENCH_RUNS = 30
@@ -457,7 +481,16 @@ class SimDevice:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
-    def _on_connect(self, client: mqtt.Client, _u, _flags, reason_code, _props) -> None:
+    # paho's callbacks, CallbackAPIVersion.VERSION2 signatures (paho.mqtt.client.CallbackOnConnect_v2, …)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        _u: Any,
+        _flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
         if reason_code.is_failure:
             self.sim.connect_window_release(self)
             logger.warning("%s: connection refused (%s)", self.uid, reason_code)
@@ -488,7 +521,14 @@ class SimDevice:
             job_id, self.interrupted = self.interrupted, None
             self.report(job_id, "FAILED", reason="interrupted by agent restart")
 
-    def _on_disconnect(self, _client, _u, _flags, reason_code, _props) -> None:
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _u: Any,
+        _flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
         was = self.connected
         self.sim.connect_window_release(self)
         self.connected = False
@@ -497,7 +537,7 @@ class SimDevice:
         if not self.stopping:
             self._schedule_reconnect()
 
-    def _on_message(self, _client, _u, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, _client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         try:
             if self.aws is not None and self.aws.handles(message.topic):
                 in_hand = self.ledger.held
@@ -528,8 +568,8 @@ class SimDevice:
 
     # --- messages ---
 
-    def _status(self, state: str) -> bytes:
-        return encode(StatusMessage(schema_version=1, state=state, agent_version=f"{AGENT_VERSION}-sim", ts=utc_now()))  # type: ignore[arg-type]
+    def _status(self, state: DeviceState) -> bytes:
+        return encode(StatusMessage(schema_version=1, state=state, agent_version=f"{AGENT_VERSION}-sim", ts=utc_now()))
 
     def publish_status_offline(self) -> mqtt.MQTTMessageInfo:
         return self.client.publish(topics.status_topic(self.uid), self._status("offline"), qos=QOS, retain=True)
@@ -606,18 +646,19 @@ class SimDevice:
         self.report(job.job_id, "IN_PROGRESS", step="verifying")
         await asyncio.to_thread(lambda: verify_pipeline_manifest(job, artifacts.keys.public_key(job.key_id)))
         self.report(job.job_id, "IN_PROGRESS", step="downloading", progress=0.0)
-        fetched = [artifacts.download(stage) for stage in stages]  # type: ignore[arg-type]
+        stage_artifacts = [Artifact.of(stage) for stage in stages]
+        fetched = [artifacts.download(artifact) for artifact in stage_artifacts]
         transfer_s = sum(stage.size for stage in stages) * 8 / (self.profile.link_mbps * 1e6)
         started = time.monotonic()
         while (elapsed := time.monotonic() - started) < transfer_s:
             await asyncio.sleep(min(1.0, transfer_s - elapsed))
             self._checkpoint(job, deadline)
         benches: list[StageBench] = []
-        for position, (stage, task) in enumerate(zip(stages, fetched, strict=True)):
+        for position, (stage, artifact, task) in enumerate(zip(stages, stage_artifacts, fetched, strict=True)):
             try:
                 path, size, sha256 = await task
-                await artifacts.verify(stage, size, sha256)  # type: ignore[arg-type]
-                bench = await artifacts.bench(stage, path)  # type: ignore[arg-type]
+                await artifacts.verify(artifact, size, sha256)
+                bench = await artifacts.bench(artifact, path)
             except JobRefused as refused:
                 raise JobRefused(refused.status, f"stage {position + 1} ({stage.name}): {refused.reason}") from None
             benches.append(StageBench(stage.name, stage.model, stage.version, bench))
@@ -631,7 +672,7 @@ class SimDevice:
         if self.rng.random() < self.sim.config.install_failure_rate:
             raise JobRefused("FAILED", "simulated install failure")
         digest = manifest_digest(job.manifest)
-        slot = "b" if any(a.slot == "a" for a in self.active.values()) else "a"
+        slot: SlotName = "b" if any(a.slot == "a" for a in self.active.values()) else "a"
         self.slots[slot] = SlotContent(model=job.model, version=job.version, sha256=digest)
         self.active = {job.model: ActiveModel(version=job.version, slot=slot)}
         total = sum(stage.bench.base_ms for stage in benches)
@@ -744,10 +785,11 @@ class SimDevice:
             if job.is_pipeline:
                 await self._execute_pipeline(job, deadline)
                 return
+            artifact = Artifact.of(job)
             self.report(job.job_id, "IN_PROGRESS", step="downloading", progress=0.0)
-            fetched = artifacts.download(job)
+            fetched = artifacts.download(artifact)
             # The bytes travel once; each device still takes as long as its link needs.
-            transfer_s = job.size * 8 / (self.profile.link_mbps * 1e6)
+            transfer_s = artifact.size * 8 / (self.profile.link_mbps * 1e6)
             started = time.monotonic()
             while (elapsed := time.monotonic() - started) < transfer_s:
                 await asyncio.sleep(min(1.0, transfer_s - elapsed))
@@ -758,7 +800,7 @@ class SimDevice:
             self.report(job.job_id, "IN_PROGRESS", step="downloading", progress=1.0)
             self._checkpoint(job, deadline)
             self.report(job.job_id, "IN_PROGRESS", step="verifying")
-            await artifacts.verify(job, size, sha256)
+            await artifacts.verify(artifact, size, sha256)
             self._checkpoint(job, deadline)
             self.ledger.start_activation()
             self.report(job.job_id, "IN_PROGRESS", step="activating")
@@ -768,13 +810,13 @@ class SimDevice:
                 self.interrupted = job.job_id
                 self.drop()
                 return
-            bench = await artifacts.bench(job, path)
+            bench = await artifacts.bench(artifact, path)
             if self.rng.random() < config.install_failure_rate:
                 raise JobRefused("FAILED", "simulated install failure")
-            slot = "b" if any(a.slot == "a" for a in self.active.values()) else "a"
-            self.slots[slot] = SlotContent(model=job.model, version=job.version, sha256=job.sha256)
+            slot: SlotName = "b" if any(a.slot == "a" for a in self.active.values()) else "a"
+            self.slots[slot] = SlotContent(model=job.model, version=job.version, sha256=artifact.sha256)
             self.active = {job.model: ActiveModel(version=job.version, slot=slot)}
-            self.benches = {job.sha256: bench}
+            self.benches = {artifact.sha256: bench}
             self.report(job.job_id, "SUCCEEDED")  # and the new state
         except JobRefused as refused:
             self.report(job.job_id, refused.status, reason=refused.reason)

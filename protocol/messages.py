@@ -524,7 +524,11 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)[:_DETAIL_MAX]
 
 
-def parse_message(model: type[_M], payload: bytes) -> _M:
+Payload = bytes | bytearray
+"""An MQTT payload as the clients hand it over (paho's `MQTTMessage.payload` may be either)."""
+
+
+def parse_message(model: type[_M], payload: Payload) -> _M:
     """Validate `payload` as `model`; raises `ProtocolError` and nothing else."""
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise ProtocolError("bad_json", f"payload is {type(payload).__name__}, not bytes")
@@ -548,39 +552,39 @@ def parse_message(model: type[_M], payload: bytes) -> _M:
         raise ProtocolError("bad_json", str(exc)[:_DETAIL_MAX]) from None
 
 
-def parse_status(payload: bytes) -> StatusMessage:
+def parse_status(payload: Payload) -> StatusMessage:
     return parse_message(StatusMessage, payload)
 
 
-def parse_state(payload: bytes) -> StateMessage:
+def parse_state(payload: Payload) -> StateMessage:
     return parse_message(StateMessage, payload)
 
 
-def parse_jobs_notify(payload: bytes) -> JobsNotify:
+def parse_jobs_notify(payload: Payload) -> JobsNotify:
     return parse_message(JobsNotify, payload)
 
 
-def parse_jobs_get(payload: bytes) -> JobsGet:
+def parse_jobs_get(payload: Payload) -> JobsGet:
     return parse_message(JobsGet, payload)
 
 
-def parse_jobs_get_accepted(payload: bytes) -> JobsGetAccepted:
+def parse_jobs_get_accepted(payload: Payload) -> JobsGetAccepted:
     return parse_message(JobsGetAccepted, payload)
 
 
-def parse_job_update(payload: bytes) -> JobUpdate:
+def parse_job_update(payload: Payload) -> JobUpdate:
     return parse_message(JobUpdate, payload)
 
 
-def parse_job_update_accepted(payload: bytes) -> JobUpdateAccepted:
+def parse_job_update_accepted(payload: Payload) -> JobUpdateAccepted:
     return parse_message(JobUpdateAccepted, payload)
 
 
-def parse_job_update_rejected(payload: bytes) -> JobUpdateRejected:
+def parse_job_update_rejected(payload: Payload) -> JobUpdateRejected:
     return parse_message(JobUpdateRejected, payload)
 
 
-def parse_telemetry(payload: bytes) -> TelemetryMessage:
+def parse_telemetry(payload: Payload) -> TelemetryMessage:
     return parse_message(TelemetryMessage, payload)
 
 
