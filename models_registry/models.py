@@ -8,13 +8,19 @@ metadata and signed manifest never change.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import ClassVar, Literal, Self, TypedDict
+
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
 from core import transitions
 from fleet.models import Accelerator
+from protocol.messages import PipelineStageDocument, StageCondition
+from protocol.pipelines import PIPELINE_FORMAT
 
+from .compatibility import Requirements, pipeline_requirements_of, requirements_of
 from .validators import (
     validate_archs,
     validate_code_commit,
@@ -45,6 +51,33 @@ TERMINAL: frozenset[str] = transitions.terminal_of(TRANSITIONS)
 def allowed_from(target: str) -> frozenset[str]:
     """The states a version may move to `target` from."""
     return transitions.allowed_from(TRANSITIONS, target)
+
+
+# --- what deployments install: the types of the Deployable protocol (models_registry/deployables.py) ---
+
+DeployableKind = Literal["model", "pipeline"]
+Family = tuple[DeployableKind, int]
+"""What a deployable is a version of: ("model", model id) or ("pipeline", pipeline id)."""
+
+ArtifactUrl = Callable[["ModelVersion"], str]
+"""A model version's absolute artifact URL for a job document (fresh per document, or one per batch)."""
+
+
+class DeployableDocument(TypedDict):
+    """A deployable's part of a JobDocument (protocol/messages.py): the same for every device it goes to."""
+
+    model: str
+    model_id: int
+    version: int
+    version_id: int
+    format: str
+    artifact_url: str | None
+    sha256: str | None
+    size: int | None
+    manifest: str
+    signature: str
+    key_id: str
+    stages: list[PipelineStageDocument] | None
 
 
 class ArtifactFormat(models.TextChoices):
@@ -223,6 +256,47 @@ class ModelVersion(models.Model):
             "code_commit": self.code_commit,
         }
 
+    # --- a Deployable (models_registry/deployables.py): one artifact, the model's name ---
+
+    deployable_kind: ClassVar[DeployableKind] = "model"
+
+    @property
+    def family(self) -> Family:
+        return "model", self.model_id
+
+    @property
+    def family_name(self) -> str:
+        return self.model.name
+
+    @property
+    def gateway_artifact(self) -> ModelVersion | None:
+        return self
+
+    def for_deployment(self) -> Self:
+        return self
+
+    def artifacts(self) -> list[ModelVersion]:
+        return [self]
+
+    def compatibility_requirements(self) -> Requirements:
+        return requirements_of(self)
+
+    def document_fields(self, url_of: ArtifactUrl) -> DeployableDocument:
+        return {
+            "model": self.model.name,
+            "model_id": self.model_id,
+            "version": self.number,
+            "version_id": self.pk,
+            "format": self.format,
+            "artifact_url": url_of(self),
+            "sha256": self.sha256,
+            "size": self.size,
+            "manifest": self.manifest,
+            "signature": self.signature,
+            "key_id": self.key_id,
+            "stages": None,
+        }
+
 
 class VersionEvent(models.Model):
     """One status change of a version (and its creation, from ""): the version's timeline."""
@@ -343,6 +417,48 @@ class PipelineVersion(models.Model):
     def ordered_stages(self) -> list[PipelineStage]:
         return sorted(self.stages.all(), key=lambda stage: stage.position)
 
+    # --- a Deployable (models_registry/deployables.py): the stages' artifacts, the pipeline's name, a
+    # document with the pipeline's manifest and its stages (no top-level artifact) ---
+
+    deployable_kind: ClassVar[DeployableKind] = "pipeline"
+
+    @property
+    def family(self) -> Family:
+        return "pipeline", self.pipeline_id
+
+    @property
+    def family_name(self) -> str:
+        return self.pipeline.name
+
+    @property
+    def gateway_artifact(self) -> ModelVersion | None:
+        return None
+
+    def for_deployment(self) -> Self:
+        return type(self).objects.with_stages().get(pk=self.pk)
+
+    def artifacts(self) -> list[ModelVersion]:
+        return [stage.version for stage in self.ordered_stages()]
+
+    def compatibility_requirements(self) -> Requirements:
+        return pipeline_requirements_of(self.ordered_stages())
+
+    def document_fields(self, url_of: ArtifactUrl) -> DeployableDocument:
+        return {
+            "model": self.pipeline.name,
+            "model_id": self.pipeline_id,
+            "version": self.number,
+            "version_id": self.pk,
+            "format": PIPELINE_FORMAT,
+            "artifact_url": None,
+            "sha256": None,
+            "size": None,
+            "manifest": self.manifest,
+            "signature": self.signature,
+            "key_id": self.key_id,
+            "stages": [stage.document(url_of) for stage in self.ordered_stages()],
+        }
+
 
 class PipelineStage(models.Model):
     """Stage `position` (0-based) of a pipeline version: a published model version and an optional condition.
@@ -366,6 +482,25 @@ class PipelineStage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.pipeline_version_id}[{self.position}] {self.name}"
+
+    def document(self, url_of: ArtifactUrl) -> PipelineStageDocument:
+        """The stage in a pipeline job's document: its version's own manifest and artifact URL."""
+        version = self.version
+        return PipelineStageDocument(
+            name=self.name,
+            model=version.model.name,
+            model_id=version.model_id,
+            version=version.number,
+            version_id=version.pk,
+            format=version.format,
+            artifact_url=url_of(version),
+            sha256=version.sha256,
+            size=version.size,
+            manifest=version.manifest,
+            signature=version.signature,
+            key_id=version.key_id,
+            condition=StageCondition(**self.condition) if self.condition else None,
+        )
 
 
 class PipelineEvent(models.Model):
