@@ -25,7 +25,7 @@ from protocol import messages
 from protocol.messages import JobUpdate
 
 from .aws_notify import _pending, aws_jobs_notify, execution_of
-from .models import TERMINAL, Job, JobStatus
+from .models import DEPLOYABLE_RELATED, TERMINAL, Job, JobStatus
 from .services.device_updates import jobs_apply_device_updates
 
 Verdict = tuple[str, str] | None
@@ -81,7 +81,7 @@ def _locked_job(uid: str, job_id: str) -> Job | None:
         return None
     return (
         Job.objects.select_for_update(of=("self",))
-        .select_related("device__parent", "version__model", "pipeline_version__pipeline")
+        .select_related("device__parent", *DEPLOYABLE_RELATED)
         .filter(pk=pk, device__uid=uid)
         .first()
     )
@@ -173,4 +173,4 @@ def _apply(
         fields["deadline_at"] = latest if step_minutes == -1 else min(latest, now + dt.timedelta(minutes=step_minutes))
     if fields:
         Job.objects.filter(pk=job.pk).update(**fields)
-    return Job.objects.select_related("device__parent", "version__model", "pipeline_version__pipeline").get(pk=job.pk)
+    return Job.objects.select_related("device__parent", *DEPLOYABLE_RELATED).get(pk=job.pk)

@@ -18,7 +18,7 @@ from protocol import aws_jobs as aws
 from protocol.messages import JobDocument
 
 from .job_documents import job_document
-from .models import TERMINAL, Job, JobStatus
+from .models import DEPLOYABLE_RELATED, TERMINAL, Job, JobStatus
 
 _PENDING_ORDER = Case(When(status=JobStatus.IN_PROGRESS, then=Value(0)), default=Value(1), output_field=IntegerField())
 
@@ -60,7 +60,7 @@ def _pending(uids: Iterable[str]) -> dict[str, list[Job]]:
     for job in (
         Job.objects.active()
         .filter(device__uid__in=list(pending))
-        .select_related("device__parent", "version__model", "pipeline_version__pipeline")
+        .select_related("device__parent", *DEPLOYABLE_RELATED)
         .order_by(_PENDING_ORDER, "created_at", "pk")
     ):
         pending[job.device.uid].append(job)

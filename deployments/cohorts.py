@@ -144,8 +144,8 @@ def _total(accs: dict[str, _Acc]) -> dict[str, Any] | None:
 def cohort_figures(rollout: Rollout, wave: Wave, *, since: dt.datetime, until: dt.datetime) -> Cohorts:
     """The wave's canary and the rollout's baseline over `(since, until]`, for the rollout's model (or
     pipeline: its samples are end to end, under its name)."""
-    number = rollout.subject.number
-    window = TelemetrySample.objects.filter(model_name=rollout.subject_name, ts__gt=since, ts__lte=until)
+    number = rollout.deployable.number
+    window = TelemetrySample.objects.filter(model_name=rollout.deployable.family_name, ts__gt=since, ts__lte=until)
     # the cohorts' device ids as lists, not subqueries: a subquery over targets and jobs per sample row took
     # seconds for 20,000 samples on PostgreSQL (a plan re-running it), a list of ids takes milliseconds
     canary_ids = list(canary_targets(wave).values_list("device_id", flat=True))

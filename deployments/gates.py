@@ -189,7 +189,7 @@ def health_gate(rollout: Rollout, wave: Wave, *, since: dt.datetime, until: dt.d
     max_p95_ms, max_p99_ms = gate.max_p95_ms, gate.max_p99_ms
     min_samples, min_baseline = gate.min_samples, gate.baseline_samples
     # a pipeline's samples are end to end, under its name: the gate compares the pipeline's latency
-    model_name, number = rollout.subject_name, rollout.subject.number
+    model_name, number = rollout.deployable.family_name, rollout.deployable.number
     inputs = {
         **gate.model_dump(exclude_none=True),
         "window": [since.isoformat(), until.isoformat()],

@@ -3,25 +3,20 @@ URL per stage or version, the gateway mirrors, and the job envelope when the dev
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 from django.conf import settings
 
 from audit.actors import Actor
-from models_registry.models import ModelVersion, PipelineStage, PipelineVersion
+from models_registry.deployables import Deployable, DeployableDocument
+from models_registry.models import ModelVersion
 from models_registry.services import model_version_download_url
 from protocol import messages
-from protocol.messages import JobDocument, PipelineStageDocument, StageCondition
-from protocol.pipelines import PIPELINE_FORMAT
+from protocol.messages import JobDocument
 
 from .artifact_mirrors import job_artifact_mirrors
 from .job_envelopes import JobEnvelopes
 from .models import Job, JobKind
 
 _DOWNLOAD_ACTOR = Actor.system("deployments:job-document")
-
-ArtifactUrl = Callable[[ModelVersion], str]
-"""A version's absolute artifact URL for a job document: fresh per document, or issued once per batch."""
 
 
 def _absolute(url: str) -> str:
@@ -38,40 +33,31 @@ def _url_ttl(timeout_seconds: int) -> int:
     return max(settings.ARTIFACT_URL_TTL_SECONDS, timeout_seconds)
 
 
-def _stage_documents(stages: Sequence[PipelineStage], url_of: ArtifactUrl) -> list[PipelineStageDocument]:
-    """Per stage (in order), the stage version's own manifest and its artifact URL; the same for every device."""
-    return [
-        PipelineStageDocument(
-            name=stage.name,
-            model=stage.version.model.name,
-            model_id=stage.version.model_id,
-            version=stage.version.number,
-            version_id=stage.version.pk,
-            format=stage.version.format,
-            artifact_url=url_of(stage.version),
-            sha256=stage.version.sha256,
-            size=stage.version.size,
-            manifest=stage.version.manifest,
-            signature=stage.version.signature,
-            key_id=stage.version.key_id,
-            condition=StageCondition(**stage.condition) if stage.condition else None,
-        )
-        for stage in stages
-    ]
-
-
 def _job_document(
     job: Job,
+    deployable: Deployable,
+    fields: DeployableDocument,
     *,
     ttl: int,
-    url_of: ArtifactUrl,
-    stages: list[PipelineStageDocument] | None = None,
     envelopes: JobEnvelopes | None = None,
 ) -> JobDocument:
-    """A job's document; a pipeline job's `stages` come built (`_stage_documents`), a version job's mirrors
-    are worked out here from `job.device` and its parent (load both). Signed for this device
-    (deployments/job_envelopes.py) when its agent verifies envelopes; pass one `envelopes` per batch."""
-    document = _unsigned_job_document(job, ttl=ttl, url_of=url_of, stages=stages)
+    """A job's document from its deployable's `fields` (`document_fields`, built once for every job of the
+    same deployable and URLs); the gateway mirrors are worked out here from `job.device` and its parent
+    (load both). Signed for this device (deployments/job_envelopes.py) when its agent verifies envelopes;
+    pass one `envelopes` per batch."""
+    mirrors = None
+    artifact, cloud_url = deployable.gateway_artifact, fields["artifact_url"]
+    if artifact is not None and cloud_url is not None:
+        # the gateway's cache first for a device behind one (deployments/artifact_mirrors.py)
+        mirrors = job_artifact_mirrors(device=job.device, version=artifact, cloud_url=cloud_url, ttl=ttl)
+    document = JobDocument(
+        job_id=str(job.id),
+        kind=_protocol_kind(job),
+        **fields,
+        timeout_seconds=job.timeout_seconds,
+        created_at=job.created_at,
+        mirrors=mirrors,
+    )
     return (envelopes or JobEnvelopes()).sign(job, document, ttl=ttl)
 
 
@@ -84,51 +70,6 @@ def _protocol_kind(job: Job) -> messages.JobKind:
     raise ValueError(f"job {job.pk} has an unknown kind {job.kind!r}")
 
 
-def _unsigned_job_document(
-    job: Job, *, ttl: int, url_of: ArtifactUrl, stages: list[PipelineStageDocument] | None
-) -> JobDocument:
-    if job.pipeline_version_id is not None:
-        pipeline_version = job.pipeline_version
-        assert pipeline_version is not None and stages is not None  # noqa: S101 - a pipeline job has both
-        return JobDocument(
-            job_id=str(job.id),
-            kind=_protocol_kind(job),
-            model=pipeline_version.pipeline.name,
-            model_id=pipeline_version.pipeline_id,
-            version=pipeline_version.number,
-            version_id=pipeline_version.pk,
-            format=PIPELINE_FORMAT,
-            manifest=pipeline_version.manifest,
-            signature=pipeline_version.signature,
-            key_id=pipeline_version.key_id,
-            timeout_seconds=job.timeout_seconds,
-            created_at=job.created_at,
-            stages=stages,
-        )
-    version = job.version
-    assert version is not None  # noqa: S101 - a job has a version or a pipeline version (a check constraint)
-    artifact_url = url_of(version)
-    return JobDocument(
-        job_id=str(job.id),
-        kind=_protocol_kind(job),
-        model=version.model.name,
-        model_id=version.model_id,
-        version=version.number,
-        version_id=version.pk,
-        format=version.format,
-        artifact_url=artifact_url,
-        sha256=version.sha256,
-        size=version.size,
-        manifest=version.manifest,
-        signature=version.signature,
-        key_id=version.key_id,
-        timeout_seconds=job.timeout_seconds,
-        created_at=job.created_at,
-        # the gateway's cache first for a device behind one (deployments/artifact_mirrors.py)
-        mirrors=job_artifact_mirrors(device=job.device, version=version, cloud_url=artifact_url, ttl=ttl),
-    )
-
-
 def job_document(job: Job) -> JobDocument:
     """What the device receives: the signed manifest and a fresh time-limited artifact URL (per stage
     for a pipeline job), each URL audited."""
@@ -137,8 +78,5 @@ def job_document(job: Job) -> JobDocument:
     def url_of(version: ModelVersion) -> str:
         return _device_artifact_url(version, ttl)
 
-    stages = None
-    if job.pipeline_version_id is not None:
-        ordered = PipelineVersion.objects.with_stages().get(pk=job.pipeline_version_id).ordered_stages()
-        stages = _stage_documents(ordered, url_of)
-    return _job_document(job, ttl=ttl, url_of=url_of, stages=stages)
+    deployable = job.deployable.for_deployment()
+    return _job_document(job, deployable, deployable.document_fields(url_of), ttl=ttl)

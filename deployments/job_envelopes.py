@@ -12,8 +12,9 @@ from __future__ import annotations
 import time
 
 from fleet.models import Device
+from models_registry.deployables import family_versions
 from models_registry.keys import SigningKey, active_key
-from models_registry.models import ModelVersion, PipelineVersion, Status
+from models_registry.models import Status
 from protocol import job_envelope
 from protocol.messages import CAPABILITY_SIGNED_JOBS, JobDocument
 
@@ -35,11 +36,7 @@ class JobEnvelopes:
     def _revoked_numbers(self, job: Job) -> list[int]:
         family = job.family
         if family not in self._revoked:
-            rows = (
-                PipelineVersion.objects.filter(pipeline_id=family[1], status=Status.REVOKED)
-                if family[0] == "pipeline"
-                else ModelVersion.objects.filter(model_id=family[1], status=Status.REVOKED)
-            )
+            rows = family_versions(family).filter(status=Status.REVOKED)
             # the newest first: past the protocol's limit, the oldest revocations matter least
             numbers = list(rows.order_by("-number").values_list("number", flat=True)[: job_envelope.MAX_REVOKED])
             self._revoked[family] = sorted(numbers)

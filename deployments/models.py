@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 from django.db import models
 
+from models_registry.deployables import Deployable, Family, deployable_of, family_of
+
 from .plan import RolloutPlan
+
+# select_related() of a row's paired version columns with what its Deployable reads (the family's name)
+DEPLOYABLE_RELATED = ("version__model", "pipeline_version__pipeline")
 
 # Each state machine below: a Status, its TRANSITIONS (from-state -> the states it may move to) and its
 # TERMINAL set (finished: `finished_at` is stamped on entering it, no worker moves it on by itself), also
@@ -58,6 +63,7 @@ class Job(models.Model):
     """One model version (or one pipeline version) to install on one device: what rollouts are built from.
 
     Exactly one of `version` and `pipeline_version` is set (a check constraint); `model`/`pipeline` follow it.
+    `deployable` is whichever it is (models_registry/deployables.py writes and reads the pairs).
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -136,25 +142,27 @@ class Job(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"job {self.id} {self.kind} {self.target} on {self.device_id}: {self.status}"
+        return f"job {self.id} {self.kind} {self.deployable} on {self.device_id}: {self.status}"
 
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
 
     @property
-    def target(self) -> object:
+    def deployable(self) -> Deployable:
         """What the job installs: the model version or the pipeline version."""
-        return self.pipeline_version if self.pipeline_version_id else self.version
+        return _required(self, deployable_of(self))
 
     @property
-    def family(self) -> tuple[Literal["pipeline", "model"], int]:
-        """What the job installs a version of: ("pipeline", pipeline_id) or ("model", model_id)."""
-        if self.pipeline_version_id is not None and self.pipeline_id is not None:
-            return "pipeline", self.pipeline_id
-        if self.pipeline_version_id is None and self.model_id is not None:
-            return "model", self.model_id
-        raise ValueError(f"job {self.pk} breaks its constraint job_targets_a_version_or_a_pipeline_version")
+    def family(self) -> Family:
+        """What the job installs a version of, from its columns: ("pipeline", pipeline_id) or ("model", model_id)."""
+        return family_of(self)
+
+
+def _required(row: models.Model, deployable: Deployable | None) -> Deployable:
+    if deployable is None:
+        raise ValueError(f"{type(row).__name__} {row.pk} names neither a version nor a pipeline version")
+    return deployable
 
 
 class JobEvent(models.Model):
@@ -325,7 +333,7 @@ class RolloutQuerySet(models.QuerySet["Rollout"]):
 class Rollout(models.Model):
     """One version (or one pipeline version) over a target in waves; `plan` is frozen when it starts.
 
-    Exactly one of `version` and `pipeline_version` is set; `subject` is whichever it is.
+    Exactly one of `version` and `pipeline_version` is set; `deployable` is whichever it is.
     """
 
     name = models.CharField(max_length=200, blank=True)
@@ -378,21 +386,12 @@ class Rollout(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"rollout {self.pk} of {self.subject}: {self.status}"
+        return f"rollout {self.pk} of {self.deployable}: {self.status}"
 
     @property
-    def subject(self) -> Any:
-        """What is rolled out: the ModelVersion or the PipelineVersion (both have number, status, is_deployable)."""
-        return self.pipeline_version if self.pipeline_version_id else self.version
-
-    @property
-    def subject_name(self) -> str:
-        """The name devices report and telemetry stores it under (the model's or the pipeline's)."""
-        if self.pipeline is not None:
-            return self.pipeline.name
-        if self.model is not None:
-            return self.model.name
-        raise ValueError(f"rollout {self.pk} breaks its constraint rollout_targets_a_version_or_a_pipeline_version")
+    def deployable(self) -> Deployable:
+        """What is rolled out: the model version or the pipeline version (load DEPLOYABLE_RELATED)."""
+        return _required(self, deployable_of(self))
 
 
 class Wave(models.Model):
@@ -474,8 +473,9 @@ class RolloutTarget(models.Model):
         return bool(self.excluded_reasons)
 
     @property
-    def baseline(self) -> Any:
-        return self.baseline_pipeline_version if self.baseline_pipeline_version_id else self.baseline_version
+    def baseline(self) -> Deployable | None:
+        """What the device ran before the rollout, to compare with and go back to (None: a first install)."""
+        return deployable_of(self, prefix="baseline_")
 
 
 # a target with a baseline to compare with and go back to (either kind of rollout)

@@ -22,14 +22,8 @@ from django.utils import timezone
 
 from fleet.models import Device, DeviceGroup, DeviceQuerySet
 from fleet.selectors import devices_matching, group_members
-from models_registry.compatibility import (
-    Requirements,
-    pipeline_requirements_of,
-    profile_of,
-    reasons_for,
-    requirements_of,
-)
-from models_registry.models import ModelVersion, PipelineVersion
+from models_registry.compatibility import profile_of, reasons_for
+from models_registry.deployables import Deployable, deployable_of, family_filter, family_versions
 
 from .exceptions import PlanInvalid
 from .models import Installation
@@ -69,7 +63,7 @@ def resolve_target(target: TargetSpec) -> DeviceQuerySet:
 class PlannedDevice:
     device: Device
     profile: str
-    baseline: ModelVersion | PipelineVersion | None = None
+    baseline: Deployable | None = None
     wave: int | None = None
     order: int = 0
     excluded: list[str] = field(default_factory=list)
@@ -108,47 +102,23 @@ class Plan:
         }
 
 
-# What a rollout can carry: a model version or a pipeline version (both have number, status, is_deployable).
-Subject = ModelVersion | PipelineVersion
-
-
-def subject_requirements(subject: Subject) -> Requirements:
-    """The one compatibility input for either kind (a pipeline needs every stage)."""
-    if isinstance(subject, PipelineVersion):
-        return pipeline_requirements_of(PipelineVersion.objects.with_stages().get(pk=subject.pk).ordered_stages())
-    return requirements_of(subject)
-
-
-def _baselines(devices: Sequence[Device], subject: Subject) -> dict[int, Subject | None]:
+def _baselines(devices: Sequence[Device], deployable: Deployable) -> dict[int, Deployable | None]:
     """What each device runs now: its current Installation row, else the version its agent reports."""
     ids = [d.pk for d in devices]
-    current: dict[int, Subject | None]  # the row's version column is nullable (no constraint ties it to the model)
-    if isinstance(subject, PipelineVersion):
-        name = subject.pipeline.name
-        current = {
-            inst.device_id: inst.pipeline_version
-            for inst in Installation.objects.filter(
-                device__in=ids, pipeline_id=subject.pipeline_id, until__isnull=True
-            ).select_related("pipeline_version")
-        }
-        by_number: dict[int, Subject] = {
-            v.number: v for v in PipelineVersion.objects.filter(pipeline_id=subject.pipeline_id)
-        }
-    else:
-        name = subject.model.name
-        current = {
-            inst.device_id: inst.version
-            for inst in Installation.objects.filter(
-                device__in=ids, model_id=subject.model_id, until__isnull=True
-            ).select_related("version")
-        }
-        by_number = {v.number: v for v in ModelVersion.objects.filter(model_id=subject.model_id)}
-    out: dict[int, Subject | None] = {}
+    family = deployable.family
+    current = {
+        inst.device_id: deployable_of(inst)
+        for inst in Installation.objects.filter(
+            family_filter(family), device__in=ids, until__isnull=True
+        ).select_related("version", "pipeline_version")
+    }
+    by_number: dict[int, Deployable] = {v.number: v for v in family_versions(family)}
+    out: dict[int, Deployable | None] = {}
     for device in devices:
         if device.pk in current:
             out[device.pk] = current[device.pk]
             continue
-        active = (device.reported_state or {}).get("active", {}).get(name)
+        active = (device.reported_state or {}).get("active", {}).get(deployable.family_name)
         number = active.get("version") if isinstance(active, dict) else None
         out[device.pk] = by_number.get(number) if isinstance(number, int) else None
     return out
@@ -221,7 +191,7 @@ def _pin_matches(spec: WaveSpec, planned: PlannedDevice, group_ids: dict[int, se
 
 def plan_rollout(
     *,
-    version: Subject,
+    version: Deployable,
     devices: Iterable[Device],
     waves: Sequence[WaveSpec],
     seed: int,
@@ -232,7 +202,7 @@ def plan_rollout(
     With `tier_aware`, cloud nodes and fog gateways fill the earliest waves and are dispatched first, so a
     gateway is never updated after the edge devices behind it.
     """
-    requirements = subject_requirements(version)
+    requirements = version.for_deployment().compatibility_requirements()
     devices = list(devices)
     now = timezone.now()
     baselines = _baselines(devices, version)

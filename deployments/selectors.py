@@ -13,9 +13,20 @@ from django.utils import timezone
 
 from core.expressions import AmongIds
 from fleet.models import ArtifactSource, ArtifactTransfer, Device
+from models_registry.deployables import deployable_of, family_name_and_number
 from telemetry.series import RolloutCohorts
 
-from .models import ROLLOUT_ACTIVE, GateEvaluation, Installation, Job, JobStatus, Rollout, RolloutTarget, Wave
+from .models import (
+    DEPLOYABLE_RELATED,
+    ROLLOUT_ACTIVE,
+    GateEvaluation,
+    Installation,
+    Job,
+    JobStatus,
+    Rollout,
+    RolloutTarget,
+    Wave,
+)
 
 
 def rollout_wave_counts(rollout: Rollout) -> dict[int, dict[str, dict[str, int]]]:
@@ -112,29 +123,23 @@ def device_installed(device: Device) -> list[dict[str, Any]]:
     """What runs on the device now, per model (current Installation rows)."""
     current = getattr(device, "current_installations", None)
     if current is None:
-        current = Installation.objects.filter(device=device, until__isnull=True).select_related(
-            "model", "version", "pipeline", "pipeline_version"
-        )
+        current = Installation.objects.filter(device=device, until__isnull=True).select_related(*DEPLOYABLE_RELATED)
     return [_installed(i) for i in current]
 
 
 def _installed(installation: Installation) -> dict[str, Any]:
     # a pipeline is listed under its name, as devices and telemetry know it
-    i = installation
-    if i.pipeline_version is not None and i.pipeline is not None:
-        return {"model": i.pipeline.name, "version": i.pipeline_version.number, "since": i.since}
-    if i.version is not None and i.model is not None:
-        return {"model": i.model.name, "version": i.version.number, "since": i.since}
-    # services/installations.py writes a model with its version or a pipeline with its pipeline version
-    raise ValueError(f"installation {i.pk} names neither a model version nor a pipeline version")
+    deployable = deployable_of(installation)
+    if deployable is None:
+        # services/installations.py writes a model with its version or a pipeline with its pipeline version
+        raise ValueError(f"installation {installation.pk} names neither a model version nor a pipeline version")
+    return {"model": deployable.family_name, "version": deployable.number, "since": installation.since}
 
 
 def devices_with_current_installations(devices: QuerySet[Device]) -> QuerySet[Device]:
     """`devices` with their current installations loaded (`current_installations`, which device_installed
     reads): one query for a page, not one per device."""
-    current = Installation.objects.filter(until__isnull=True).select_related(
-        "model", "version", "pipeline", "pipeline_version"
-    )
+    current = Installation.objects.filter(until__isnull=True).select_related(*DEPLOYABLE_RELATED)
     return devices.prefetch_related(Prefetch("installations", queryset=current, to_attr="current_installations"))
 
 
@@ -142,29 +147,25 @@ def devices_installed(device_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
     """device_installed of many devices in one query (the device list's plain rows), by device id; a device
     with nothing installed is left out."""
     installed: defaultdict[int, list[dict[str, Any]]] = defaultdict(list)
+    # as device_installed: a pipeline is listed under its name
+    name, number = family_name_and_number()
     current = Installation.objects.filter(AmongIds("device_id", device_ids), until__isnull=True).values_list(
-        "device_id", "pipeline_version_id", "pipeline__name", "pipeline_version__number",
-        "model__name", "version__number", "since",
-    )  # fmt: skip
+        "device_id", name, number, "since"
+    )
     # Installation's default ordering (-since), as device_installed's rows have it
-    for device_id, pipeline_version_id, pipeline, pipeline_number, model, number, since in current:
-        # as device_installed: a pipeline is listed under its name
-        if pipeline_version_id:
-            installed[device_id].append({"model": pipeline, "version": pipeline_number, "since": since})
-        else:
-            installed[device_id].append({"model": model, "version": number, "since": since})
+    for device_id, model, version, since in current:
+        installed[device_id].append({"model": model, "version": version, "since": since})
     return dict(installed)
 
 
 def rollout_series_cohorts(rollout_id: int) -> RolloutCohorts | None:
     """The rollout as the telemetry series API's `rollout=` filter reads it (telemetry/series.py): its model
     or pipeline name and the version whose samples are the canary cohort; None if there is no such rollout."""
-    rollout = (
-        Rollout.objects.select_related("model", "version", "pipeline", "pipeline_version").filter(pk=rollout_id).first()
-    )
+    rollout = Rollout.objects.select_related(*DEPLOYABLE_RELATED).filter(pk=rollout_id).first()
     if rollout is None:
         return None
-    return RolloutCohorts(rollout_id=rollout.pk, model=rollout.subject_name, canary_version=rollout.subject.number)
+    deployable = rollout.deployable
+    return RolloutCohorts(rollout_id=rollout.pk, model=deployable.family_name, canary_version=deployable.number)
 
 
 def artifact_transfer_summary(rollout: Rollout) -> dict[str, Any]:
@@ -199,7 +200,8 @@ def artifact_transfer_summary(rollout: Rollout) -> dict[str, Any]:
         rollout_id=rollout.pk, gateway_refused=True
     ).count()
     # a pipeline rollout has no single artifact (its stages are fetched from the cloud, see protocol.md)
-    artifact_size = rollout.version.size if rollout.version is not None else 0
+    artifact = rollout.deployable.gateway_artifact
+    artifact_size = artifact.size if artifact is not None else 0
     summary["gateway_fill_bytes_max"] = len(summary["gateways"]) * artifact_size
     return summary
 
@@ -219,19 +221,10 @@ def active_rollouts_of_devices(
     )
     if rollout_ids is not None:
         targets = targets.filter(rollout_id__in=list(rollout_ids))
-    rows = targets.values_list(
-        "device_id",
-        "rollout_id",
-        "rollout__model__name",
-        "rollout__version__number",
-        "rollout__pipeline__name",
-        "rollout__pipeline_version__number",
-    )
     # a pipeline rollout is known to devices and telemetry by the pipeline's name
-    for device_id, rollout_id, model, number, pipeline, pipeline_number in rows:
-        if pipeline_number is not None:
-            model, number = pipeline, pipeline_number
-        out[device_id].append((rollout_id, model, number))
+    name, number = family_name_and_number("rollout__")
+    for device_id, rollout_id, model, version in targets.values_list("device_id", "rollout_id", name, number):
+        out[device_id].append((rollout_id, model, version))
     return dict(out)
 
 
@@ -296,7 +289,7 @@ def rollout_list_rows(statuses: Iterable[str] = ()) -> QuerySet[Rollout]:
     """Rollouts newest first with what the list shows: model, version, devices in waves and finished
     installs (aggregated in SQL: one query per page, whatever the rollouts' sizes)."""
     finished = Q(targets__install_job__status=JobStatus.SUCCEEDED)
-    rows = Rollout.objects.select_related("model", "version", "pipeline", "pipeline_version").annotate(
+    rows = Rollout.objects.select_related("model", "pipeline", *DEPLOYABLE_RELATED).annotate(
         device_count=Count("targets", filter=Q(targets__wave__isnull=False)),
         succeeded_count=Count("targets", filter=finished & Q(targets__wave__isnull=False)),
     )
@@ -316,9 +309,10 @@ def rollout_cohort_series(rollout: Rollout, *, hours: int = 6) -> dict[str, list
     since = timezone.now() - dt.timedelta(hours=hours)
     if rollout.started_at and rollout.started_at - dt.timedelta(minutes=10) > since:
         since = rollout.started_at - dt.timedelta(minutes=10)
-    canary = Q(version_number=rollout.subject.number)
+    deployable = rollout.deployable
+    canary = Q(version_number=deployable.number)
     rows = (
-        TelemetryRollup.objects.filter(model_name=rollout.subject_name, minute__gte=since)
+        TelemetryRollup.objects.filter(model_name=deployable.family_name, minute__gte=since)
         .annotate(cohort=Case(When(canary, then=Value("canary")), default=Value("baseline")))
         .values("cohort", "minute")
         .annotate(requests=Sum("requests"), errors=Sum("errors"), p95_wsum=Sum("p95_wsum"))

@@ -22,7 +22,7 @@ from core.roles import OPERATOR, VIEWER, has_role
 from deployments.api.serializers import RolloutPlanSerializer
 from deployments.cohorts import gate_check_series
 from deployments.exceptions import DeploymentRefused, InvalidTransition, PlanInvalid
-from deployments.models import ROLLOUT_TRANSITIONS, Rollout, RolloutStatus
+from deployments.models import DEPLOYABLE_RELATED, ROLLOUT_TRANSITIONS, Rollout, RolloutStatus
 from deployments.plan import (
     DEFAULT_BAKE_SECONDS,
     DEFAULT_MIN_SAMPLES,
@@ -269,9 +269,7 @@ def rollout_new(request: HttpRequest) -> HttpResponse:
 @role_required(VIEWER)
 def rollout_detail(request: HttpRequest, rollout_id: int) -> HttpResponse:
     """The live page: the first state is rendered here; `/ws/rollouts/{id}/` keeps it current."""
-    rollout = get_object_or_404(
-        Rollout.objects.select_related("model", "version", "pipeline", "pipeline_version"), pk=rollout_id
-    )
+    rollout = get_object_or_404(Rollout.objects.select_related("model", "pipeline", *DEPLOYABLE_RELATED), pk=rollout_id)
     progress = rollout_progress(rollout.pk) or {}
     can_operate = has_role(request.user, OPERATOR)
     current = next((w for w in progress.get("waves", []) if w["index"] == rollout.current_wave), None)

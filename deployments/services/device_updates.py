@@ -21,7 +21,7 @@ from audit.actors import Actor
 from audit.services import AuditSpec, audit_record_many
 from protocol.messages import JobUpdate
 
-from ..models import TERMINAL, TRANSITIONS, Job, JobEvent, JobStatus
+from ..models import DEPLOYABLE_RELATED, TERMINAL, TRANSITIONS, Job, JobEvent, JobStatus
 from .installations import _record_installations
 from .job_transitions import _JOB_LOCK, _job_transition_audit, _stream_rollout_progress
 
@@ -186,7 +186,7 @@ def _lock_jobs(job_ids: set[str]) -> dict[str, Job]:
     return {
         str(job.pk): job
         for job in Job.objects.select_for_update(of=_JOB_LOCK)
-        .select_related("device", "version__model", "pipeline_version__pipeline")
+        .select_related("device", *DEPLOYABLE_RELATED)
         .filter(pk__in=sorted(job_ids))
         .order_by("pk")
     }

@@ -17,7 +17,6 @@ from audit.actors import Actor
 from .. import gates
 from ..models import ACTIVE, Job, JobKind, JobStatus, Rollout, RolloutTarget, Wave
 from .jobs import JobRequest, deployments_create_many
-from .rollout_state import _deploy_kwargs
 
 
 def _closed_sites(rollout: Rollout, now: dt.datetime) -> set[int]:
@@ -54,7 +53,7 @@ def _dispatch(rollout: Rollout, wave: Wave, actor: Actor, now: dt.datetime) -> i
     if due:
         batch = deployments_create_many(
             actor=actor, requests=[JobRequest(t.device, wave_id=wave.pk, attempt=t.attempts + 1) for t in due],
-            **_deploy_kwargs(rollout.subject), timeout_seconds=timeout, rollout_id=rollout.pk,
+            deployable=rollout.deployable, timeout_seconds=timeout, rollout_id=rollout.pk,
         )  # fmt: skip
         refused = [t for t in due if t.device_id in batch.refused]
         for target in refused:

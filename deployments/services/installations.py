@@ -16,7 +16,8 @@ from audit.actors import Actor
 from audit.services import AuditSpec, audit_record_many
 from core.resolve_cache import resolve_cache_invalidate
 from fleet.models import Device
-from models_registry.compatibility import profile_of, reasons_for, requirements_of
+from models_registry.compatibility import profile_of, reasons_for
+from models_registry.deployables import Family, deployable_columns, family_filter, paired_column_ids
 from models_registry.models import ModelVersion
 
 from ..exceptions import DeploymentRefused
@@ -27,23 +28,18 @@ def _record_installations(jobs: Sequence[Job], at: dt.datetime) -> None:
     """The succeeded jobs' targets become their devices' current installations (the previous ones end)."""
     if not jobs:
         return
-    by_family: dict[tuple[str, int], list[Job]] = {}
+    by_family: dict[Family, list[Job]] = {}
     for job in jobs:
-        kind, family_id = job.family
-        by_family.setdefault((f"{kind}_id", family_id), []).append(job)
-    for (column, family_id), members in by_family.items():
+        by_family.setdefault(job.family, []).append(job)
+    for family, members in by_family.items():
         Installation.objects.filter(
-            device_id__in=[j.device_id for j in members], until__isnull=True, **{column: family_id}
+            family_filter(family), device_id__in=[j.device_id for j in members], until__isnull=True
         ).update(until=at)
-    rows = []
-    for j in jobs:
-        if j.pipeline_version_id is not None:
-            target = {"pipeline_id": j.pipeline_id, "pipeline_version_id": j.pipeline_version_id}
-        else:
-            target = {"model_id": j.model_id, "version_id": j.version_id}
-        rows.append(Installation(device_id=j.device_id, job=j, since=at, **target))
-    Installation.objects.bulk_create(rows)
-    if any(j.pipeline_version_id is None for j in jobs):
+    Installation.objects.bulk_create(
+        [Installation(device_id=j.device_id, job=j, since=at, **paired_column_ids(j)) for j in jobs]
+    )
+    # endpoints resolve model names only (core/resolve_cache.py)
+    if any(kind == "model" for kind, _ in by_family):
         resolve_cache_invalidate()
 
 
@@ -65,11 +61,11 @@ def installations_preinstall(*, actor: Actor, version: ModelVersion, devices: Se
     """
     if not version.is_deployable:
         raise DeploymentRefused(f"{version} is {version.status}, not deployable")
-    requirements = requirements_of(version)
+    requirements = version.compatibility_requirements()
     ids = [d.pk for d in devices]
     rows = Device.objects.filter(pk__in=ids).prefetch_related("runtimes").order_by("pk")
     current = set(
-        Installation.objects.filter(device__in=ids, model_id=version.model_id, until__isnull=True).values_list(
+        Installation.objects.filter(family_filter(version.family), device__in=ids, until__isnull=True).values_list(
             "device_id", flat=True
         )
     )
@@ -84,7 +80,7 @@ def installations_preinstall(*, actor: Actor, version: ModelVersion, devices: Se
         elif reasons := reasons_for(requirements, profile_of(device, device.runtimes.all())):
             skipped[device.uid] = "; ".join(reasons)
         else:
-            created.append(Installation(device=device, model_id=version.model_id, version=version, since=now))
+            created.append(Installation(device=device, **deployable_columns(version), since=now))
     Installation.objects.bulk_create(created)
     changes = {"model": version.model.name, "version": version.number}
     audit_record_many(

@@ -19,7 +19,7 @@ from protocol.device_topics import jobs_notify_topic
 from protocol.messages import JobsNotify, encode
 
 from .. import aws_notify
-from ..models import ACTIVE, Job, JobStatus
+from ..models import ACTIVE, DEPLOYABLE_RELATED, Job, JobStatus
 from ..reported_results import reported_result
 from .device_updates import jobs_apply_device_updates
 from .job_transitions import _JOB_LOCK, _transition
@@ -28,11 +28,7 @@ from .job_transitions import _JOB_LOCK, _transition
 @transaction.atomic
 def job_cancel(*, actor: Actor, job: Job, reason: str) -> Job:
     """Cancel an active job and tell the device; a terminal job cannot be canceled (InvalidTransition)."""
-    job = (
-        Job.objects.select_for_update(of=_JOB_LOCK)
-        .select_related("device", "version__model", "pipeline_version__pipeline")
-        .get(pk=job.pk)
-    )
+    job = Job.objects.select_for_update(of=_JOB_LOCK).select_related("device", *DEPLOYABLE_RELATED).get(pk=job.pk)
     if not _transition(job, to=JobStatus.CANCELED, actor=actor, reason=reason or "canceled").changed:
         return job
     _tell_device_job_ended(job)
@@ -63,7 +59,7 @@ def jobs_expire_queued(*, actor: Actor, job_ids: Sequence[uuid.UUID], queued_tim
         with transaction.atomic():
             job = (
                 Job.objects.select_for_update(skip_locked=True, of=_JOB_LOCK)
-                .select_related("device", "version__model", "pipeline_version__pipeline")
+                .select_related("device", *DEPLOYABLE_RELATED)
                 .filter(pk=job_id, status=JobStatus.QUEUED)
                 .first()
             )
@@ -96,7 +92,7 @@ def jobs_sweep_timeouts(*, actor: Actor, now: dt.datetime | None = None, limit: 
         with transaction.atomic():
             job = (
                 Job.objects.select_for_update(skip_locked=True, of=_JOB_LOCK)
-                .select_related("device", "version__model", "pipeline_version__pipeline")
+                .select_related("device", *DEPLOYABLE_RELATED)
                 .filter(pk=job_id, status__in=ACTIVE)
                 .first()
             )

@@ -64,6 +64,6 @@ def _job_transition_audit(job: Job, before: str, after: str, actor: Actor, reaso
         action=f"job.{after.lower()}",
         object_type="job",
         object_id=job.pk,
-        object_repr=f"{job.target} on {job.device.uid}",
+        object_repr=f"{job.deployable} on {job.device.uid}",
         changes={"status": {"before": before, "after": after}, **({"reason": reason} if reason else {})},
     )

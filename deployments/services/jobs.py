@@ -19,14 +19,9 @@ from django.utils import timezone
 from audit.actors import Actor
 from audit.services import AuditSpec, audit_record_many
 from fleet.models import Device
-from models_registry.compatibility import (
-    Requirements,
-    pipeline_requirements_of,
-    profile_of,
-    reasons_for,
-    requirements_of,
-)
-from models_registry.models import ModelVersion, PipelineStage, PipelineVersion
+from models_registry.compatibility import Requirements, profile_of, reasons_for
+from models_registry.deployables import Deployable, Family, deployable_columns, deployable_field, family_filter
+from models_registry.models import ModelVersion, PipelineVersion
 from models_registry.services import model_version_download_grant
 from outbox.services import outbox_enqueue_many
 from protocol.device_topics import jobs_notify_topic
@@ -34,7 +29,7 @@ from protocol.messages import JobsNotify, encode
 
 from .. import aws_notify
 from ..exceptions import DeploymentRefused
-from ..job_documents import _DOWNLOAD_ACTOR, _absolute, _job_document, _stage_documents, _url_ttl
+from ..job_documents import _DOWNLOAD_ACTOR, _absolute, _job_document, _url_ttl
 from ..job_envelopes import JobEnvelopes
 from ..models import Job, JobEvent, JobKind, JobStatus
 from .job_transitions import _stream_rollout_progress
@@ -63,13 +58,15 @@ def deployment_create(
     device: Device,
     version: ModelVersion | None = None,
     pipeline_version: PipelineVersion | None = None,
+    deployable: Deployable | None = None,
     kind: str = JobKind.INSTALL,
     timeout_seconds: int | None = None,
     rollout_id: int | None = None,
     wave_id: int | None = None,
     attempt: int = 1,
 ) -> Job:
-    """Create a job installing `version` (or `pipeline_version`: every stage) on `device`; queue its notification.
+    """Create a job installing `version` (or `pipeline_version`: every stage; or either as `deployable`) on
+    `device`; queue its notification.
 
     Refuses (DeploymentRefused) a version that is not deployable, a device that cannot run it (with
     every reason; for a pipeline, every stage's, named by stage), a revoked or unprovisioned device, and a
@@ -79,7 +76,8 @@ def deployment_create(
     """
     batch = deployments_create_many(
         actor=actor, requests=[JobRequest(device, wave_id=wave_id, attempt=attempt)], version=version,
-        pipeline_version=pipeline_version, kind=kind, timeout_seconds=timeout_seconds, rollout_id=rollout_id,
+        pipeline_version=pipeline_version, deployable=deployable, kind=kind, timeout_seconds=timeout_seconds,
+        rollout_id=rollout_id,
     )  # fmt: skip
     if device.pk in batch.refused:
         raise batch.refused[device.pk]
@@ -88,53 +86,25 @@ def deployment_create(
 
 @dataclass(frozen=True)
 class _Target:
-    """What a batch deploys: a model version, or a pipeline version with its stages in order."""
+    """What a batch deploys (loaded for it: a pipeline version with its stages) and what each device is
+    checked against."""
 
-    subject: ModelVersion | PipelineVersion
+    deployable: Deployable
     requirements: Requirements
-    artifacts: list[ModelVersion]  # the versions whose artifacts the devices download
-    stages: list[PipelineStage]
-    family: dict[str, int]  # the model or pipeline a device may have one active job for
-    family_name: str
-    field: str  # the input a refusal of the version names
 
     @property
-    def job_fields(self) -> dict[str, object]:
-        """A job's version columns: the model version's, or the pipeline version's."""
-        if isinstance(self.subject, PipelineVersion):
-            pipeline = {"pipeline_id": self.subject.pipeline_id, "pipeline_version": self.subject}
-            return {"model_id": None, "version": None, **pipeline}
-        return {
-            "model_id": self.subject.model_id,
-            "version": self.subject,
-            "pipeline_id": None,
-            "pipeline_version": None,
-        }
+    def family(self) -> Family:
+        """The model or pipeline a device may have one active job for."""
+        return self.deployable.family
+
+    @property
+    def family_name(self) -> str:
+        return f"{self.deployable.deployable_kind} {self.deployable.family_name}"
 
 
-def _target_of(version: ModelVersion | None, pipeline_version: PipelineVersion | None) -> _Target:
-    if pipeline_version is not None:
-        subject = PipelineVersion.objects.with_stages().get(pk=pipeline_version.pk)
-        stages = subject.ordered_stages()
-        return _Target(
-            subject=subject,
-            requirements=pipeline_requirements_of(stages),
-            artifacts=[stage.version for stage in stages],
-            stages=stages,
-            family={"pipeline_id": subject.pipeline_id},
-            family_name=f"pipeline {subject.pipeline.name}",
-            field="pipeline_version",
-        )
-    assert version is not None  # noqa: S101 - the caller checked that exactly one is given
-    return _Target(
-        subject=version,
-        requirements=requirements_of(version),
-        artifacts=[version],
-        stages=[],
-        family={"model_id": version.model_id},
-        family_name=f"model {version.model.name}",
-        field="version",
-    )
+def _target_of(deployable: Deployable) -> _Target:
+    loaded = deployable.for_deployment()
+    return _Target(deployable=loaded, requirements=loaded.compatibility_requirements())
 
 
 @transaction.atomic
@@ -144,12 +114,14 @@ def deployments_create_many(
     requests: Sequence[JobRequest],
     version: ModelVersion | None = None,
     pipeline_version: PipelineVersion | None = None,
+    deployable: Deployable | None = None,
     kind: str = JobKind.INSTALL,
     timeout_seconds: int | None = None,
     rollout_id: int | None = None,
 ) -> DeploymentBatch:
-    """Create the jobs of many devices for one version (or pipeline version) and queue their notifications,
-    in a number of queries that does not grow with the number of devices (rollout dispatch, a chunk a tick).
+    """Create the jobs of many devices for one version (or pipeline version, or either as `deployable`) and
+    queue their notifications, in a number of queries that does not grow with the number of devices
+    (rollout dispatch, a chunk a tick).
 
     Each device is refused or gets its job exactly as `deployment_create` would: a version that is not
     deployable refuses every device (field "version"/"pipeline_version"); a missing or revoked device, one
@@ -159,19 +131,21 @@ def deployments_create_many(
     One artifact URL per version serves the whole batch (it names no device), audited once with the number
     of jobs it went to; gateway mirrors stay per device. ValueError for a device asked for twice.
     """
-    if (version is None) == (pipeline_version is None):
+    given: list[Deployable] = [d for d in (version, pipeline_version, deployable) if d is not None]
+    if len(given) != 1:
         raise ValueError("give exactly one of version and pipeline_version")
     device_ids = [request.device.pk for request in requests]
     if len(set(device_ids)) != len(device_ids):
         raise ValueError("a device can get one job per call")
     batch = DeploymentBatch()
-    target = _target_of(version, pipeline_version)
+    target = _target_of(given[0])
     if not requests:
         return batch
-    if not target.subject.is_deployable:
+    subject = target.deployable
+    if not subject.is_deployable:
         refusal = DeploymentRefused(
-            f"version {target.subject} is {target.subject.status}: only published versions are deployed",
-            field=target.field,
+            f"version {subject} is {subject.status}: only published versions are deployed",
+            field=deployable_field(subject),
         )
         batch.refused = dict.fromkeys(device_ids, refusal)
         return batch
@@ -200,8 +174,8 @@ def _create_audits(
 ) -> list[AuditSpec]:
     """A `job.create` audit entry per job (with its rollout, wave and attempt when a rollout sent it)."""
     described, changed = (
-        str(target.subject),
-        {target.field: str(target.subject), "kind": kind, "timeout_seconds": timeout},
+        str(target.deployable),
+        {deployable_field(target.deployable): str(target.deployable), "kind": kind, "timeout_seconds": timeout},
     )
     return [
         AuditSpec(
@@ -241,7 +215,7 @@ def _eligible(
             refused[device.pk] = DeploymentRefused(f"device {device.uid} is revoked", field="device")
         elif reasons := reasons_for(target.requirements, profile_of(device, device.runtime_rows)):  # type: ignore[attr-defined]
             refused[device.pk] = DeploymentRefused(
-                f"device {device.uid} cannot run {target.subject}: {'; '.join(reasons)}", field="device"
+                f"device {device.uid} cannot run {target.deployable}: {'; '.join(reasons)}", field="device"
             )
         else:
             eligible.append((request, device))
@@ -262,7 +236,7 @@ def _new_jobs(
     busy = {
         device_id: (job_id, status)
         for device_id, job_id, status in Job.objects.active()
-        .filter(device_id__in=[device.pk for _, device in eligible], **target.family)
+        .filter(family_filter(target.family), device_id__in=[device.pk for _, device in eligible])
         .values_list("device_id", "id", "status")
     }
     now = timezone.now()
@@ -276,7 +250,7 @@ def _new_jobs(
             Job(
                 id=uuid.uuid4(),
                 device=device,
-                **target.job_fields,
+                **deployable_columns(target.deployable),
                 kind=kind,
                 timeout_seconds=timeout,
                 deadline_at=now + dt.timedelta(seconds=timeout),
@@ -297,9 +271,7 @@ def _busy(device: Device, family_name: str, job_id: object | None, status: str =
     )
 
 
-def _insert_jobs(
-    jobs: list[Job], family: dict[str, int], family_name: str, refused: dict[int, DeploymentRefused]
-) -> list[Job]:
+def _insert_jobs(jobs: list[Job], family: Family, family_name: str, refused: dict[int, DeploymentRefused]) -> list[Job]:
     """Insert the jobs in one statement; if a concurrent writer got a device first (a unique constraint),
     one by one instead, so every other device still gets its job and that one its exact reason."""
     if len(jobs) > 1:
@@ -315,7 +287,7 @@ def _insert_jobs(
             with transaction.atomic():
                 job.save(force_insert=True)
         except IntegrityError:
-            active = Job.objects.active().filter(device=job.device, **family).first()
+            active = Job.objects.active().filter(family_filter(family), device=job.device).first()
             refused[job.device_id] = _busy(
                 job.device, family_name, active.id if active else None, active.status if active else ""
             )
@@ -330,18 +302,12 @@ def _notify(jobs: list[Job], target: _Target, timeout: int) -> list[AuditSpec]:
     ttl = _url_ttl(timeout)
     grants = {
         artifact.pk: model_version_download_grant(actor=_DOWNLOAD_ACTOR, version=artifact, ttl=ttl, jobs=len(jobs))
-        for artifact in target.artifacts
+        for artifact in target.deployable.artifacts()
     }
     urls = {pk: _absolute(url) for pk, (url, _) in grants.items()}
-
-    def url_of(v: ModelVersion) -> str:
-        return urls[v.pk]
-
-    stage_documents = _stage_documents(target.stages, url_of) if isinstance(target.subject, PipelineVersion) else None
+    fields = target.deployable.document_fields(lambda version: urls[version.pk])
     envelopes = JobEnvelopes()
-    documents = {
-        job.pk: _job_document(job, ttl=ttl, url_of=url_of, stages=stage_documents, envelopes=envelopes) for job in jobs
-    }
+    documents = {job.pk: _job_document(job, target.deployable, fields, ttl=ttl, envelopes=envelopes) for job in jobs}
     outbox_enqueue_many(
         messages=[
             (

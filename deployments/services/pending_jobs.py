@@ -7,15 +7,19 @@ from collections.abc import Sequence
 from django.db import transaction
 
 from audit.services import AuditSpec, audit_record_many
-from models_registry.models import ModelVersion, PipelineStage, PipelineVersion
+from models_registry.deployables import Deployable, DeployableDocument
+from models_registry.models import ModelVersion
 from models_registry.services import model_version_download_grant
 from outbox.services import outbox_enqueue_many
 from protocol.device_topics import jobs_get_accepted_topic
 from protocol.messages import JobsGetAccepted, encode
 
-from ..job_documents import _DOWNLOAD_ACTOR, ArtifactUrl, _absolute, _job_document, _stage_documents, _url_ttl
+from ..job_documents import _DOWNLOAD_ACTOR, _absolute, _job_document, _url_ttl
 from ..job_envelopes import JobEnvelopes
-from ..models import Job
+from ..models import DEPLOYABLE_RELATED, Job
+
+# a deployable by kind and id: model versions and pipeline versions number their rows apart
+_Key = tuple[str, int]
 
 
 def jobs_answer_pending(*, uid: str, request_id: str) -> int:
@@ -34,16 +38,20 @@ def jobs_answer_pending_many(*, requests: Sequence[tuple[str, str]]) -> dict[str
         for job in (
             Job.objects.active()
             .filter(device__uid__in=list(jobs_of))
-            .select_related("device__parent", "version__model", "pipeline_version__pipeline")
+            .select_related("device__parent", *DEPLOYABLE_RELATED)
             .order_by("created_at")
         ):
             jobs_of[job.device.uid].append(job)
         pending = [job for jobs in jobs_of.values() for job in jobs]
-        stages = _stages_of(pending)
-        urls, audits = _grant_urls(pending, stages)
+        deployables = _deployables_of(pending)
+        urls, audits = _grant_urls(pending, deployables)
+        # a deployable's part of the document, once per deployable and URL lifetime
+        fields: dict[tuple[_Key, int], DeployableDocument] = {}
 
-        def url_for(ttl: int) -> ArtifactUrl:
-            return lambda version: urls[(version.pk, ttl)]
+        def fields_of(key: _Key, ttl: int) -> DeployableDocument:
+            if (key, ttl) not in fields:
+                fields[(key, ttl)] = deployables[key].document_fields(lambda version: urls[(version.pk, ttl)])
+            return fields[(key, ttl)]
 
         messages: list[tuple[str, bytes]] = []
         envelopes = JobEnvelopes()
@@ -51,9 +59,10 @@ def jobs_answer_pending_many(*, requests: Sequence[tuple[str, str]]) -> dict[str
             documents = []
             for job in jobs_of[uid]:
                 ttl = _url_ttl(job.timeout_seconds)
-                url_of = url_for(ttl)
-                built = _stage_documents(stages[job.pipeline_version_id], url_of) if job.pipeline_version_id else None
-                documents.append(_job_document(job, ttl=ttl, url_of=url_of, stages=built, envelopes=envelopes))
+                key = _key(job.deployable)
+                documents.append(
+                    _job_document(job, deployables[key], fields_of(key, ttl), ttl=ttl, envelopes=envelopes)
+                )
             reply = JobsGetAccepted(schema_version=1, request_id=request_id, jobs=documents)
             messages.append((jobs_get_accepted_topic(uid), encode(reply)))
         audit_record_many(audits)
@@ -61,31 +70,29 @@ def jobs_answer_pending_many(*, requests: Sequence[tuple[str, str]]) -> dict[str
     return {uid: len(jobs) for uid, jobs in jobs_of.items()}
 
 
-def _stages_of(jobs: Sequence[Job]) -> dict[int, list[PipelineStage]]:
-    """The ordered stages of each pipeline version the jobs install, by pipeline version id."""
-    stages: dict[int, list[PipelineStage]] = {}
+def _key(deployable: Deployable) -> _Key:
+    return deployable.deployable_kind, deployable.pk
+
+
+def _deployables_of(jobs: Sequence[Job]) -> dict[_Key, Deployable]:
+    """What the jobs install, each loaded once for its documents (a pipeline version with its stages)."""
+    deployables: dict[_Key, Deployable] = {}
     for job in jobs:
-        if job.pipeline_version_id is not None and job.pipeline_version_id not in stages:
-            stages[job.pipeline_version_id] = (
-                PipelineVersion.objects.with_stages().get(pk=job.pipeline_version_id).ordered_stages()
-            )
-    return stages
+        key = _key(job.deployable)
+        if key not in deployables:
+            deployables[key] = job.deployable.for_deployment()
+    return deployables
 
 
 def _grant_urls(
-    jobs: Sequence[Job], stages: dict[int, list[PipelineStage]]
+    jobs: Sequence[Job], deployables: dict[_Key, Deployable]
 ) -> tuple[dict[tuple[int, int], str], list[AuditSpec]]:
     """One artifact URL per (version, lifetime) the jobs need, by (version id, ttl), and the grants' audit
     entries (each with the number of documents it goes into)."""
     wanted: dict[tuple[int, int], tuple[ModelVersion, int]] = {}  # (version, ttl) -> (version, documents)
     for job in jobs:
         ttl = _url_ttl(job.timeout_seconds)
-        if job.pipeline_version_id is not None:
-            versions = [stage.version for stage in stages[job.pipeline_version_id]]
-        else:
-            assert job.version is not None  # noqa: S101 - a job has a version or a pipeline version (a check constraint)
-            versions = [job.version]
-        for version in versions:
+        for version in deployables[_key(job.deployable)].artifacts():
             _, count = wanted.get((version.pk, ttl), (version, 0))
             wanted[(version.pk, ttl)] = (version, count + 1)
     urls: dict[tuple[int, int], str] = {}

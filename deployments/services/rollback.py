@@ -11,11 +11,21 @@ from django.conf import settings
 from django.db.models import OuterRef, Subquery
 
 from audit.actors import Actor
+from models_registry.deployables import Deployable
 
-from ..models import ACTIVE, HAS_BASELINE, Job, JobKind, JobStatus, Rollout, RolloutStatus, RolloutTarget
-from ..rollout_plan import Subject
+from ..models import (
+    ACTIVE,
+    DEPLOYABLE_RELATED,
+    HAS_BASELINE,
+    Job,
+    JobKind,
+    JobStatus,
+    Rollout,
+    RolloutStatus,
+    RolloutTarget,
+)
 from .jobs import JobRequest, deployments_create_many
-from .rollout_state import _deploy_kwargs, _rollout_transition
+from .rollout_state import _rollout_transition
 
 
 def _advance_rollback(rollout: Rollout, now: dt.datetime) -> None:
@@ -31,7 +41,7 @@ def _dispatch_rollbacks(rollout: Rollout, actor: Actor) -> bool:
     """The next chunk of rollback jobs, in dispatch order; False when none was due."""
     due = list(
         RolloutTarget.objects.select_for_update(skip_locked=True, of=("self",))
-        .select_related("device", "baseline_version__model", "baseline_pipeline_version__pipeline")
+        .select_related("device", *(f"baseline_{related}" for related in DEPLOYABLE_RELATED))
         .filter(HAS_BASELINE)
         .filter(
             rollout=rollout,
@@ -43,14 +53,14 @@ def _dispatch_rollbacks(rollout: Rollout, actor: Actor) -> bool:
     )
     timeout = rollout.plan.job_timeout_seconds
     # devices go back to different baselines: one batch per baseline (a handful), in dispatch order
-    by_baseline: dict[Subject, list[RolloutTarget]] = {}
+    by_baseline: dict[Deployable, list[RolloutTarget]] = {}
     for target in due:
         if target.baseline is not None:  # excluded by the query; narrows the type
             by_baseline.setdefault(target.baseline, []).append(target)
     for baseline, targets in by_baseline.items():
         batch = deployments_create_many(
             actor=actor, requests=[JobRequest(t.device, wave_id=t.wave_id, attempt=1) for t in targets],
-            **_deploy_kwargs(baseline), kind=JobKind.ROLLBACK, timeout_seconds=timeout, rollout_id=rollout.pk,
+            deployable=baseline, kind=JobKind.ROLLBACK, timeout_seconds=timeout, rollout_id=rollout.pk,
         )  # fmt: skip
         refused = [t for t in targets if t.device_id in batch.refused]
         for target in refused:

@@ -14,18 +14,20 @@ from django.db import transaction
 
 from audit.actors import Actor
 from audit.services import audit_record
-from models_registry.models import ModelVersion, PipelineVersion
+from models_registry.deployables import Deployable, deployable_columns, deployable_field
 
 from ..exceptions import PlanInvalid
 from ..models import Rollout, RolloutEvent, RolloutStatus, RolloutTarget, Wave
 from ..plan import RolloutPlan
-from ..rollout_plan import Plan, Subject, plan_rollout, resolve_target
+from ..rollout_plan import Plan, plan_rollout, resolve_target
 
 
-def _check_version(version: Subject) -> None:
+def _check_version(version: Deployable) -> None:
     if not version.is_deployable:
-        field = "pipeline_version" if isinstance(version, PipelineVersion) else "version"
-        raise PlanInvalid(f"version {version} is {version.status}: only published versions are rolled out", field=field)
+        raise PlanInvalid(
+            f"version {version} is {version.status}: only published versions are rolled out",
+            field=deployable_field(version),
+        )
 
 
 def as_plan(plan: RolloutPlan | Mapping[str, Any]) -> RolloutPlan:
@@ -40,7 +42,7 @@ def as_plan(plan: RolloutPlan | Mapping[str, Any]) -> RolloutPlan:
         raise PlanInvalid(error["msg"], field=field) from None
 
 
-def rollout_preview(*, version: Subject, plan: RolloutPlan | Mapping[str, Any]) -> Plan:
+def rollout_preview(*, version: Deployable, plan: RolloutPlan | Mapping[str, Any]) -> Plan:
     """What a rollout with this plan would do now: waves' sizes and excluded devices. Writes nothing."""
     _check_version(version)
     plan = as_plan(plan)
@@ -58,7 +60,7 @@ def rollout_preview(*, version: Subject, plan: RolloutPlan | Mapping[str, Any]) 
 
 
 def _store_targets(rollout: Rollout) -> Plan:
-    planned = rollout_preview(version=rollout.subject, plan=rollout.plan.model_copy(update={"seed": rollout.seed}))
+    planned = rollout_preview(version=rollout.deployable, plan=rollout.plan.model_copy(update={"seed": rollout.seed}))
     RolloutTarget.objects.filter(rollout=rollout).delete()
     waves = {w.index: w for w in rollout.waves.all()}
     for index, size in enumerate(planned.wave_sizes):
@@ -69,8 +71,7 @@ def _store_targets(rollout: Rollout) -> Plan:
             device=p.device,
             wave=waves[p.wave] if p.wave is not None else None,
             excluded_reasons=p.excluded,
-            baseline_version=p.baseline if isinstance(p.baseline, ModelVersion) else None,
-            baseline_pipeline_version=p.baseline if isinstance(p.baseline, PipelineVersion) else None,
+            **deployable_columns(p.baseline, prefix="baseline_", family=False),
             profile=p.profile,
             site_id=p.device.site_id,
             tier=p.device.tier,
@@ -83,7 +84,9 @@ def _store_targets(rollout: Rollout) -> Plan:
 
 
 @transaction.atomic
-def rollout_create(*, actor: Actor, version: Subject, plan: RolloutPlan | Mapping[str, Any], name: str = "") -> Rollout:
+def rollout_create(
+    *, actor: Actor, version: Deployable, plan: RolloutPlan | Mapping[str, Any], name: str = ""
+) -> Rollout:
     """A draft rollout of a model version or a pipeline version: plan stored (a RolloutPlan, every default
     filled in, the seed fixed), targets resolved, incompatible devices excluded with their reasons (for a
     pipeline, every stage's).
@@ -94,16 +97,9 @@ def rollout_create(*, actor: Actor, version: Subject, plan: RolloutPlan | Mappin
     plan = as_plan(plan)
     seed = plan.seed if plan.seed is not None else random.SystemRandom().randrange(2**31)
     plan = plan.model_copy(update={"seed": seed})
-    pipeline_version = version if isinstance(version, PipelineVersion) else None
-    model_version = version if isinstance(version, ModelVersion) else None
-    is_pipeline = pipeline_version is not None
-    family = version.pipeline.name if isinstance(version, PipelineVersion) else version.model.name
     rollout = Rollout.objects.create(
-        name=name or f"{family} v{version.number}",
-        model_id=model_version.model_id if model_version is not None else None,
-        version=model_version,
-        pipeline_id=pipeline_version.pipeline_id if pipeline_version is not None else None,
-        pipeline_version=pipeline_version,
+        name=name or f"{version.family_name} v{version.number}",
+        **deployable_columns(version),
         plan=plan,
         seed=seed,
         created_by=actor.label,
@@ -122,7 +118,7 @@ def rollout_create(*, actor: Actor, version: Subject, plan: RolloutPlan | Mappin
         object_type="rollout",
         object_id=rollout.pk,
         object_repr=str(version),
-        changes={("pipeline_version" if is_pipeline else "version"): str(version), "plan": plan.stored(),
+        changes={deployable_field(version): str(version), "plan": plan.stored(),
                  "wave_sizes": planned.wave_sizes, "excluded": len(planned.excluded)},
     )  # fmt: skip
     return rollout

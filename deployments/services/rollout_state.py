@@ -19,11 +19,18 @@ from audit.services import audit_record
 from core import metrics
 from core.events import publish
 from core.transitions import Moved, transition
-from models_registry.models import PipelineVersion
 
 from .. import gates
-from ..models import WAVE_TERMINAL, GateEvaluation, Rollout, RolloutEvent, RolloutStatus, Wave, WaveStatus
-from ..rollout_plan import Subject
+from ..models import (
+    DEPLOYABLE_RELATED,
+    WAVE_TERMINAL,
+    GateEvaluation,
+    Rollout,
+    RolloutEvent,
+    RolloutStatus,
+    Wave,
+    WaveStatus,
+)
 from ..rollout_streams import rollout_stream_touch
 
 
@@ -43,7 +50,7 @@ def _rollout_transition(rollout: Rollout, *, to: str, actor: Actor, reason: str 
         action=f"rollout.{to}",
         object_type="rollout",
         object_id=rollout.pk,
-        object_repr=str(rollout.subject),
+        object_repr=str(rollout.deployable),
         changes={"status": {"before": before, "after": to}, **({"reason": reason} if reason else {})},
     )
     _publish_rollout_event("rollout.state_changed", rollout, from_status=before, to_status=to,
@@ -59,9 +66,10 @@ def _rollout_transition(rollout: Rollout, *, to: str, actor: Actor, reason: str 
 
 def _publish_rollout_event(kind: str, rollout: Rollout, *, actor: Actor, at: dt.datetime, **fields: object) -> None:
     """Domain event (webhooks) for a rollout; sent after commit, so only what really happened goes out."""
+    deployable = rollout.deployable
     publish(
-        kind, rollout=rollout.pk, name=rollout.name, model=rollout.subject_name, version=rollout.subject.number,
-        pipeline=bool(rollout.pipeline_version_id), actor=actor.label, at=at.isoformat(), **fields,
+        kind, rollout=rollout.pk, name=rollout.name, model=deployable.family_name, version=deployable.number,
+        pipeline=deployable.deployable_kind == "pipeline", actor=actor.label, at=at.isoformat(), **fields,
     )  # fmt: skip
 
 
@@ -122,7 +130,7 @@ def _record_gate(
 
 # the rollout row only: its version columns are outer joins (either may be NULL), which PostgreSQL cannot lock
 _ROLLOUT_LOCK = ("self",)
-_ROLLOUT_RELATED = ("version__model", "model", "pipeline_version__pipeline", "pipeline")
+_ROLLOUT_RELATED = ("model", "pipeline", *DEPLOYABLE_RELATED)
 
 
 def _lock(rollout: Rollout) -> Rollout:
@@ -138,8 +146,3 @@ def _current_wave(rollout: Rollout) -> Wave | None:
 def _cancel_open_waves(rollout: Rollout, actor: Actor, reason: str) -> None:
     for wave in rollout.waves.exclude(status__in=WAVE_TERMINAL):
         _wave_transition(wave, to=WaveStatus.CANCELED, actor=actor, reason=reason)
-
-
-def _deploy_kwargs(subject: Subject) -> dict[str, Any]:
-    """`deployment_create`'s argument for either kind of subject."""
-    return {"pipeline_version": subject} if isinstance(subject, PipelineVersion) else {"version": subject}

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from audit.actors import Actor
 from audit.services import audit_record
-from models_registry.models import Pipeline, RegisteredModel
+from models_registry.deployables import Deployable, family_filter, family_lock, family_of
 
 from ..exceptions import DeploymentRefused, InvalidTransition, PlanInvalid
 from ..models import (
@@ -33,7 +33,6 @@ from ..models import (
     WaveStatus,
 )
 from ..plan import RolloutPlan
-from ..rollout_plan import Subject
 from .job_endings import job_cancel
 from .rollout_drafts import _store_targets, rollout_create
 from .rollout_queue import queue_advance, queue_cancel_jobs
@@ -47,17 +46,16 @@ def rollout_start(*, actor: Actor, rollout: Rollout) -> Rollout:
     A device can be in one active rollout per model (or pipeline); starts of the same model (or pipeline)
     are serialized by locking its row.
     """
-    if rollout.pipeline_id is not None:
-        Pipeline.objects.select_for_update().filter(pk=rollout.pipeline_id).first()
-    elif rollout.model_id is not None:  # one of the two is set (a check constraint)
-        RegisteredModel.objects.select_for_update().filter(pk=rollout.model_id).first()
+    family = family_of(rollout)
+    family_lock(family)
     rollout = _lock(rollout)
     if rollout.status != RolloutStatus.DRAFT:
         if rollout.status == RolloutStatus.RUNNING:
             return rollout
         raise InvalidTransition(f"rollout {rollout.pk} is {rollout.status}; only a draft can be started")
-    if not rollout.subject.is_deployable:
-        raise DeploymentRefused(f"version {rollout.subject} is {rollout.subject.status}: it cannot be rolled out")
+    deployable = rollout.deployable
+    if not deployable.is_deployable:
+        raise DeploymentRefused(f"version {deployable} is {deployable.status}: it cannot be rolled out")
     try:
         _store_targets(rollout)
     except PlanInvalid as exc:
@@ -65,11 +63,7 @@ def rollout_start(*, actor: Actor, rollout: Rollout) -> Rollout:
     included = RolloutTarget.objects.filter(rollout=rollout, wave__isnull=False)
     busy = (
         RolloutTarget.objects.filter(
-            **(
-                {"rollout__pipeline_id": rollout.pipeline_id}
-                if rollout.pipeline_id is not None
-                else {"rollout__model_id": rollout.model_id}
-            ),
+            family_filter(family, prefix="rollout__"),
             rollout__status__in=ROLLOUT_ACTIVE,
             wave__isnull=False,
             device_id__in=included.values("device_id"),
@@ -85,7 +79,8 @@ def rollout_start(*, actor: Actor, rollout: Rollout) -> Rollout:
             .count()
         )
         raise DeploymentRefused(
-            f"{count} devices are already in active rollouts of {rollout.subject_name}: {sorted(busy)}", field="target"
+            f"{count} devices are already in active rollouts of {deployable.family_name}: {sorted(busy)}",
+            field="target",
         )
     if not included.exists():
         raise DeploymentRefused("no device of the target can get this version any more", field="target")
@@ -95,7 +90,7 @@ def rollout_start(*, actor: Actor, rollout: Rollout) -> Rollout:
 
 
 @transaction.atomic
-def rollout_create_and_start(*, actor: Actor, version: Subject, plan: RolloutPlan, name: str = "") -> Rollout:
+def rollout_create_and_start(*, actor: Actor, version: Deployable, plan: RolloutPlan, name: str = "") -> Rollout:
     """Create the rollout and start it, all or nothing (a refused start leaves no draft behind; the UI
     wizard's last step). Both steps are audited by `rollout_create` and `rollout_start`."""
     rollout = rollout_create(actor=actor, version=version, plan=plan, name=name)
@@ -159,7 +154,7 @@ def rollout_approve(*, actor: Actor, rollout: Rollout, reason: str = "") -> Roll
     else:
         raise InvalidTransition(f"wave {wave.index} is {wave.status}: it is not waiting for approval")
     audit_record(actor=actor, action="rollout.approve", object_type="rollout", object_id=rollout.pk,
-                 object_repr=str(rollout.subject), changes={"wave": wave.index, "reason": reason})  # fmt: skip
+                 object_repr=str(rollout.deployable), changes={"wave": wave.index, "reason": reason})  # fmt: skip
     if rollout.status == RolloutStatus.PAUSED:
         _rollout_transition(rollout, to=RolloutStatus.RUNNING, actor=actor, reason=f"wave {wave.index} approved")
     queue_advance(rollout.pk)
@@ -212,7 +207,7 @@ def rollout_skip_gates(*, actor: Actor, rollout: Rollout, reason: str) -> Rollou
     RolloutEvent.objects.create(rollout=rollout, from_status=rollout.status, to_status=rollout.status,
                                 reason=f"emergency: remaining gates skipped: {reason}", actor=actor.label)  # fmt: skip
     audit_record(actor=actor, action="rollout.skip_gates", object_type="rollout", object_id=rollout.pk,
-                 object_repr=str(rollout.subject), changes={"reason": reason})  # fmt: skip
+                 object_repr=str(rollout.deployable), changes={"reason": reason})  # fmt: skip
     wave = _current_wave(rollout)
     if wave is not None and wave.status == WaveStatus.HELD:
         _wave_transition(wave, to=WaveStatus.PASSED, actor=actor, reason=f"emergency: {reason}")
@@ -235,7 +230,7 @@ def _force_rollback(rollout: Rollout, *, actor: Actor, reason: str) -> None:
         reason=f"forced: install jobs in progress are canceled too: {reason}",
     )  # fmt: skip
     audit_record(actor=actor, action="rollout.force_rollback", object_type="rollout", object_id=rollout.pk,
-                 object_repr=str(rollout.subject),
+                 object_repr=str(rollout.deployable),
                  changes={"force_rollback": {"before": False, "after": True}, "reason": reason})  # fmt: skip
 
 

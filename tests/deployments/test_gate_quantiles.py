@@ -56,11 +56,11 @@ def baking_rollout(version, devices: int) -> Rollout:
 
 def send(rollout: Rollout, latencies: dict[str, np.ndarray], *, with_histogram: bool = True) -> None:
     """Each device's agent records its latencies and sends one telemetry message, ingested as the bridge does."""
-    version = rollout.subject
+    version = rollout.deployable
     envelopes = []
     for uid, values in latencies.items():
         recorder = TelemetryRecorder(rng=random.Random(1))
-        recorder.record_latencies(rollout.subject_name, version.number, values)
+        recorder.record_latencies(rollout.deployable.family_name, version.number, values)
         samples = recorder.drain()
         if not with_histogram:  # an older agent: p50/p95/p99 only
             samples = [s.model_copy(update={"latency_ms": s.latency_ms.model_copy(update={"hist": None})})
