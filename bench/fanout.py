@@ -25,7 +25,7 @@ import time
 
 from bench import common
 from bench.report import Row, print_rows
-from bench.stack import Stack, shipped_broker_limits, wait_until
+from bench.stack import CpuMeter, Stack, shipped_broker_limits, wait_until
 
 MODEL = "bench-classifier"
 AWS_IOT_JOBS_CAP_PER_MIN = 1000
@@ -86,8 +86,11 @@ def api(base: str, token: str, method: str, path: str, body: dict[str, object] |
         raise RuntimeError(f"{method} {path}: HTTP {exc.code} {exc.read()[:500]!r}") from None
 
 
-def roll_out(base: str, token: str, version_id: int, uids: list[str]) -> dict[str, float]:
-    """Create and start a one-wave rollout; wait until every job is terminal. Returns the figures."""
+def roll_out(
+    base: str, token: str, version_id: int, uids: list[str], meter: CpuMeter | None = None
+) -> dict[str, float]:
+    """Create and start a one-wave rollout; wait until every job is terminal. Returns the figures; with
+    `meter`, prints the CPU each process spent from the start to the last job terminal."""
     from django.db.models import Count
 
     from deployments.models import TERMINAL, Job, Rollout
@@ -107,6 +110,8 @@ def roll_out(base: str, token: str, version_id: int, uids: list[str]) -> dict[st
         "job_timeout_seconds": 600,
     }
     rollout_id = api(base, token, "POST", "/api/v1/rollouts/", body)["id"]
+    if meter is not None:
+        meter.start()
     started = time.monotonic()
     api(base, token, "POST", f"/api/v1/rollouts/{rollout_id}/start/")
     jobs = Job.objects.filter(rollout_id=rollout_id)
@@ -121,6 +126,8 @@ def roll_out(base: str, token: str, version_id: int, uids: list[str]) -> dict[st
 
     wait_until(all_terminal, 900, f"{expected} jobs of rollout {rollout_id} to finish", interval=0.5)
     seconds = time.monotonic() - started
+    if meter is not None:
+        print(f"    {meter.stop()}", flush=True)
     statuses = dict(jobs.values("status").annotate(n=Count("id")).values_list("status", "n"))
     # the next rollout of this model may start only once this one is over: wait for its gates, then abort
     over = {"completed", "aborted", "rolled_back"}
@@ -206,7 +213,7 @@ def measure(
         baseline = roll_out(base, token, v1.pk, small)
         for proc in stack.procs:
             proc.peak_rss = 0  # peaks of the big rollout only
-        big = roll_out(base, token, v2.pk, uids)
+        big = roll_out(base, token, v2.pk, uids, meter=CpuMeter(stack.procs))
         rss = {p.name: p.peak_rss / 2**20 for p in stack.procs}
         sim_rss = sum(rss[s.name] for s in sims)
         bridge_rss = max(v for k, v in rss.items() if k.startswith("bridge"))

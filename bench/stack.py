@@ -68,6 +68,18 @@ class Proc:
             return
         self.peak_rss = max(self.peak_rss, total)
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the whole process tree so far, children that ended included."""
+        try:
+            root = psutil.Process(self.popen.pid)
+            total = 0.0
+            for p in [root, *root.children(recursive=True)]:
+                times = p.cpu_times()
+                total += times.user + times.system + times.children_user + times.children_system
+        except psutil.Error:
+            return 0.0
+        return total
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
@@ -81,6 +93,44 @@ class Proc:
 
 
 SHIPPED_MOSQUITTO_CONF = common.ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of every PostgreSQL process on this machine (the backends serving the bench among them)."""
+    total = 0.0
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] in ("postgres", "postmaster"):
+            try:
+                times = p.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+class CpuMeter:
+    """CPU seconds each process of a stack (and PostgreSQL) spent between `start()` and `stop()`."""
+
+    def __init__(self, procs: list[Proc]) -> None:
+        self.procs = procs
+        self._started: dict[str, float] = {}
+        self.spent: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {**{p.name: p.cpu_seconds() for p in self.procs}, "postgresql": postgres_cpu_seconds()}
+
+    def start(self) -> None:
+        self._started = self._now()
+        self._wall = time.monotonic()
+
+    def stop(self) -> str:
+        """The figures as one line: CPU seconds per process, largest first, against the capacity."""
+        now, wall = self._now(), time.monotonic() - self._wall
+        self.spent = {k: now[k] - self._started.get(k, 0.0) for k in now}
+        capacity = wall * (os.cpu_count() or 1)
+        total = sum(self.spent.values())
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(self.spent.items(), key=lambda kv: -kv[1]))
+        return f"CPU s in {wall:.1f} s wall ({capacity:.0f} CPU s available): {parts}; total {total:.1f}"
 
 
 def shipped_broker_limits() -> dict[str, str]:
