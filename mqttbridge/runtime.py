@@ -62,6 +62,12 @@ _DIRECTORY_COLUMNS = ("uid", "revoked_at", "id", "site_id", "arch", "cpu", "acce
 REFRESH_CHUNK = 5000  # uids per query when the device directory re-reads the devices it has seen
 IDLE_FLUSH_SECONDS = 0.05
 HEARTBEAT_SECONDS = 5.0  # core/heartbeat.py: the compose healthcheck allows 60 s
+# A state's `recent_jobs` are reconciled this long after it arrived: a device publishes its state right
+# after its final update, and with bridges sharing the device topics the two often reach different
+# bridges; applied at once, the state raced the update for the job's row lock (and won half the time).
+# By then a delivered update has long committed, and only results that were really lost remain.
+RECONCILE_DELAY_SECONDS = 5.0
+RECONCILE_POLL_SECONDS = 0.5
 DRAIN_AT_ONCE = 500  # inbox messages handled between two looks at the batch clocks
 # Telemetry refreshes a device's last_seen at most this often (status and state messages set it exactly);
 # devices count as stale only after DEVICE_STALE_AFTER_SECONDS (120 s by default).
@@ -343,6 +349,7 @@ class Bridge:
         device_batch_size: int = 500,
         counters_flush_seconds: float = 5.0,
         outbox_poll_seconds: float = 0.5,
+        reconcile_delay_seconds: float = RECONCILE_DELAY_SECONDS,
         job_updates: JobUpdates,
         state_results: StateResults,
         jobs_get: JobsGetHandler,
@@ -382,6 +389,9 @@ class Bridge:
         self._jobs_get = jobs_get
         self._aws_jobs = aws_jobs
         self._answers: list[tuple[str, bytes]] = []  # to devices once the batch has committed
+        # uid -> (due, newest state listing recent jobs): reconciled at `due` (RECONCILE_DELAY_SECONDS)
+        self._reconcile: dict[str, tuple[float, StateMessage]] = {}
+        self.reconcile_delay_seconds = reconcile_delay_seconds
 
     # --- MQTT plumbing -------------------------------------------------------------------------
     def _make_client(self) -> AckingClient:
@@ -495,7 +505,7 @@ class Bridge:
         next_devices = now + self.device_batch_seconds
         next_counters = now + self.counters_flush_seconds
         next_outbox = now
-        next_heartbeat = now
+        next_heartbeat = next_reconcile = now
         heartbeat.clear("bridge")
         try:
             while not self._stop.is_set():
@@ -528,6 +538,9 @@ class Bridge:
                     next_flush = now + self.telemetry_flush_seconds
                 elif not self._telemetry:
                     next_flush = now + self.telemetry_flush_seconds
+                if now >= next_reconcile and self._reconcile and not self._device_messages:
+                    self._guarded(self.reconcile_due_states)
+                    next_reconcile = now + RECONCILE_POLL_SECONDS
                 if now >= next_outbox:
                     self._guarded(self._drain_outbox)
                     next_outbox = now + self.outbox_poll_seconds
@@ -539,6 +552,7 @@ class Bridge:
             self.flush_telemetry()
             self._writer.close()
             self._guarded(self.flush_device_messages)
+            self._guarded(functools.partial(self.reconcile_due_states, float("inf")))
             self._guarded(self.flush_counters)
             self._client.disconnect()
             self._client.loop_stop()
@@ -678,6 +692,32 @@ class Bridge:
                     self._devices.forget(item.uid)
                 self.reject(item.incoming, *verdict)
 
+    def reconcile_due_states(self, now: float | None = None) -> None:
+        """Apply the finished jobs listed by the states whose delay is over, in one transaction, answering
+        the devices after the commit. A state whose reconciliation fails on the database is kept for the
+        next turn; the device's own re-sends and the timeout sweep's look at the stored state cover a
+        bridge that stops meanwhile."""
+        now = time.monotonic() if now is None else now
+        due = [(uid, state) for uid, (at, state) in self._reconcile.items() if at <= now]
+        if not due:
+            return
+        for uid, _ in due:
+            del self._reconcile[uid]
+        self._answers = []
+        try:
+            with metrics.BRIDGE_BATCH.labels("reconcile").time(), transaction.atomic(), audit_deferred():
+                self._state_results(due, self)
+        except (OperationalError, InterfaceError):
+            self._answers = []
+            for uid, state in due:
+                self._reconcile.setdefault(uid, (now, state))
+            raise
+        except Exception:
+            self._answers = []
+            logger.exception("reconciling the recent jobs of %s device states failed", len(due))
+            return
+        self._send_answers()
+
     def _isolate_failing(self, batch: list[DeviceMessage], exc: Exception) -> None:
         """A batch failed for another reason than the database: apply its messages one by one, so the
         others are applied and only the one that fails alone is rejected (counted, logged, acknowledged),
@@ -721,8 +761,14 @@ class Bridge:
             for index in states:
                 if reason := refused.get(batch[index].uid):
                     verdicts[index] = (reason, batch[index].uid)
-            # the finished jobs the states list that we still have active (lost updates): reconciliation
-            self._state_results([(batch[i].uid, batch[i].message) for i in states if verdicts[i] is None], self)
+            # the finished jobs the states list that we still have active (lost updates): reconciled a
+            # little later (RECONCILE_DELAY_SECONDS), from the newest state of each device
+            due = time.monotonic() + self.reconcile_delay_seconds
+            for index in states:
+                state = batch[index].message
+                if verdicts[index] is None and isinstance(state, StateMessage) and state.recent_jobs:
+                    first_due = self._reconcile.get(batch[index].uid, (due, state))[0]
+                    self._reconcile[batch[index].uid] = (first_due, state)
         if requests := by_kind.get("jobs_get"):
             self._jobs_get([(batch[i].uid, batch[i].message) for i in requests])
         if (aws_requests := by_kind.get("aws_jobs")) and self._aws_jobs is not None:

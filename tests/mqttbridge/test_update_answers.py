@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -31,6 +32,7 @@ from tests.security.test_mqtt_abuse import broker as broker
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 ACTOR = Actor.system("tests")
 WAIT = 10.0
+RECONCILE_DELAY = 1.5  # shorter than the bridge's default, long enough to see that it waits
 
 
 @pytest.fixture
@@ -38,8 +40,9 @@ def bridge(broker: BrokerUnderTest) -> Iterator[Bridge]:
     with override_settings(MQTT_HOST="127.0.0.1", MQTT_PORT=broker.control_port, MQTT_USERNAME=CONTROL_USER,
                            MQTT_PASSWORD=CONTROL_PASSWORD, MQTT_TLS=False):  # fmt: skip
         instance = Bridge(
-            client_id=f"fogdeck-bridge-{uuid.uuid4().hex[:6]}", outbox_poll_seconds=0.1, **bridge_handlers.HANDLERS
-        )
+            client_id=f"fogdeck-bridge-{uuid.uuid4().hex[:6]}", outbox_poll_seconds=0.1,
+            reconcile_delay_seconds=RECONCILE_DELAY, **bridge_handlers.HANDLERS,
+        )  # fmt: skip
         thread = threading.Thread(target=instance.run, daemon=True)
         thread.start()
         try:
@@ -128,6 +131,10 @@ def test_an_update_that_can_never_apply_is_rejected_with_its_reason(device):
     assert Job.objects.get(pk=device.job.pk).status == "QUEUED"
 
 
+def stored_state(device: Device) -> dict:
+    return type(device.row).objects.get(pk=device.row.pk).reported_state or {}
+
+
 def test_a_result_the_state_lists_is_applied_when_its_update_never_came(device, bridge):
     job_id = str(device.job.id)
     state = {
@@ -137,8 +144,15 @@ def test_a_result_the_state_lists_is_applied_when_its_update_never_came(device, 
         "recent_jobs": [{"job_id": job_id, "status": "FAILED", "seq": 6, "reason": "disk full"}],
     }  # fmt: skip
     device.paho.publish(topics.state_topic(device.uid), json.dumps(state).encode(), qos=1, retain=True)
+    published = time.monotonic()
 
+    # the state itself is stored at once; its recent jobs wait for the reconcile delay (an update sent
+    # just before it, to another bridge, has committed by then)
+    wait_until(lambda: "recent_jobs" in stored_state(device), WAIT, "the state stored")
+    if time.monotonic() - published < RECONCILE_DELAY - 0.2:
+        assert Job.objects.get(pk=job_id).status == "QUEUED", "reconciled before its delay"
     wait_until(lambda: Job.objects.get(pk=job_id).status == "FAILED", WAIT, "the reported result")
+    assert time.monotonic() - published >= RECONCILE_DELAY - 0.1
     job = Job.objects.get(pk=job_id)
     assert (job.last_seq, job.reason) == (6, "disk full")
     kind, answered, answer = device.next_answer()  # the device can stop sending that update
