@@ -155,7 +155,7 @@ class JobRunner:
 
     def accepted(self, answer: JobUpdateAccepted) -> None:
         with self._store.jobs() as ledger:
-            ledger.on_accepted(answer)
+            ledger.on_accepted(answer, time.monotonic())
 
     def rejected(self, answer: JobUpdateRejected) -> None:
         with self._store.jobs() as ledger:

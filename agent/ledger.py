@@ -6,9 +6,11 @@ checkpoint unless activation has started), each update's `seq` (it only grows pe
 restarts when the caller persists `LedgerState`), which finished jobs it remembers (and drops again
 when they come back), and which updates the control plane has not answered yet: the latest update of
 each job stays in `unacked` until `P/jobs/{id}/update/accepted|rejected` answers it, and `due()` hands
-it back for a re-send with exponential backoff. The caller does the I/O: it publishes what the ledger
-returns and saves `LedgerState` after every change (the agent to state.json, the simulator nowhere).
-Time comes in as `now` (monotonic seconds), so tests drive it.
+it back for a re-send with exponential backoff. How long it waits first follows how long answers take
+(`ResendClock`): a control plane that answers in 20 s during a large wave is slow, not losing updates,
+and re-sending after a fixed 5 s made every device send each final update three or four times over.
+The caller does the I/O: it publishes what the ledger returns and saves `LedgerState` after every
+change (the agent to state.json, the simulator nowhere). Time comes in as `now` (monotonic seconds), so tests drive it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from protocol.messages import (
 
 # Enough to outlive any job the control plane could still redeliver; bounded so the state stays small.
 FINISHED_JOBS_KEPT = 2000
-RESEND_FIRST_S = 5.0  # an update unanswered this long is sent again ...
+RESEND_FIRST_S = 5.0  # an update unanswered this long (or for the answer time's RTO, if longer) is sent again ...
 RESEND_MAX_S = 60.0  # ... then after twice as long each time, up to this
 RESEND_JITTER = 0.2  # ± this share, so a fleet that lost its answers together does not re-send together
 # After a job arrives without a (valid) envelope, the device reports its state and asks for its jobs again,
@@ -83,6 +85,32 @@ CancelOutcome = Literal["dequeued", "stopping", "ignored"]
 class _Resend:
     at: float
     delay: float
+    sent: float = 0.0  # when the update was last sent
+    resent: bool = False  # its answer then says nothing about the answer time (which send does it answer?)
+
+
+class ResendClock:
+    """The first re-send wait, from the answer times seen so far: TCP's retransmission timeout (RFC 6298:
+    smoothed time plus four times its variation), never below RESEND_FIRST_S nor above RESEND_MAX_S.
+    Only answers to updates sent once are measured (Karn's rule)."""
+
+    def __init__(self) -> None:
+        self.smoothed: float | None = None
+        self.variation = 0.0
+
+    def observe(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        if self.smoothed is None:
+            self.smoothed, self.variation = seconds, seconds / 2
+            return
+        self.variation = 0.75 * self.variation + 0.25 * abs(self.smoothed - seconds)
+        self.smoothed = 0.875 * self.smoothed + 0.125 * seconds
+
+    @property
+    def timeout(self) -> float:
+        if self.smoothed is None:
+            return RESEND_FIRST_S
+        return min(RESEND_MAX_S, max(RESEND_FIRST_S, self.smoothed + 4 * self.variation))
 
 
 class JobLedger:
@@ -97,6 +125,8 @@ class JobLedger:
         self.activating = False
         self._cancel_requested: set[str] = set()
         self._resend: dict[str, _Resend] = {}
+        self._sent_at: dict[tuple[str, int], float] = {}  # (job, seq) -> first send, until answered
+        self.clock = ResendClock()
         self._reask: _Resend | None = None
         self._last_reask = float("-inf")
 
@@ -211,11 +241,23 @@ class JobLedger:
         # a newer update of a job answers for the older ones: the control plane's seq rule applies the
         # newest and the accepted answer carries the seq it stores
         self.state.unacked[update.job_id] = update
-        self._resend[update.job_id] = _Resend(at=now + self._jittered(RESEND_FIRST_S), delay=RESEND_FIRST_S)
+        wait = self.clock.timeout
+        self._resend[update.job_id] = _Resend(at=now + self._jittered(wait), delay=wait, sent=now)
+        self._sent_at.setdefault((update.job_id, update.seq), now)
 
-    def on_accepted(self, answer: JobUpdateAccepted) -> bool:
+    def _measure(self, job_id: str, seq: int, now: float | None) -> None:
+        """An answer to (job, seq): its time since that update was sent (only updates sent once are timed)."""
+        sent = self._sent_at.pop((job_id, seq), None)
+        if now is not None and sent is not None:
+            self.clock.observe(now - sent)
+        for key in [k for k in self._sent_at if k[0] == job_id and k[1] < seq]:
+            del self._sent_at[key]  # answered by this one too
+
+    def on_accepted(self, answer: JobUpdateAccepted, now: float | None = None) -> bool:
         """The control plane stored the job at `answer.seq`: the waiting update is answered when its seq is
-        not newer, or when the stored status is final (nothing the device sends changes it any more)."""
+        not newer, or when the stored status is final (nothing the device sends changes it any more).
+        With `now`, the answer's time feeds the re-send clock."""
+        self._measure(answer.job_id, answer.seq, now)
         waiting = self.state.unacked.get(answer.job_id)
         if waiting is None:
             return False
@@ -235,24 +277,38 @@ class JobLedger:
     def _forget(self, job_id: str) -> None:
         self.state.unacked.pop(job_id, None)
         self._resend.pop(job_id, None)
+        for key in [k for k in self._sent_at if k[0] == job_id]:
+            del self._sent_at[key]
 
     def due(self, now: float) -> list[JobUpdate]:
-        """The unanswered updates whose wait is over, oldest job first; each waits twice as long next time."""
+        """The unanswered updates whose wait is over, oldest job first; each waits twice as long next time.
+        A first wait that answers have since shown too short (the clock's timeout grew) is stretched to it
+        instead of ending in a re-send."""
         out: list[JobUpdate] = []
+        timeout = self.clock.timeout
         for job_id, update in self.state.unacked.items():
             timer = self._resend.get(job_id)
             if timer is None:  # restored from disk: never sent by this process
-                timer = self._resend[job_id] = _Resend(at=now, delay=RESEND_FIRST_S / 2)
-            if timer.at <= now:
-                timer.delay = min(RESEND_MAX_S, timer.delay * 2)
-                timer.at = now + self._jittered(timer.delay)
-                out.append(update)
+                timer = self._resend[job_id] = _Resend(at=now, delay=RESEND_FIRST_S / 2, sent=now, resent=True)
+            if timer.at > now:
+                continue
+            if not timer.resent and now - timer.sent < timeout:
+                timer.delay = timeout
+                timer.at = timer.sent + self._jittered(timeout)
+                continue
+            timer.delay = min(RESEND_MAX_S, max(timer.delay, timeout) * 2)
+            timer.at = now + self._jittered(timer.delay)
+            timer.sent, timer.resent = now, True
+            self._sent_at.pop((job_id, update.seq), None)  # sent twice: its answer times neither send
+            out.append(update)
         return out
 
     def unanswered(self, now: float) -> list[JobUpdate]:
         """Every unanswered update, to send right after a (re)connect; their backoff starts again."""
-        for job_id in self.state.unacked:
-            self._resend[job_id] = _Resend(at=now + self._jittered(RESEND_FIRST_S), delay=RESEND_FIRST_S)
+        wait = self.clock.timeout
+        for job_id, update in self.state.unacked.items():
+            self._resend[job_id] = _Resend(at=now + self._jittered(wait), delay=wait, sent=now, resent=True)
+            self._sent_at.pop((job_id, update.seq), None)
         return list(self.state.unacked.values())
 
     def _jittered(self, delay: float) -> float:

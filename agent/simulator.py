@@ -557,7 +557,7 @@ class SimDevice:
                     self.ledger.jobs_reply_signed()
             elif answer := topics.job_answer_of(self.uid, message.topic):
                 if answer[1] == "accepted":
-                    self.ledger.on_accepted(parse_job_update_accepted(message.payload))
+                    self.ledger.on_accepted(parse_job_update_accepted(message.payload), time.monotonic())
                 else:
                     rejected = parse_job_update_rejected(message.payload)
                     if self.ledger.on_rejected(rejected):

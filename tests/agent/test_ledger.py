@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agent.ledger import REASK_MIN_S, RESEND_FIRST_S, RESEND_MAX_S, JobLedger, LedgerState
+from agent.ledger import REASK_MIN_S, RESEND_FIRST_S, RESEND_MAX_S, JobLedger, LedgerState, ResendClock
 from agent.policy import JobRefused
 from protocol.messages import MAX_RECENT_JOBS, JobDocument, JobUpdateAccepted, JobUpdateRejected
 
@@ -129,6 +129,66 @@ def test_unanswered_updates_are_sent_again_with_exponential_backoff(ledger):
     assert all(later >= earlier * 1.3 or later >= RESEND_MAX_S * 0.75 for earlier, later in itertools.pairwise(gaps))
     assert max(gaps) <= RESEND_MAX_S * 1.25
     assert ledger.due(now + RESEND_MAX_S * 2) == [sent]  # the same update, same seq: a duplicate is harmless
+
+
+def first_resend_after(ledger: JobLedger, job_id: str, sent_at: float) -> float:
+    now = sent_at
+    while not ledger.due(now):
+        now += 0.25
+        assert now < sent_at + 10 * RESEND_MAX_S, "never sent again"
+    return now - sent_at
+
+
+def test_the_resend_clock_follows_answer_times_within_its_bounds():
+    clock = ResendClock()
+    assert clock.timeout == RESEND_FIRST_S  # nothing measured yet
+    for _ in range(50):
+        clock.observe(0.05)
+    assert clock.timeout == RESEND_FIRST_S  # fast answers: the floor
+    for _ in range(50):
+        clock.observe(12.0)
+    assert 12.0 < clock.timeout < 15.0  # steady 12 s answers: a little above them
+    clock.observe(500.0)
+    assert clock.timeout == RESEND_MAX_S  # never longer than the ceiling
+
+
+def test_slow_answers_stretch_the_first_wait_so_a_slow_control_plane_gets_no_duplicates(ledger):
+    """A wave's worth of updates answered in about 12 s each: the next update is not sent again after
+    5 s, while one that is never answered still is, after the stretched wait."""
+    now = 0.0
+    for _ in range(8):
+        a = job()
+        update = ledger.update(a.job_id, "IN_PROGRESS", now=now, step="downloading")
+        now += 12.0
+        assert ledger.on_accepted(accepted(a.job_id, "IN_PROGRESS", update.seq), now)
+    assert ledger.clock.timeout > 12.0
+    lost = job()
+    ledger.update(lost.job_id, "SUCCEEDED", now=now)
+    waited = first_resend_after(ledger, lost.job_id, now)
+    assert waited >= 12.0 * 0.8  # the clock's timeout, less the jitter
+    assert waited <= RESEND_MAX_S * 1.25
+
+
+def test_a_wait_set_before_answers_slowed_is_stretched_rather_than_ending_in_a_resend(ledger):
+    early = job()
+    ledger.update(early.job_id, "SUCCEEDED", now=0.0)  # waits RESEND_FIRST_S, the clock knows nothing yet
+    other = job()
+    update = ledger.update(other.job_id, "IN_PROGRESS", now=0.0, step="downloading")
+    ledger.on_accepted(accepted(other.job_id, "IN_PROGRESS", update.seq), 4.0)
+    for _ in range(20):  # answers now take 20 s
+        extra = job()
+        sent = ledger.update(extra.job_id, "IN_PROGRESS", now=0.0, step="downloading")
+        ledger.on_accepted(accepted(extra.job_id, "IN_PROGRESS", sent.seq), 20.0)
+    assert ledger.due(RESEND_FIRST_S * 1.3) == []  # the first wait is over, but answers take longer now
+    assert first_resend_after(ledger, early.job_id, 0.0) >= 20.0
+
+
+def test_an_answer_to_an_update_sent_twice_does_not_time_the_clock(ledger):
+    a = job()
+    update = ledger.update(a.job_id, "SUCCEEDED", now=0.0)
+    assert ledger.due(RESEND_FIRST_S * 1.5) == [update]  # sent again
+    assert ledger.on_accepted(accepted(a.job_id, "SUCCEEDED", update.seq), 59.0)
+    assert ledger.clock.smoothed is None  # which send did it answer? not measured (Karn's rule)
 
 
 def test_after_a_restart_every_unanswered_update_is_sent_again_at_once():
