@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.actors import Actor
@@ -416,16 +417,39 @@ def devices_report_state_many(
                     )
                 )
             written[uid] = device
-        if written:
-            Device.objects.bulk_update(
-                list(written.values()),
-                ["reported_state", "reported_at", "last_seen", "agent_version", "inference_url", "updated_at"],
-            )
+        _write_reported_states(list(written.values()))
         audit_record_many(audits)
         _count_untrusted_urls(untrusted)
         if changed_endpoints:
             resolve_cache_invalidate()
     return refused
+
+
+_STATE_COLUMNS = ("reported_state", "reported_at", "last_seen", "agent_version", "inference_url", "updated_at")
+
+
+def _write_reported_states(devices: list[Device]) -> None:
+    """One UPDATE for the reported states: on PostgreSQL `UPDATE … FROM (VALUES …)` with the rows' values as
+    parameters; elsewhere `bulk_update`, whose CASE per row and column took a fifth of the bridge's time
+    in a 10,000-device wave (its expressions are built and resolved in Python)."""
+    if not devices:
+        return
+    if connection.vendor != "postgresql":
+        Device.objects.bulk_update(devices, list(_STATE_COLUMNS))
+        return
+    table = connection.ops.quote_name(Device._meta.db_table)
+    row = "(%s::bigint, %s::jsonb, %s::timestamptz, %s::timestamptz, %s::text, %s::text, %s::timestamptz)"
+    params: list[object] = []
+    for device in devices:
+        params += [device.pk, json.dumps(device.reported_state), device.reported_at, device.last_seen,
+                   device.agent_version, device.inference_url, device.updated_at]  # fmt: skip
+    assignments = ", ".join(f"{column} = v.{column}" for column in _STATE_COLUMNS)
+    sql = (
+        f"UPDATE {table} AS d SET {assignments} FROM (VALUES {', '.join([row] * len(devices))}) "  # noqa: S608 - identifiers are ours
+        f"AS v(id, {', '.join(_STATE_COLUMNS)}) WHERE d.id = v.id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def _count_untrusted_urls(untrusted: list[tuple[str, str]]) -> None:
