@@ -280,6 +280,10 @@ class JobLedger:
         for key in [k for k in self._sent_at if k[0] == job_id]:
             del self._sent_at[key]
 
+    def waiting(self) -> bool:
+        """Whether anything may come due: an unanswered update, or a pending ask for the jobs."""
+        return bool(self.state.unacked) or self._reask is not None
+
     def due(self, now: float) -> list[JobUpdate]:
         """The unanswered updates whose wait is over, oldest job first; each waits twice as long next time.
         A first wait that answers have since shown too short (the clock's timeout grew) is stretched to it

@@ -972,7 +972,7 @@ class Simulator:
             await asyncio.sleep(RESEND_TICK_S)
             now = time.monotonic()
             for device in self.devices:
-                if device.connected:
+                if device.connected and device.ledger.waiting():  # most devices have nothing waiting
                     device.resend_due(now)
 
     def unanswered(self) -> int:

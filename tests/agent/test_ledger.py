@@ -185,10 +185,13 @@ def test_a_wait_set_before_answers_slowed_is_stretched_rather_than_ending_in_a_r
 
 def test_an_answer_to_an_update_sent_twice_does_not_time_the_clock(ledger):
     a = job()
+    assert not ledger.waiting()
     update = ledger.update(a.job_id, "SUCCEEDED", now=0.0)
+    assert ledger.waiting()
     assert ledger.due(RESEND_FIRST_S * 1.5) == [update]  # sent again
     assert ledger.on_accepted(accepted(a.job_id, "SUCCEEDED", update.seq), 59.0)
     assert ledger.clock.smoothed is None  # which send did it answer? not measured (Karn's rule)
+    assert not ledger.waiting()
 
 
 def test_after_a_restart_every_unanswered_update_is_sent_again_at_once():
