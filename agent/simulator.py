@@ -439,6 +439,8 @@ class SimDevice:
             if sim.config.dialect == aws_jobs.DIALECT_AWS
             else None
         )
+        if self.aws is not None:  # its updates have no Fogdeck answers and no re-sends: none is held back
+            self.ledger.progress_interval_s = 0.0
 
     # --- connection ---
 
@@ -607,7 +609,8 @@ class SimDevice:
         reason: str | None = None,
     ) -> None:
         update = self.ledger.update(job_id, status, now=time.monotonic(), step=step, progress=progress, reason=reason)
-        self.publish_update(update)
+        if update is not None:  # None: a progress update held back (agent/ledger.py, PROGRESS_INTERVAL_S)
+            self.publish_update(update)
         self.sim.job_states[(self.uid, job_id)] = status
         if status in TERMINAL_JOB_STATUSES:
             self.publish_state()  # the retained state lists it among the recent jobs (reconciliation)

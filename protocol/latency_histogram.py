@@ -78,6 +78,6 @@ def quantile(counts: Sequence[int], q: float) -> float | None:
                 return EDGES_MS[-1]
             # the rank's middle among the bucket's requests, spread evenly on the log scale
             place = (rank - seen - 0.5) / count
-            return EDGES_MS[index - 1] * (EDGES_MS[index] / EDGES_MS[index - 1]) ** place
+            return float(EDGES_MS[index - 1] * (EDGES_MS[index] / EDGES_MS[index - 1]) ** place)
         seen += count
     return EDGES_MS[-1]  # unreachable: seen reaches n
