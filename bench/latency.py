@@ -100,7 +100,7 @@ def run(devices: int = 2000, probes: int = 60, bridge_flush_ms: int | None = Non
         stack.broker()
         stack.server()
         flush = ["--telemetry-flush-ms", str(bridge_flush_ms)] if bridge_flush_ms else []
-        stack.bridge("bench-latency-bridge", "bridge", *flush)
+        stack.bridge("fogdeck-bench-latency-bridge", "bridge", *flush)
         quiet = asyncio.run(measure(stack.server_port, probe.pk, probe_uid, cookie, probes // 2))
         print(f"  no background load: {summary(quiet)} ms ({len(quiet)}/{probes // 2} probes arrived)")
         devices_file = stack.directory / "devices.json"

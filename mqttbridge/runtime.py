@@ -3,7 +3,9 @@
 paho's network thread only enqueues. The bridge's main thread validates messages and batches them:
 status, state, jobs/get and job updates are applied in one transaction per batch (at most
 `device_batch_seconds` or `device_batch_size` messages; job updates folded per job), telemetry is handed
-in batches to a writer thread that copies it in while the next batch is parsed. Every QoS 1 message is
+in batches to a writer thread that copies it in while the next batch is parsed. A telemetry batch goes
+to a writer as soon as one is idle and nothing more waits in the inbox (`telemetry_flush_due`): a lone
+message is stored at once, and under load batches grow while the writers are busy. Every QoS 1 message is
 acknowledged only after its batch committed (manual acks, persistent session: a bridge that dies
 mid-batch gets the unacknowledged messages again). The main thread also drains the outbox and flushes
 the rejection counters. Bad input is dropped, counted by reason and logged; the bridge never dies on it.
@@ -11,6 +13,7 @@ the rejection counters. Bad input is dropped, counted by reason and logged; the 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -60,7 +63,7 @@ DEVICE_CACHE_SECONDS = 5.0
 FULL_RELOAD_SECONDS = 120.0
 _DIRECTORY_COLUMNS = ("uid", "revoked_at", "id", "site_id", "arch", "cpu", "accelerator")
 REFRESH_CHUNK = 5000  # uids per query when the device directory re-reads the devices it has seen
-IDLE_FLUSH_SECONDS = 0.05
+IDLE_FLUSH_SECONDS = 0.05  # device messages: flushed once the inbox has been quiet this long
 HEARTBEAT_SECONDS = 5.0  # core/heartbeat.py: the compose healthcheck allows 60 s
 # A state's `recent_jobs` are reconciled this long after it arrived: a device publishes its state right
 # after its final update, and with bridges sharing the device topics the two often reach different
@@ -82,6 +85,23 @@ _PARSERS: dict[str, Callable[[bytes], Any]] = {
 }
 
 
+def telemetry_flush_due(
+    waiting: int, *, batch_size: int, age: float, max_age: float, more_waiting: bool, writer_idle: bool
+) -> bool:
+    """Whether the telemetry batch being gathered goes to a writer now (the adaptive flush).
+
+    A full batch, or one whose first message has waited `max_age` (`--telemetry-flush-ms`), always goes.
+    A smaller one goes as soon as a writer is idle and nothing more waits in the inbox: with nobody busy,
+    waiting for more only adds latency (a lone message is stored at once). Under load the writers are
+    busy, so messages gather until one is free: batches grow with the load, and so does the throughput.
+    """
+    if waiting <= 0:
+        return False
+    if waiting >= batch_size or age >= max_age:
+        return True
+    return writer_idle and not more_waiting
+
+
 class Rejected(Exception):
     """A message the bridge drops; `reason` is the counter it goes to."""
 
@@ -97,6 +117,9 @@ class Incoming:
     payload: bytes
     mid: int
     qos: int
+
+
+_WAKE = Incoming("", b"", 0, 0)  # put in the inbox to wake the main thread; not a message
 
 
 @dataclass
@@ -119,6 +142,14 @@ class AckingClient(mqtt.Client):
         packet = b"".join(struct.pack("!BBH", mqtt.PUBACK, 2, mid) for mid in mids)
         if packet:
             self._packet_queue(mqtt.PUBACK, packet, 0, 1)
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        """`on_message` straight away: the bridge registers no per-topic callbacks (`message_callback_add`),
+        and paho's walk of its topic matcher for them cost 4 % of the bridge's time in the ingest profile."""
+        on_message = self.on_message
+        if on_message is not None:
+            with self._in_callback_mutex:
+                on_message(self, self._userdata, message)
 
 
 class DeviceDirectory:
@@ -262,6 +293,9 @@ class TelemetryWriter:
     def __init__(self, bridge: Bridge, threads: int = 2) -> None:
         self._bridge = bridge
         self._queue: queue.Queue[list[tuple[Incoming, TelemetryEnvelope]] | None] = queue.Queue(maxsize=threads)
+        self._size = threads
+        self._busy = 0  # batches submitted and not yet stored (or given up)
+        self._busy_lock = threading.Lock()
         self._local = threading.local()
         self._threads = [
             threading.Thread(target=self._run, name=f"telemetry-writer-{n}", daemon=True) for n in range(threads)
@@ -269,7 +303,14 @@ class TelemetryWriter:
         for thread in self._threads:
             thread.start()
 
+    @property
+    def idle(self) -> bool:
+        """Whether a writer thread waits for a batch (one submitted now is stored at once)."""
+        return self._busy < self._size
+
     def submit(self, batch: list[tuple[Incoming, TelemetryEnvelope]]) -> None:
+        with self._busy_lock:
+            self._busy += 1
         self._queue.put(batch)
 
     def close(self) -> None:
@@ -303,6 +344,9 @@ class TelemetryWriter:
                         logger.error("giving up on a telemetry batch of %s messages at shutdown", len(batch))
                         break
                     time.sleep(min(5.0, 0.2 * attempt))
+                with self._busy_lock:
+                    self._busy -= 1
+                self._bridge.wake_if_waiting()  # a writer is free: the batch being gathered may go now
         finally:
             connection.close()  # this thread's connection
 
@@ -446,6 +490,12 @@ class Bridge:
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         self._inbox.put(Incoming(message.topic, bytes(message.payload), message.mid, message.qos))
 
+    def wake_if_waiting(self) -> None:
+        """Wake the main thread if it holds telemetry (a writer just became free: `telemetry_flush_due`)."""
+        if self._telemetry:
+            with contextlib.suppress(queue.Full):  # a full inbox wakes it anyway
+                self._inbox.put_nowait(_WAKE)
+
     def send(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo | None:
         """Start a publish; None when disconnected. The caller waits for the broker's ack (the outbox waits
         for a whole pass at once)."""
@@ -495,13 +545,15 @@ class Bridge:
 
     def stop(self) -> None:
         self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._inbox.put_nowait(_WAKE)  # don't wait out the main thread's timeout
 
     def run(self) -> None:
         """Work until `stop()`; survives broker restarts (paho reconnects) and database hiccups."""
         self._writer = TelemetryWriter(self, self.telemetry_writers)
         self.start()
         now = time.monotonic()
-        next_flush = now + self.telemetry_flush_seconds
+        telemetry_since = now  # when the first message of the telemetry batch being gathered arrived
         next_devices = now + self.device_batch_seconds
         next_counters = now + self.counters_flush_seconds
         next_outbox = now
@@ -512,8 +564,11 @@ class Bridge:
                 if self.connected.is_set() and time.monotonic() >= next_heartbeat:
                     heartbeat.beat("bridge")  # readiness: connected, subscribed, and this loop turns
                     next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
-                timeout = max(0.0, min(next_flush, next_outbox) - time.monotonic())
-                if self._telemetry or self._device_messages:
+                # at least every telemetry_flush_seconds: heartbeats, counters and reconciliation turn too
+                timeout = max(0.0, min(next_outbox - time.monotonic(), self.telemetry_flush_seconds))
+                if self._telemetry:  # a writer that becomes free wakes us (wake_if_waiting)
+                    timeout = min(timeout, max(0.0, telemetry_since + self.telemetry_flush_seconds - time.monotonic()))
+                if self._device_messages:
                     # Messages are acknowledged only once applied, and the broker stops sending when its
                     # in-flight window of unacknowledged messages is full: flush as soon as it goes quiet.
                     timeout = min(timeout, IDLE_FLUSH_SECONDS)
@@ -521,11 +576,14 @@ class Bridge:
                     incoming = self._inbox.get(timeout=timeout)
                 except queue.Empty:
                     incoming = None
-                if incoming is not None:
+                had_telemetry = bool(self._telemetry)
+                if incoming is not None and incoming is not _WAKE:
                     self._guarded(functools.partial(self.handle, incoming))
                     self._take_waiting()
                 now = time.monotonic()
-                idle = incoming is None
+                if self._telemetry and not had_telemetry:
+                    telemetry_since = now  # a batch's clock starts at its first message
+                idle = incoming is None  # quiet for the whole timeout (a wake is not quiet)
                 if self._device_messages and (
                     idle or now >= next_devices or len(self._device_messages) >= self.device_batch_size
                 ):
@@ -533,11 +591,15 @@ class Bridge:
                     next_devices = now + self.device_batch_seconds
                 elif not self._device_messages:
                     next_devices = now + self.device_batch_seconds  # a batch's clock starts at its first message
-                if self._telemetry and (idle or now >= next_flush or len(self._telemetry) >= self.telemetry_batch_size):
+                if telemetry_flush_due(
+                    len(self._telemetry),
+                    batch_size=self.telemetry_batch_size,
+                    age=now - telemetry_since,
+                    max_age=self.telemetry_flush_seconds,
+                    more_waiting=not self._inbox.empty(),
+                    writer_idle=self._writer.idle,
+                ):
                     self.flush_telemetry()
-                    next_flush = now + self.telemetry_flush_seconds
-                elif not self._telemetry:
-                    next_flush = now + self.telemetry_flush_seconds
                 if now >= next_reconcile and self._reconcile and not self._device_messages:
                     self._guarded(self.reconcile_due_states)
                     next_reconcile = now + RECONCILE_POLL_SECONDS
@@ -575,7 +637,8 @@ class Bridge:
                 incoming = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            self._guarded(functools.partial(self.handle, incoming))
+            if incoming is not _WAKE:
+                self._guarded(functools.partial(self.handle, incoming))
 
     def _guarded(self, work: Callable[[], object]) -> bool:
         """Run one unit of work; a lost database connection is reopened and the unit retried once.

@@ -125,7 +125,7 @@ def telemetry_ingest_batch(
                     lat.p99,
                     lat.max,
                     _INPUTS_JSON.dump_json(s.inputs).decode(),
-                    _STAGES_JSON.dump_json(s.stages or []).decode(),
+                    _STAGES_JSON.dump_json(s.stages).decode() if s.stages else "[]",
                     json.dumps(lat.hist.counts, separators=(",", ":")) if lat.hist is not None else None,
                 )
             )
