@@ -33,7 +33,8 @@ def assert_kept_counts_are_fresh(rollout_id: int) -> None:
 
 def test_counts_follow_dispatch_batches_retries_cancels_timeouts_and_deferred_devices(published_version):
     site = SiteFactory()
-    devices = [DeviceFactory(site=site, tags=["counted"]) for _ in range(12)]
+    for _ in range(12):
+        DeviceFactory(site=site, tags=["counted"])
     offline = DeviceFactory(site=site, tags=["counted"], connected=False)
     # excluded: a runtime the version cannot use
     DeviceFactory(site=site, tags=["counted"], runtimes=[{"name": "tflite", "version": "2.14"}])
