@@ -56,28 +56,6 @@ def rollout_counts(rollout_id: int) -> RolloutCounts:
     return as_rollout_counts(((None, wave_id, kind, state), n) for wave_id, kind, state, n in rows)
 
 
-def rollout_counts_fresh(rollout_id: int) -> Counter[tuple[int, int | None, str, str]]:
-    """The same counts aggregated from the rollout's targets and their jobs, by key (the rule:
-    services/rollout_counts.target_keys): what the RolloutCount rows sum to. Two queries, proportional to
-    the rollout's size."""
-    from .services.rollout_counts import target_keys
-
-    out: Counter[tuple[int, int | None, str, str]] = Counter()
-    targets = RolloutTarget.objects.filter(rollout_id=rollout_id)
-    grouped = (
-        targets.filter(wave__isnull=False)
-        .values_list("wave_id", "install_job__status", "skip_reason", "rollback_job__status")
-        .annotate(n=Count("id"))
-        .order_by()
-    )
-    for wave_id, install_status, skip_reason, rollback_status, n in grouped:
-        for key in target_keys(rollout_id, wave_id, install_status, skip_reason, rollback_status, ()):
-            out[key] += n
-    for reasons in targets.filter(wave__isnull=True).values_list("excluded_reasons", flat=True):
-        out.update(target_keys(rollout_id, None, None, "", None, reasons))
-    return out
-
-
 def as_rollout_counts(items: Iterable[tuple[tuple[Any, int | None, str, str], int]]) -> RolloutCounts:
     waves: defaultdict[int, dict[str, dict[str, int]]] = defaultdict(lambda: {"jobs": {}, "rollbacks": {}})
     excluded, reasons = 0, Counter[str]()

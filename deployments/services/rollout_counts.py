@@ -3,7 +3,7 @@
 A target counts once in its wave's `jobs` under its install job's status (NOT_SENT before it has one,
 SKIPPED when none could be created), and once in its wave's `rollbacks` under its rollback job's status
 when it has one; a target without a wave counts among the rollout's excluded devices, and under each of
-its reasons. `selectors.rollout_counts_fresh` aggregates exactly this from the targets and jobs;
+its reasons. `rollout_counts_fresh` aggregates exactly this from the targets and jobs;
 `RolloutCount` (models.py) holds it as deltas written in the same transaction as each change:
 
 * a job's status change (`job_transitions._transition`, the device batch in `device_updates`): the
@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Count, Q
 
 from ..models import CountKind, Job, Rollout, RolloutCount, RolloutTarget
 
@@ -60,6 +60,25 @@ def target_keys(
     if rollback_status:
         keys.append((rollout_id, wave_id, CountKind.ROLLBACKS, rollback_status))
     return keys
+
+
+def rollout_counts_fresh(rollout_id: int) -> Counter[tuple[int, int | None, str, str]]:
+    """The rollout's counts aggregated from its targets and their jobs by the rule (`target_keys`), by key:
+    what its RolloutCount rows must sum to. Two queries, proportional to the rollout's size."""
+    out: Counter[tuple[int, int | None, str, str]] = Counter()
+    targets = RolloutTarget.objects.filter(rollout_id=rollout_id)
+    grouped = (
+        targets.filter(wave__isnull=False)
+        .values_list("wave_id", "install_job__status", "skip_reason", "rollback_job__status")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for wave_id, install_status, skip_reason, rollback_status, n in grouped:
+        for key in target_keys(rollout_id, wave_id, install_status, skip_reason, rollback_status, ()):
+            out[key] += n
+    for reasons in targets.filter(wave__isnull=True).values_list("excluded_reasons", flat=True):
+        out.update(target_keys(rollout_id, None, None, "", None, reasons))
+    return out
 
 
 def _insert(deltas: Counter[CountKey]) -> None:
@@ -116,8 +135,6 @@ def rollout_counts_tracked(target_ids: Iterable[int]) -> Iterator[None]:
 def rollout_counts_reset(rollout: Rollout) -> None:
     """The rollout's counts aggregated afresh from its targets (its targets were just stored, or written
     in bulk outside the services, as the benchmarks do)."""
-    from ..selectors import rollout_counts_fresh
-
     with transaction.atomic():
         RolloutCount.objects.filter(rollout=rollout).delete()
         _insert(rollout_counts_fresh(rollout.pk))

@@ -11,10 +11,10 @@ from django.utils import timezone
 
 from audit.actors import Actor
 from deployments.models import Job, JobKind, JobStatus, RolloutCount
-from deployments.selectors import as_rollout_counts, rollout_counts, rollout_counts_fresh
+from deployments.selectors import as_rollout_counts, rollout_counts
 from deployments.services.device_updates import jobs_apply_device_updates
 from deployments.services.job_endings import job_cancel, jobs_sweep_timeouts
-from deployments.services.rollout_counts import rollout_counts_compact
+from deployments.services.rollout_counts import rollout_counts_compact, rollout_counts_fresh
 from deployments.services.rollout_drafts import rollout_create
 from deployments.services.rollouts import rollout_start
 from deployments.services.tick import rollout_advance
