@@ -25,6 +25,7 @@ from agent.gateway import ArtifactCache, GatewayServer
 from agent.http_api import MAX_BODY_BYTES, InferenceServer
 from agent.inference import LoadedModel
 from agent.jobs import JobRunner, slot_path
+from agent.ledger import PROGRESS_INTERVAL_S
 from agent.mqtt_url import parse_mqtt_url
 from agent.pipeline import LoadedPipeline, load_slot
 from agent.policy import SigningKeys
@@ -102,7 +103,9 @@ class DeviceAgent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.uid = config.device_id
-        self.store = StateStore(config.state_dir)
+        # the AWS dialect's updates have no Fogdeck answers and no re-sends (`due`): none is held back
+        aws = config.dialect == aws_jobs.DIALECT_AWS
+        self.store = StateStore(config.state_dir, progress_interval_s=0.0 if aws else PROGRESS_INTERVAL_S)
         self.telemetry = TelemetryRecorder(hist_edges=config.hist_edges)
         self.model: LoadedModel | LoadedPipeline | None = None
         self.connected = threading.Event()

@@ -389,6 +389,7 @@ class JobRunner:
                 artifact_bytes=transfer.size if succeeded_with_source else None,  # type: ignore[union-attr]
                 refused_sources=(transfer.refused or None) if transfer is not None else None,
             )
-        self._publish_update(update)
-        if update.status in TERMINAL_JOB_STATUSES:
+        if update is not None:  # None: a progress update held back (agent/ledger.py, PROGRESS_INTERVAL_S)
+            self._publish_update(update)
+        if status in TERMINAL_JOB_STATUSES:
             self._on_state_changed()  # the retained state lists it among the recent jobs (reconciliation)

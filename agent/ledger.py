@@ -47,6 +47,11 @@ RESEND_JITTER = 0.2  # ± this share, so a fleet that lost its answers together 
 # the control plane signs jobs only for devices whose state it has, and a state (or a jobs/get) lost on its
 # way (a broker dropping the bridge's messages) would otherwise leave such a device without its jobs.
 REASK_MIN_S = 5.0
+# An IN_PROGRESS update within this long of the job's last one sent is held back, and replaced by the next
+# one; the newest is sent once the interval is over (by `due`), a final one at once. A small model goes
+# from downloading to SUCCEEDED in a fraction of a second: five updates, each written, answered and
+# parsed, where the control plane needs the first and the last (docs/protocol.md, "Progress updates").
+PROGRESS_INTERVAL_S = 1.0
 
 
 class Deadlined(Protocol):
@@ -88,6 +93,7 @@ class _Resend:
     delay: float
     sent: float = 0.0  # when the update was last sent
     resent: bool = False  # its answer then says nothing about the answer time (which send does it answer?)
+    held: bool = False  # a progress update not sent yet: `at` is when it may go (PROGRESS_INTERVAL_S)
 
 
 class ResendClock:
@@ -117,8 +123,12 @@ class ResendClock:
 class JobLedger:
     """One device's jobs. Not thread-safe: the agent calls it under its state lock."""
 
-    def __init__(self, state: LedgerState, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, state: LedgerState, *, rng: random.Random | None = None, progress_interval_s: float = PROGRESS_INTERVAL_S
+    ) -> None:
+        """`progress_interval_s` 0 sends every update at once (the AWS dialect, whose device never calls `due`)."""
         self.state = state
+        self.progress_interval_s = progress_interval_s
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._queue: deque[JobDocument] = deque()
         self._queued: set[str] = set()
@@ -127,6 +137,7 @@ class JobLedger:
         self._cancel_requested: set[str] = set()
         self._resend: dict[str, _Resend] = {}
         self._sent_at: dict[tuple[str, int], float] = {}  # (job, seq) -> first send, until answered
+        self._last_sent: dict[str, float] = {}  # job -> when its last update was sent (unfinished jobs)
         self.clock = ResendClock()
         self._reask: _Resend | None = None
         self._last_reask = float("-inf")
@@ -205,14 +216,22 @@ class JobLedger:
         progress: float | None = None,
         reason: str | None = None,
         **extra: object,
-    ) -> JobUpdate:
-        """The next update of `job_id` (seq + 1), kept unanswered until the control plane answers it."""
+    ) -> JobUpdate | None:
+        """The next update of `job_id` (seq + 1), kept unanswered until the control plane answers it: to send
+        now, or None when it is a progress update held back (PROGRESS_INTERVAL_S): `due` hands it out
+        later unless a newer one replaces it. Seqs of replaced updates are never sent (the rule needs
+        them to grow, not to be consecutive)."""
         seq = self.state.seqs.get(job_id, 0) + 1
         self.state.seqs[job_id] = seq
         update = JobUpdate(schema_version=1, job_id=job_id, seq=seq, status=status, step=step, progress=progress,
                            reason=reason[:1024] if reason else None, ts=utc_now(), **extra)  # type: ignore[arg-type]  # fmt: skip
         if status in TERMINAL_JOB_STATUSES:
             self._finish(job_id, status, update.reason, seq)
+        elif status == "IN_PROGRESS" and (last := self._last_sent.get(job_id)) is not None:
+            if now - last < self.progress_interval_s:
+                self.state.unacked[job_id] = update
+                self._resend[job_id] = _Resend(at=last + self.progress_interval_s, delay=0.0, held=True)
+                return None
         self._track(update, now)
         return update
 
@@ -245,6 +264,10 @@ class JobLedger:
         wait = self.clock.timeout
         self._resend[update.job_id] = _Resend(at=now + self._jittered(wait), delay=wait, sent=now)
         self._sent_at.setdefault((update.job_id, update.seq), now)
+        if update.status in TERMINAL_JOB_STATUSES:
+            self._last_sent.pop(update.job_id, None)
+        else:
+            self._last_sent[update.job_id] = now
 
     def _measure(self, job_id: str, seq: int, now: float | None) -> None:
         """An answer to (job, seq): its time since that update was sent (only updates sent once are timed)."""
@@ -287,6 +310,7 @@ class JobLedger:
 
     def due(self, now: float) -> list[JobUpdate]:
         """The unanswered updates whose wait is over, oldest job first; each waits twice as long next time.
+        Held progress updates whose interval is over go out here the first time.
         A first wait that answers have since shown too short (the clock's timeout grew) is stretched to it
         instead of ending in a re-send."""
         out: list[JobUpdate] = []
@@ -296,6 +320,10 @@ class JobLedger:
             if timer is None:  # restored from disk: never sent by this process
                 timer = self._resend[job_id] = _Resend(at=now, delay=RESEND_FIRST_S / 2, sent=now, resent=True)
             if timer.at > now:
+                continue
+            if timer.held:  # a progress update whose interval is over: its first send
+                self._track(update, now)
+                out.append(update)
                 continue
             if not timer.resent and now - timer.sent < timeout:
                 timer.delay = timeout

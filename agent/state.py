@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import ConfigDict, ValidationError
 
-from agent.ledger import FINISHED_JOBS_KEPT, FinishedJob, JobLedger, LedgerState
+from agent.ledger import FINISHED_JOBS_KEPT, PROGRESS_INTERVAL_S, FinishedJob, JobLedger, LedgerState
 from protocol.messages import ActiveModel, SlotContent, SlotName, Slots
 
 __all__ = ["FINISHED_JOBS_KEPT", "FinishedJob", "StateStore"]
@@ -54,13 +54,13 @@ def _fsync_dir(path: Path) -> None:
 class StateStore:
     """Thread-safe access to the persisted state; every change is on disk before the call returns."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, progress_interval_s: float = PROGRESS_INTERVAL_S) -> None:
         self.dir = state_dir
         self.path = state_dir / STATE_FILE
         self._lock = threading.RLock()
         state_dir.mkdir(parents=True, exist_ok=True)
         self._state = self._load()
-        self._ledger = JobLedger(self._state)
+        self._ledger = JobLedger(self._state, progress_interval_s=progress_interval_s)
 
     def _load(self) -> _StateFile:
         try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import time
 
 from bench import common
@@ -214,6 +215,9 @@ def measure(
         for proc in stack.procs:
             proc.peak_rss = 0  # peaks of the big rollout only
         big = roll_out(base, token, v2.pk, uids, meter=CpuMeter(stack.procs))
+        resent = sum(last_resent(sim.output(4000)) for sim in sims)
+        print(f"  job updates re-sent by the simulated devices (unanswered within their wait): about {resent:,}",
+              flush=True)  # fmt: skip
         rss = {p.name: p.peak_rss / 2**20 for p in stack.procs}
         sim_rss = sum(rss[s.name] for s in sims)
         bridge_rss = max(v for k, v in rss.items() if k.startswith("bridge"))
@@ -226,8 +230,8 @@ def measure(
               f"{devices - big['succeeded']} jobs lost (not SUCCEEDED)", flush=True)  # fmt: skip
     return big, [
         Row("fanout", f"start → all jobs terminal, {devices:,} devices", big["seconds"], "s",
-            f"{baseline_devices:,} devices", baseline["seconds"], target="< 120 s", met=big["seconds"] < 120,
-            note=f"{big['succeeded']:,} succeeded; {memory}"),
+            f"{baseline_devices:,} devices", baseline["seconds"], target="< 60 s", met=big["seconds"] < 60,
+            note=f"{big['succeeded']:,} succeeded; about {resent:,} updates re-sent; {memory}"),
         Row("fanout", f"devices per minute, {devices:,} devices", big["per_minute"], "/min",
             f"{baseline_devices:,} devices", baseline["per_minute"], target=">= 5,000/min",
             met=big["per_minute"] >= 5000, note=f"AWS IoT Jobs caps a rollout at {AWS_IOT_JOBS_CAP_PER_MIN:,}/min: "
@@ -235,6 +239,12 @@ def measure(
         Row("fanout", f"connect storm: {devices:,} devices online", devices / connected_s * 60, "/min",
             "rollout rate", big["per_minute"], note=f"{connected_s:.0f} s from simulator start to all online"),
     ]  # fmt: skip
+
+
+def last_resent(output: str) -> int:
+    """The newest 're-sent N' of a simulator's status lines (each line is the count so far)."""
+    found = re.findall(r"re-sent (\d+)", output)
+    return int(found[-1]) if found else 0
 
 
 DEBIAN_STOCK = {"max_queued_messages": "1000", "max_inflight_messages": "20"}

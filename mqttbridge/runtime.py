@@ -614,22 +614,21 @@ class Bridge:
         self._ack(incoming)
 
     def handle(self, incoming: Incoming) -> None:
-        """Parse and check one message; telemetry and device messages wait for their batches."""
+        """Parse one message; telemetry and device messages wait for their batches, whose senders are checked
+        together."""
         try:
             if aws_jobs.is_aws_topic(incoming.topic):  # the AWS IoT Jobs dialect (deployments/aws_jobs.py)
                 try:
                     request = aws_jobs.parse_request(incoming.topic, incoming.payload)
                 except aws_jobs.UnknownAwsTopic as exc:
                     raise Rejected("unknown_topic", str(exc)) from exc
-                self._devices.check(request.uid)
                 self._device_messages.append(DeviceMessage(incoming, request.uid, "aws_jobs", request))
                 return
             uid, kind, job_id = parse_topic(incoming.topic)
             if kind == "telemetry":  # its senders are checked per batch, by the telemetry writer
                 self._telemetry.append((incoming, TelemetryEnvelope(uid, parse_telemetry(incoming.payload))))
                 return
-            self._devices.check(uid)
-            message = _PARSERS[kind](incoming.payload)
+            message = _PARSERS[kind](incoming.payload)  # its sender is checked with its batch's
             if kind == "job_update" and message.job_id != job_id:
                 raise Rejected("topic_mismatch", f"payload job {message.job_id} on topic of job {job_id}")
             self._device_messages.append(DeviceMessage(incoming, uid, kind, message))
@@ -649,7 +648,7 @@ class Bridge:
             uid, kind, job_id = parse_topic(incoming.topic)
         except ProtocolError:
             return
-        if kind == "job_update" and job_id is not None:
+        if kind == "job_update" and job_id is not None and not self._devices.check_many([uid]):
             self.send(*rejected_answer(uid, job_id, None, reason))
 
     def flush_telemetry(self) -> None:
@@ -668,6 +667,20 @@ class Bridge:
         if not self._device_messages:
             return
         batch, self._device_messages = self._device_messages, []
+        try:
+            # the senders in one query for the devices not seen before (one each cost a tenth of a bridge
+            # in a 10,000-device rollout: shared subscriptions show every device to every bridge)
+            refused = self._devices.check_many({item.uid for item in batch})
+        except (OperationalError, InterfaceError):
+            self._device_messages = batch + self._device_messages
+            raise
+        if refused:
+            for item in batch:
+                if reason := refused.get(item.uid):
+                    self.reject(item.incoming, reason, item.uid)
+            batch = [item for item in batch if item.uid not in refused]
+            if not batch:
+                return
         self._answers = []
         try:
             # the chain head is locked only at the end

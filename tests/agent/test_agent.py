@@ -73,8 +73,10 @@ def test_job_installs_activates_and_serves_the_real_model(bridge, control_plane,
     updates = bridge.updates(job.job_id)
     assert [u.seq for u in updates] == sorted({u.seq for u in updates})  # strictly increasing, no repeats
     steps = [u.step for u in updates if u.status == "IN_PROGRESS"]
-    assert steps[0] == "downloading" and steps[-2:] == ["verifying", "activating"]
-    assert [u.progress for u in updates if u.step == "downloading"][-1] == 1.0
+    # the first update goes at once; the quick steps after it are held back and replaced by the next one
+    # (agent/ledger.py, PROGRESS_INTERVAL_S), down to the final SUCCEEDED
+    assert steps[0] == "downloading" and set(steps) <= {"downloading", "verifying", "activating"}
+    assert updates[-1].status == "SUCCEEDED" and updates[-1].seq >= len(updates)
     status, body = agent.infer({"x": X})
     assert status == 200
     assert (body["model"], body["version"]) == (MODEL, 1)

@@ -9,7 +9,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agent.ledger import REASK_MIN_S, RESEND_FIRST_S, RESEND_MAX_S, JobLedger, LedgerState, ResendClock
+from agent.ledger import (
+    PROGRESS_INTERVAL_S,
+    REASK_MIN_S,
+    RESEND_FIRST_S,
+    RESEND_MAX_S,
+    JobLedger,
+    LedgerState,
+    ResendClock,
+)
 from agent.policy import JobRefused
 from protocol.messages import MAX_RECENT_JOBS, JobDocument, JobUpdateAccepted, JobUpdateRejected
 
@@ -77,8 +85,8 @@ def test_a_job_past_its_deadline_times_out_at_the_next_checkpoint(ledger):
 
 def test_seq_grows_per_job_and_the_finished_outcome_is_remembered_with_its_seq(ledger):
     a = job()
-    seqs = [ledger.update(a.job_id, "IN_PROGRESS", step="downloading", now=0).seq for _ in range(3)]
-    final = ledger.update(a.job_id, "FAILED", reason="disk full", now=0)
+    seqs = [ledger.update(a.job_id, "IN_PROGRESS", step="downloading", now=2.0 * i).seq for i in range(3)]
+    final = ledger.update(a.job_id, "FAILED", reason="disk full", now=4.5)
     assert [*seqs, final.seq] == [1, 2, 3, 4]
     assert ledger.finished_job(a.job_id).seq == 4
     again = ledger.resend_finished(a.job_id, now=0)
@@ -230,3 +238,34 @@ def test_a_job_that_came_unsigned_makes_the_device_ask_again_until_a_reply_comes
     assert all(b - a >= REASK_MIN_S * 0.8 for a, b in itertools.pairwise(asks))
     ledger.jobs_reply_signed()
     assert not any(ledger.reask_due(now=t) for t in range(200, 400))
+
+
+def test_rapid_progress_updates_are_held_and_replaced_and_only_the_newest_goes_out(ledger):
+    """A small model goes from downloading to SUCCEEDED within a second: the first update and the final
+    one are sent, the steps between them are not; a slow job still reports progress every interval."""
+    a = job()
+    first = ledger.update(a.job_id, "IN_PROGRESS", step="downloading", progress=0.0, now=0.0)
+    assert first is not None and first.seq == 1
+    assert ledger.update(a.job_id, "IN_PROGRESS", step="downloading", progress=1.0, now=0.1) is None
+    assert ledger.update(a.job_id, "IN_PROGRESS", step="verifying", now=0.2) is None
+    assert ledger.due(0.5) == []  # its interval is not over
+    assert ledger.waiting()
+    held = ledger.update(a.job_id, "IN_PROGRESS", step="activating", now=0.3)
+    assert held is None and ledger.state.unacked[a.job_id].step == "activating"
+    assert [(u.seq, u.step) for u in ledger.due(PROGRESS_INTERVAL_S)] == [(4, "activating")]  # the newest only
+    assert ledger.due(PROGRESS_INTERVAL_S + 0.5) == []  # sent: now it waits for its answer
+    # the next one within the interval of that send is held again; the final one goes at once
+    assert (
+        ledger.update(a.job_id, "IN_PROGRESS", step="activating", progress=0.5, now=PROGRESS_INTERVAL_S + 0.2) is None
+    )
+    final = ledger.update(a.job_id, "SUCCEEDED", now=PROGRESS_INTERVAL_S + 0.3)
+    assert final is not None and final.seq == 6
+    assert list(ledger.state.unacked.values()) == [final]
+    assert ledger.due(PROGRESS_INTERVAL_S * 3) == []  # the held one was replaced, not sent later
+
+
+def test_without_a_progress_interval_every_update_is_sent_at_once():
+    ledger = JobLedger(LedgerState(), rng=random.Random(1), progress_interval_s=0.0)
+    a = job()
+    sent = [ledger.update(a.job_id, "IN_PROGRESS", step=step, now=0.0) for step in ("downloading", "verifying")]
+    assert [u.seq for u in sent if u is not None] == [1, 2]

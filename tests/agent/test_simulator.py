@@ -115,7 +115,8 @@ def test_job_to_simulated_devices_succeeds_and_they_report_telemetry_for_the_new
     finals = [bridge.wait_terminal(job.job_id) for job in jobs.values()]
     assert [f.status for f in finals] == ["SUCCEEDED"] * 3, [f.reason for f in finals]
     steps = [u.step for u in bridge.updates(jobs[uids[0]].job_id) if u.step]
-    assert steps[0] == "downloading" and steps[-2:] == ["verifying", "activating"]
+    # as the agent: the first update at once, quick steps after it held back (agent/ledger.py)
+    assert steps[0] == "downloading" and set(steps) <= {"downloading", "verifying", "activating"}
 
     def telemetry_for_v1(messages):
         for m in messages:

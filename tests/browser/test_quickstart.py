@@ -83,7 +83,11 @@ def _stop_group(process: subprocess.Popen[bytes], timeout: float = 40) -> None:
     if _group_alive(pgid):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (_group_alive(pgid) or process.poll() is None):
+    while time.monotonic() < deadline:
+        # reap the leader first: until it is waited for, the exited leader is a zombie that still counts
+        # as a member of its group, and the teardown waited out the whole timeout for nothing
+        if process.poll() is not None and not _group_alive(pgid):
+            break
         time.sleep(0.2)
     if _group_alive(pgid):
         os.killpg(pgid, signal.SIGKILL)

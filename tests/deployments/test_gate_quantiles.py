@@ -90,12 +90,13 @@ def test_the_gates_p95_is_the_cohorts_p95_within_the_histograms_error(published_
     figures = judged(rollout).figures
     candidate = figures["profiles"][PROFILE]["candidate"]
     assert candidate["p95_method"] == MERGED and candidate["requests"] == 6300
-    assert abs(candidate["p95_ms"] - exact_p95) / exact_p95 <= latency_histogram.RELATIVE_ERROR + 1e-4
-    assert abs(candidate["p99_ms"] - exact_p99) / exact_p99 <= latency_histogram.RELATIVE_ERROR + 1e-4
+    # the stated bound is one bucket's width; on spread latencies the interpolated quantile is far closer
+    for figure, exact in ((candidate["p95_ms"], exact_p95), (candidate["p99_ms"], exact_p99)):
+        assert abs(figure - exact) / exact <= min(0.05, latency_histogram.RELATIVE_ERROR)
     assert figures["cohorts"]["canary"]["p95_ms"] == candidate["p95_ms"]  # what the page's chart plots
     # the figure it replaced, the request-weighted mean of the devices' p95s, is far off on this cohort
     weighted = sum(float(np.percentile(v, 95)) * len(v) for v in latencies.values()) / len(every)
-    assert abs(weighted - exact_p95) / exact_p95 > 2 * latency_histogram.RELATIVE_ERROR
+    assert abs(weighted - exact_p95) / exact_p95 > 0.15
 
 
 def test_samples_without_a_histogram_fall_back_to_a_labelled_weighted_mean(published_version):
@@ -117,7 +118,7 @@ def test_each_health_check_records_the_cohort_figures_the_chart_draws(published_
     rollout_advance(rollout_id=rollout.pk, now=timezone.now() + dt.timedelta(seconds=61))
     record = GateEvaluation.objects.filter(rollout=rollout, gate=GateKind.HEALTH).latest("at")
     canary = record.figures["cohorts"]["canary"]
-    # 12 ms falls in the bucket [11.31, 13.45): the merged estimate is its geometric middle
+    # 12 ms falls in the bucket [11.31, 13.45): the 190th of 200 equal requests reads near its top
     assert canary["requests"] == 200 and abs(canary["p95_ms"] - 12.0) / 12.0 <= latency_histogram.RELATIVE_ERROR
     from deployments.cohorts import gate_check_series
 

@@ -31,6 +31,51 @@ def test_merged_quantiles_are_within_the_stated_error_of_the_exact_ones(seed):
         assert estimate is not None and abs(estimate - exact) / exact <= latency_histogram.RELATIVE_ERROR + 1e-12
 
 
+def bucket_middle(counts: list[int], q: float) -> float:
+    """The estimate before interpolation: the geometric middle of the bucket holding the quantile."""
+    rank, seen = max(1, math.ceil(q * sum(counts))), 0
+    for index, count in enumerate(counts):
+        seen += count
+        if seen >= rank:
+            return math.sqrt(latency_histogram.EDGES_MS[index - 1] * latency_histogram.EDGES_MS[index])
+    raise AssertionError("rank beyond the counts")
+
+
+def test_the_ratio_of_two_cohorts_p95s_follows_the_exact_ratio_not_the_bucket_steps():
+    """The health gate judges canary p95 / baseline p95 against a limit such as 1.3: read from bucket
+    middles that ratio moved in steps of 2^(1/4), so a canary 15 % slower could read as 41 % slower."""
+    worst_quantile = worst_ratio = worst_ratio_from_middles = 0.0
+    for seed in range(60):
+        rng = random.Random(seed)
+        median, slower, spread = rng.uniform(2, 100), rng.uniform(1.0, 1.5), rng.uniform(0.2, 0.8)
+        size = rng.randint(1000, 4000)
+        baseline = [rng.lognormvariate(math.log(median), spread) for _ in range(size)]
+        canary = [rng.lognormvariate(math.log(median * slower), spread) for _ in range(size)]
+        exact = nearest_rank(canary, 0.95) / nearest_rank(baseline, 0.95)
+        counts = latency_histogram.counts_of(baseline), latency_histogram.counts_of(canary)
+        read = [latency_histogram.quantile(c, 0.95) for c in counts]
+        assert read[0] is not None and read[1] is not None
+        for estimate, values in zip(read, (baseline, canary), strict=True):
+            worst_quantile = max(worst_quantile, abs(estimate / nearest_rank(values, 0.95) - 1))
+        worst_ratio = max(worst_ratio, abs(read[1] / read[0] / exact - 1))
+        middles = [bucket_middle(c, 0.95) for c in counts]
+        worst_ratio_from_middles = max(worst_ratio_from_middles, abs(middles[1] / middles[0] / exact - 1))
+    assert worst_quantile <= 0.05 and worst_ratio <= 0.05
+    assert worst_ratio_from_middles > 0.10  # what the gate saw before
+
+
+def test_a_lone_request_reads_as_its_buckets_middle_and_a_full_bucket_is_read_by_rank():
+    edges = latency_histogram.EDGES_MS
+    index = latency_histogram.bucket_of(12.0)
+    middle = math.sqrt(edges[index - 1] * edges[index])
+    assert latency_histogram.quantile(latency_histogram.counts_of([12.0]), 0.95) == pytest.approx(middle)
+    hundred = latency_histogram.counts_of([12.0] * 100)
+    low, high = latency_histogram.quantile(hundred, 0.05), latency_histogram.quantile(hundred, 0.95)
+    assert low is not None and high is not None
+    assert edges[index - 1] < low < middle < high < edges[index]
+    assert abs(high - 12.0) / 12.0 <= latency_histogram.RELATIVE_ERROR
+
+
 def test_an_empty_histogram_has_no_quantile_and_the_ends_clamp():
     assert latency_histogram.quantile([0], 0.95) is None
     assert latency_histogram.quantile(latency_histogram.counts_of([0.01]), 0.5) == latency_histogram.EDGES_MS[0]
