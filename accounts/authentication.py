@@ -3,9 +3,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from django.contrib.auth.models import Group
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
+
+from core.roles import ROLES
 
 from .models import ApiToken, lookup_prefix
 from .throttling import AnonThrottle
@@ -30,7 +34,9 @@ class ApiTokenAuthentication(BaseAuthentication):
             key = parts[1].decode()
         except UnicodeError:
             raise exceptions.AuthenticationFailed("Invalid token header: the key has invalid characters.") from None
-        token = ApiToken.objects.select_related("user").filter(prefix=lookup_prefix(key)).first()
+        # the user's roles in the same query (core.roles reads them from the user): one query per request
+        roles = {f"_has_{role}": Exists(Group.objects.filter(user=OuterRef("user_id"), name=role)) for role in ROLES}
+        token = ApiToken.objects.select_related("user").annotate(**roles).filter(prefix=lookup_prefix(key)).first()
         if token is None or not token.matches(key):
             # wrong keys count against the caller's anonymous rate, as requests without one do
             throttle = AnonThrottle()
@@ -44,6 +50,7 @@ class ApiTokenAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed("This token has expired; create a new one.")
         if not token.user.is_active:
             raise exceptions.AuthenticationFailed("User inactive or deleted.")
+        token.user._fogdeck_role_names = {role for role in ROLES if getattr(token, f"_has_{role}")}
         if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
             ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
             token.last_used_at = now

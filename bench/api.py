@@ -134,6 +134,9 @@ def ensure_rollout(jobs: int, prefix: str = "inv"):  # type: ignore[no-untyped-d
     )  # fmt: skip
     from django.db import connection
 
+    from deployments.services.rollout_counts import rollout_counts_reset
+
+    rollout_counts_reset(rollout)  # the rows the services keep, for targets and jobs inserted in bulk
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE deployments_job, deployments_rollouttarget")
     print(f"  inserted a rollout of {len(job_rows):,} jobs in {time.monotonic() - started:.0f} s", flush=True)

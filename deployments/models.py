@@ -519,3 +519,34 @@ class GateEvaluation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.gate} gate of wave {self.wave_id}: {self.verdict}"
+
+
+class CountKind(models.TextChoices):
+    """What a RolloutCount row counts (deployments/services/rollout_counts.py keeps them)."""
+
+    JOBS = "jobs"  # a wave's devices by the state of their install job (NOT_SENT, SKIPPED without one)
+    ROLLBACKS = "rollbacks"  # a wave's rollback jobs by state
+    EXCLUDED = "excluded"  # the rollout's excluded devices (no wave), state ""
+    EXCLUDED_REASON = "excluded_reason"  # the same by reason (a device may have several), state the reason
+
+
+class RolloutCount(models.Model):
+    """A rollout's device counts (per wave by job state, excluded devices by reason) as deltas: the sum of
+    `delta` per (wave, kind, state) is what aggregating the rollout's targets and jobs would give, kept in
+    the same transaction as each change (rollout_counts.py, the one home of the rule), so the rollout's
+    page and detail read a few rows rather than joining every target to its jobs. Rows are only ever
+    inserted (no row lock is shared by concurrent job updates), and the rollout tick folds them into one
+    row per key (`rollout_counts_compact`)."""
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="counts")
+    wave = models.ForeignKey(Wave, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=16, choices=CountKind.choices)
+    state = models.CharField(max_length=1000, blank=True)
+    delta = models.IntegerField()
+
+    class Meta:
+        # the rollout detail, page and stream: a rollout's rows summed per (wave, kind, state); compaction
+        indexes = [models.Index(fields=["rollout", "wave"], name="rollout_count_rollout_idx")]
+
+    def __str__(self) -> str:
+        return f"rollout {self.rollout_id} wave {self.wave_id} {self.kind} {self.state}: {self.delta:+d}"

@@ -27,6 +27,7 @@ from fleet.models import Device
 
 from .models import Job, JobKind, JobStatus, Rollout, RolloutTarget, Wave
 from .services.job_endings import jobs_expire_queued
+from .services.rollout_counts import rollout_counts_tracked
 
 
 class Replacement(TypedDict):
@@ -97,7 +98,8 @@ def wave_place_unreachable(*, actor: Actor, rollout: Rollout, wave: Wave, now: d
                 changed.append(target)
                 deferred += 1
                 moves["deferred"].append(target.device.uid)
-        RolloutTarget.objects.bulk_update(changed, ["wave", "order"], batch_size=1000)
+        with rollout_counts_tracked(t.pk for t in changed):
+            RolloutTarget.objects.bulk_update(changed, ["wave", "order"], batch_size=1000)
         if deferred:
             Wave.objects.filter(pk=following.pk).update(size=following.size + deferred)
             wave.size -= deferred

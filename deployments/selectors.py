@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Case, Count, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum, Value, When
@@ -19,32 +20,61 @@ from telemetry.series import RolloutCohorts
 from .models import (
     DEPLOYABLE_RELATED,
     ROLLOUT_ACTIVE,
+    CountKind,
     GateEvaluation,
     Installation,
     Job,
     JobStatus,
     Rollout,
+    RolloutCount,
     RolloutTarget,
     Wave,
 )
 
+WaveCounts = dict[int, dict[str, dict[str, int]]]  # {wave id: {"jobs": {state: n}, "rollbacks": {state: n}}}
 
-def rollout_wave_counts(rollout: Rollout) -> dict[int, dict[str, dict[str, int]]]:
-    """{wave id: {"jobs": {state: n}, "rollbacks": {state: n}}} in one query; `NOT_SENT` has no job yet."""
-    out: dict[int, dict[str, dict[str, int]]] = defaultdict(lambda: {"jobs": {}, "rollbacks": {}})
+
+@dataclass(frozen=True)
+class RolloutCounts:
+    """A rollout's counts as the API shows them: per wave (`NOT_SENT`: no job yet, `SKIPPED`: none could be
+    created) and its excluded devices, with how many carry each reason."""
+
+    waves: WaveCounts
+    excluded: int
+    excluded_reasons: dict[str, int]
+
+
+def rollout_counts(rollout_id: int) -> RolloutCounts:
+    """The rollout's counts from its RolloutCount rows (services/rollout_counts.py keeps them): one query
+    of a few rows per wave, whatever the rollout's size."""
     rows = (
-        RolloutTarget.objects.filter(rollout=rollout, wave__isnull=False)
-        .values("wave_id", "install_job__status", "rollback_job__status", "skip_reason")
-        .annotate(n=Count("id"))
+        RolloutCount.objects.filter(rollout_id=rollout_id)
+        .values_list("wave_id", "kind", "state")
+        .annotate(n=Sum("delta"))
+        .order_by()
     )
-    for row in rows:
-        entry = out[row["wave_id"]]
-        state = row["install_job__status"] or ("NOT_SENT" if not row["skip_reason"] else "SKIPPED")
-        entry["jobs"][state] = entry["jobs"].get(state, 0) + row["n"]
-        if row["rollback_job__status"]:
-            state = row["rollback_job__status"]
-            entry["rollbacks"][state] = entry["rollbacks"].get(state, 0) + row["n"]
-    return dict(out)
+    return as_rollout_counts(((None, wave_id, kind, state), n) for wave_id, kind, state, n in rows)
+
+
+def as_rollout_counts(items: Iterable[tuple[tuple[Any, int | None, str, str], int]]) -> RolloutCounts:
+    waves: defaultdict[int, dict[str, dict[str, int]]] = defaultdict(lambda: {"jobs": {}, "rollbacks": {}})
+    excluded, reasons = 0, Counter[str]()
+    for (_rollout, wave_id, kind, state), n in items:
+        if not n:
+            continue
+        if kind == CountKind.EXCLUDED:
+            excluded += n
+        elif kind == CountKind.EXCLUDED_REASON:
+            reasons[state] += n
+        elif wave_id is not None:
+            waves[wave_id][str(kind)][state] = n
+    ordered = dict(sorted(reasons.items(), key=lambda item: (-item[1], item[0])))
+    return RolloutCounts(waves=dict(waves), excluded=excluded, excluded_reasons=ordered)
+
+
+def rollout_wave_counts(rollout: Rollout) -> WaveCounts:
+    """{wave id: {"jobs": {state: n}, "rollbacks": {state: n}}} in one query (rollout_counts)."""
+    return rollout_counts(rollout.pk).waves
 
 
 # the outcomes an operator has to look at after a wave: the device did not end up where it was sent
@@ -89,19 +119,20 @@ def failed_device_row(job: Job) -> tuple[object, ...]:
     )
 
 
-def rollout_excluded(rollout: Rollout, limit: int = 100) -> dict[str, Any]:
-    excluded = RolloutTarget.objects.filter(rollout=rollout, wave__isnull=True).select_related("device")
-    reasons: Counter[str] = Counter()
-    for row in excluded.values_list("excluded_reasons", flat=True):
-        reasons.update(row)
-    return {
-        "count": excluded.count(),
-        "reasons": dict(reasons.most_common()),
-        "devices": [
-            {"device": t.device_id, "uid": t.device.uid, "reasons": t.excluded_reasons}
-            for t in excluded.order_by("device__uid")[:limit]
-        ],
-    }
+def rollout_excluded(rollout: Rollout, limit: int = 100, counts: RolloutCounts | None = None) -> dict[str, Any]:
+    """The excluded devices: how many, by reason (from the rollout's counts; pass them when read already)
+    and the first `limit` by uid (no query when there are none)."""
+    counts = counts or rollout_counts(rollout.pk)
+    devices = []
+    if counts.excluded:
+        excluded = RolloutTarget.objects.filter(rollout=rollout, wave__isnull=True)
+        devices = [
+            {"device": device_id, "uid": uid, "reasons": reasons}
+            for device_id, uid, reasons in excluded.order_by("device__uid").values_list(
+                "device_id", "device__uid", "excluded_reasons"
+            )[:limit]
+        ]
+    return {"count": counts.excluded, "reasons": counts.excluded_reasons, "devices": devices}
 
 
 def device_history(
@@ -177,7 +208,7 @@ def artifact_transfer_summary(rollout: Rollout) -> dict[str, Any]:
     rows = (
         ArtifactTransfer.objects.filter(rollout_id=rollout.pk)
         .values("source", "gateway__uid")
-        .annotate(downloads=Count("id"), size=Sum("size"))
+        .annotate(downloads=Count("id"), size=Sum("size"), refused=Count("id", filter=Q(gateway_refused=True)))
         .order_by("gateway__uid")
     )
     summary: dict[str, Any] = {
@@ -190,15 +221,13 @@ def artifact_transfer_summary(rollout: Rollout) -> dict[str, Any]:
         "gateways": [],
     }
     for row in rows:
+        summary["refused_gateway_copies"] += row["refused"]
         source = "gateway" if row["source"] == ArtifactSource.GATEWAY else "cloud"
         summary[f"{source}_bytes"] += row["size"] or 0
         summary[f"{source}_downloads"] += row["downloads"]
         if source == "gateway":
             served = {"uid": row["gateway__uid"], "bytes": row["size"], "downloads": row["downloads"]}
             summary["gateways"].append(served)
-    summary["refused_gateway_copies"] = ArtifactTransfer.objects.filter(
-        rollout_id=rollout.pk, gateway_refused=True
-    ).count()
     # a pipeline rollout has no single artifact (its stages are fetched from the cloud, see protocol.md)
     artifact = rollout.deployable.gateway_artifact
     artifact_size = artifact.size if artifact is not None else 0

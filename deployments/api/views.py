@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django.db.models import Prefetch, QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -14,8 +15,8 @@ from audit.actors import Actor
 from core import roles
 from core.errors import Conflict
 from deployments.exceptions import DeploymentRefused, InvalidTransition, PlanInvalid
-from deployments.models import Job, Rollout
-from deployments.selectors import artifact_transfer_summary, device_history, rollout_excluded, rollout_wave_counts
+from deployments.models import GateEvaluation, Job, Rollout, RolloutEvent
+from deployments.selectors import artifact_transfer_summary, device_history, rollout_counts, rollout_excluded
 from deployments.services.job_endings import job_cancel
 from deployments.services.jobs import deployment_create
 from deployments.services.rollout_drafts import rollout_create, rollout_preview
@@ -86,6 +87,19 @@ class DeploymentViewSet(
 # --- rollouts ------------------------------------------------------------------------------------
 
 
+ROLLOUT_RELATED = ("model", "version", "pipeline", "pipeline_version")
+
+
+def _with_detail(rollouts: QuerySet[Rollout]) -> QuerySet[Rollout]:
+    """What RolloutDetailSerializer reads besides the counts: waves, gate results and events, the latter
+    two with their wave (its index) joined in rather than prefetched again."""
+    return rollouts.prefetch_related(
+        "waves",
+        Prefetch("gate_results", queryset=GateEvaluation.objects.select_related("wave")),
+        Prefetch("events", queryset=RolloutEvent.objects.select_related("wave")),
+    )
+
+
 def _plan_error(exc: PlanInvalid) -> ValidationError:
     return ValidationError({exc.field or "non_field_errors": [exc.reason]})
 
@@ -95,22 +109,29 @@ class RolloutViewSet(
 ):
     """Staged canary rollouts. Operators plan, start and steer them; the emergency path is for admins."""
 
-    queryset = Rollout.objects.select_related("model", "version", "pipeline", "pipeline_version")
+    queryset = Rollout.objects.select_related(*ROLLOUT_RELATED)
     serializer_class = RolloutSerializer
     filterset_fields = ["status", "model", "version", "pipeline", "pipeline_version"]
     ordering_fields = ["created_at", "status"]
     write_role = roles.OPERATOR
     action_roles = {"emergency": roles.ADMIN}
 
-    def _detail(self, rollout: Rollout, code: int = status.HTTP_200_OK) -> Response:
-        rollout = (
-            Rollout.objects.select_related("model", "version", "pipeline", "pipeline_version")
-            .prefetch_related("gate_results__wave", "events__wave", "waves")
-            .get(pk=rollout.pk)
-        )
+    def get_queryset(self) -> QuerySet[Rollout]:
+        if self.action == "retrieve":
+            return _with_detail(super().get_queryset())
+        return super().get_queryset()
+
+    def _detail(self, rollout: Rollout, code: int = status.HTTP_200_OK, *, loaded: bool = False) -> Response:
+        # A rollout's detail in a fixed number of queries whatever its size (tests/deployments/test_rollout_api.py):
+        # the rollout, its waves, gate results and events (each with its wave's index in the same query),
+        # its counts (RolloutCount rows, a few per wave), its artifact transfers; excluded devices only
+        # when it has some.
+        if not loaded:
+            rollout = _with_detail(Rollout.objects.select_related(*ROLLOUT_RELATED)).get(pk=rollout.pk)
+        counts = rollout_counts(rollout.pk)
         context = {
-            "counts": rollout_wave_counts(rollout),
-            "excluded": rollout_excluded(rollout),
+            "counts": counts.waves,
+            "excluded": rollout_excluded(rollout, counts=counts),
             "artifact_transfer": artifact_transfer_summary(rollout),
             "request": self.request,
         }
@@ -118,7 +139,7 @@ class RolloutViewSet(
 
     @extend_schema(responses={200: RolloutDetailSerializer})
     def retrieve(self, request: Request, *args: object, **kwargs: object) -> Response:
-        return self._detail(self.get_object())
+        return self._detail(self.get_object(), loaded=True)
 
     @extend_schema(request=RolloutPlanSerializer, responses={201: RolloutDetailSerializer})
     def create(self, request: Request, *args: object, **kwargs: object) -> Response:

@@ -24,6 +24,7 @@ from protocol.messages import JobUpdate
 from ..models import DEPLOYABLE_RELATED, TERMINAL, TRANSITIONS, Job, JobEvent, JobStatus
 from .installations import _record_installations
 from .job_transitions import _JOB_LOCK, _job_transition_audit, _stream_rollout_progress
+from .rollout_counts import rollout_counts_jobs_moved
 
 
 class ForeignJob(Exception):
@@ -218,6 +219,7 @@ def _write_and_record(changed: list[_Fold], outcomes: list[UpdateOutcome | None]
     audits: list[AuditSpec] = []
     succeeded: list[Job] = []
     rollouts: set[int] = set()
+    moves: list[tuple[Job, str, str]] = []  # (job, status before the batch, after it): the rollout counts
     written = _write_folds(changed)
     for fold in changed:
         job = fold.job
@@ -226,6 +228,8 @@ def _write_and_record(changed: list[_Fold], outcomes: list[UpdateOutcome | None]
                 outcomes[index] = UpdateOutcome(False, "concurrent_update")
             continue
         actor = Actor.device(job.device.uid)
+        if fold.changes:
+            moves.append((job, fold.changes[0][0], fold.changes[-1][1]))
         for before, after, step, reason, seq in fold.changes:
             events.append(JobEvent(job=job, from_status=before, to_status=after, step=step, reason=reason,
                                    actor=actor.label, seq=seq))  # fmt: skip
@@ -239,6 +243,7 @@ def _write_and_record(changed: list[_Fold], outcomes: list[UpdateOutcome | None]
     JobEvent.objects.bulk_create(events)
     audit_record_many(audits)
     _record_installations(succeeded, now)
+    rollout_counts_jobs_moved(moves)
     for rollout_id in sorted(rollouts):
         _stream_rollout_progress(rollout_id)
 

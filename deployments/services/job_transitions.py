@@ -21,6 +21,7 @@ from core.transitions import Moved, transition
 from ..models import TERMINAL, Job, JobEvent, JobStatus
 from ..rollout_streams import rollout_stream_touch
 from .installations import _record_installations
+from .rollout_counts import rollout_counts_jobs_moved
 
 # The job and its device rows; a job's version or pipeline version is an outer join now (either may be
 # NULL), and PostgreSQL cannot lock the nullable side of one. Published versions are immutable anyway.
@@ -52,6 +53,7 @@ def _transition(job: Job, *, to: str, actor: Actor, reason: str = "") -> Moved:
     audit_record_many([_job_transition_audit(job, moved.before, to, actor, reason)])
     if to == JobStatus.SUCCEEDED:
         _record_installations([job], moved.at)
+    rollout_counts_jobs_moved([(job, moved.before, to)])
     _stream_rollout_progress(job.rollout_id)
     for key, value in moved.fields.items():
         setattr(job, key, value)

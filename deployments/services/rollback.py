@@ -25,6 +25,7 @@ from ..models import (
     RolloutTarget,
 )
 from .jobs import JobRequest, deployments_create_many
+from .rollout_counts import rollout_counts_tracked
 from .rollout_state import _rollout_transition
 
 
@@ -57,6 +58,14 @@ def _dispatch_rollbacks(rollout: Rollout, actor: Actor) -> bool:
     for target in due:
         if target.baseline is not None:  # excluded by the query; narrows the type
             by_baseline.setdefault(target.baseline, []).append(target)
+    with rollout_counts_tracked(t.pk for t in due):
+        _send_rollbacks(rollout, by_baseline, actor, timeout)
+    return bool(due)
+
+
+def _send_rollbacks(
+    rollout: Rollout, by_baseline: dict[Deployable, list[RolloutTarget]], actor: Actor, timeout: int
+) -> None:
     for baseline, targets in by_baseline.items():
         batch = deployments_create_many(
             actor=actor, requests=[JobRequest(t.device, wave_id=t.wave_id, attempt=1) for t in targets],
@@ -75,7 +84,6 @@ def _dispatch_rollbacks(rollout: Rollout, actor: Actor) -> bool:
                 ).values("pk")
             )
         )  # fmt: skip
-    return bool(due)
 
 
 def _finish_rollback(rollout: Rollout, actor: Actor) -> None:

@@ -20,6 +20,7 @@ from ..exceptions import PlanInvalid
 from ..models import Rollout, RolloutEvent, RolloutStatus, RolloutTarget, Wave
 from ..plan import RolloutPlan
 from ..rollout_plan import Plan, plan_rollout, resolve_target
+from .rollout_counts import rollout_counts_reset
 
 
 def _check_version(version: Deployable) -> None:
@@ -80,6 +81,7 @@ def _store_targets(rollout: Rollout) -> Plan:
         for p in [*planned.included, *planned.excluded]
     ]
     RolloutTarget.objects.bulk_create(rows, batch_size=1000)
+    rollout_counts_reset(rollout)
     return planned
 
 

@@ -27,6 +27,7 @@ from ..offline_devices import wave_expire_queued, wave_place_unreachable
 from ..plan import HealthGate
 from .dispatch import _dispatch
 from .rollback import _advance_rollback
+from .rollout_counts import rollout_counts_compact
 from .rollout_queue import queue_cancel_jobs
 from .rollout_state import (
     _ROLLOUT_LOCK,
@@ -76,7 +77,10 @@ def rollout_advance(*, rollout_id: int, now: dt.datetime | None = None) -> str |
 def rollouts_tick(*, now: dt.datetime | None = None) -> dict[int, str | None]:
     """Advance every running or rolling-back rollout (each in its own transaction)."""
     ids = list(Rollout.objects.filter(status__in=ROLLOUT_TICKED).order_by("pk").values_list("pk", flat=True))
-    return {pk: rollout_advance(rollout_id=pk, now=now) for pk in ids}
+    statuses = {pk: rollout_advance(rollout_id=pk, now=now) for pk in ids}
+    for pk in ids:
+        rollout_counts_compact(pk)  # after the tick's own transaction: its locks are not held longer
+    return statuses
 
 
 def _advance_wave(rollout: Rollout, wave: Wave, now: dt.datetime) -> bool:

@@ -157,3 +157,38 @@ def test_the_detail_lists_online_at_dispatch_per_wave_and_the_preview_online_now
     waves = operator_client.get(f"{URL}{created['id']}/").json()["waves"]
     assert waves[0]["online_at_dispatch"] == 1 and waves[0]["offline_at_dispatch"]["deferred"] == []
     assert waves[1]["online_at_dispatch"] is None  # not dispatched yet
+
+
+def test_the_detail_costs_the_same_few_queries_for_a_small_and_a_large_rollout(operator_client, published_version):
+    """No N+1 and nothing proportional to the rollout: the counts come from RolloutCount rows. Token with its
+    roles, rollout, waves, gate results, events, counts, artifact transfers (excluded devices: one more)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from deployments.services.rollout_drafts import rollout_create
+    from deployments.services.rollouts import rollout_start
+    from tests.deployments.rollout_helpers import ACTOR
+
+    site = SiteFactory()
+    costs, sizes = [], []
+    for tag, size in (("few", 3), ("many", 30)):
+        for _ in range(size):
+            DeviceFactory(site=site, tags=[tag])
+        plan = body(published_version.pk, target={"filter": {"tag": tag}})
+        del plan["version"]  # the API's field; the service takes it apart
+        rollout = rollout_create(actor=ACTOR, version=published_version, plan=plan)
+        rollout_start(actor=ACTOR, rollout=rollout)
+        rollout_advance(rollout_id=rollout.pk)
+        for job in Job.objects.filter(rollout=rollout).select_related("device"):
+            finish(job)
+        rollout_advance(rollout_id=rollout.pk)
+        operator_client.get(f"{URL}{rollout.pk}/")  # a token's first use in a minute records last_used_at
+        with CaptureQueriesContext(connection) as queries:
+            response = operator_client.get(f"{URL}{rollout.pk}/")
+        assert response.status_code == 200
+        detail = response.json()
+        sizes.append(sum(sum(w["jobs"].values()) for w in detail["waves"]))
+        assert detail["waves"][0]["jobs"] == {"SUCCEEDED": detail["waves"][0]["size"]}
+        costs.append(len(queries))
+    assert sizes == [3, 30]
+    assert costs[0] == costs[1] <= 7, costs
