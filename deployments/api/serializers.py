@@ -11,6 +11,7 @@ from rest_framework import serializers
 from deployments import plan as defaults
 from deployments.models import GateEvaluation, Installation, Job, JobEvent, JobKind, Rollout, RolloutEvent, Wave
 from deployments.plan import RolloutPlan
+from deployments.selectors import RolloutCounts
 from fleet.models import Device, Site, Tier
 from models_registry.models import ModelVersion, PipelineVersion
 
@@ -398,3 +399,55 @@ class DeviceHistorySerializer(serializers.ModelSerializer[Installation]):
 class DeviceHistoryQuerySerializer(serializers.Serializer[dict[str, Any]]):
     model = serializers.IntegerField(required=False, min_value=1)
     version = serializers.IntegerField(required=False, min_value=1)
+
+
+# --- the rollout detail as plain rows -------------------------------------------------------------
+
+# DRF's own representation of a datetime (the ModelSerializers' DateTimeField: ISO 8601, "Z" for UTC), built once
+_DATETIME = serializers.DateTimeField()
+WAVE_COLUMNS = ("index", "spec", "size", "status", "requires_approval", "approved_by", "install_started_at",
+                "bake_started_at", "failed_checks", "finished_at", "online_at_dispatch",
+                "offline_at_dispatch")  # fmt: skip
+WAVE_DATETIMES = ("install_started_at", "bake_started_at", "finished_at")
+GATE_COLUMNS = ("gate", "verdict", "final", "inputs", "figures", "reason", "actor")
+EVENT_COLUMNS = ("from_status", "to_status", "reason", "actor")
+
+
+def _datetime(value: Any) -> Any:
+    return None if value is None else _DATETIME.to_representation(value)
+
+
+def rollout_detail(
+    rollout: Rollout, *, counts: RolloutCounts, excluded: dict[str, Any], artifact_transfer: dict[str, Any]
+) -> dict[str, Any]:
+    """What RolloutDetailSerializer gives (its schema is the contract), built from `.values()` rows: waves,
+    gate results and events are three queries of plain dicts, their wave's index taken from the waves read
+    here. Model instances and nested serializers cost ~40 ms of CPU on a 10,000-job rollout's ~130 rows;
+    tests/deployments/test_rollout_detail.py holds the two to the same output."""
+    data: dict[str, Any] = dict(RolloutSerializer(rollout).data)
+    plan: RolloutPlan = rollout.plan  # RolloutPlanField
+    data["plan"] = plan.stored()
+    waves, index = [], {}
+    for row in Wave.objects.filter(rollout_id=rollout.pk).order_by("index").values("id", *WAVE_COLUMNS):
+        wave_id = row.pop("id")
+        index[wave_id] = row["index"]
+        for column in WAVE_DATETIMES:
+            row[column] = _datetime(row[column])
+        wave_counts = counts.waves.get(wave_id, {})
+        row["jobs"] = wave_counts.get("jobs", {})
+        row["rollbacks"] = wave_counts.get("rollbacks", {})
+        waves.append(row)
+    data["waves"] = waves
+    gates = GateEvaluation.objects.filter(rollout_id=rollout.pk).order_by("at", "id")
+    data["gate_results"] = [
+        {"wave": index[row["wave_id"]], **{c: row[c] for c in GATE_COLUMNS}, "at": _datetime(row["at"])}
+        for row in gates.values("wave_id", *GATE_COLUMNS, "at")
+    ]
+    events = RolloutEvent.objects.filter(rollout_id=rollout.pk).order_by("at", "id")
+    data["timeline"] = [
+        {"wave": index.get(row["wave_id"]), **{c: row[c] for c in EVENT_COLUMNS}, "at": _datetime(row["at"])}
+        for row in events.values("wave_id", *EVENT_COLUMNS, "at")
+    ]
+    data["excluded"] = excluded
+    data["artifact_transfer"] = artifact_transfer
+    return data

@@ -3,7 +3,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from django.db.models import Prefetch, QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -15,7 +14,7 @@ from audit.actors import Actor
 from core import roles
 from core.errors import Conflict
 from deployments.exceptions import DeploymentRefused, InvalidTransition, PlanInvalid
-from deployments.models import GateEvaluation, Job, Rollout, RolloutEvent
+from deployments.models import Job, Rollout
 from deployments.selectors import artifact_transfer_summary, device_history, rollout_counts, rollout_excluded
 from deployments.services.job_endings import job_cancel
 from deployments.services.jobs import deployment_create
@@ -46,6 +45,7 @@ from .serializers import (
     RolloutPreviewSerializer,
     RolloutReasonSerializer,
     RolloutSerializer,
+    rollout_detail,
 )
 
 
@@ -90,16 +90,6 @@ class DeploymentViewSet(
 ROLLOUT_RELATED = ("model", "version", "pipeline", "pipeline_version")
 
 
-def _with_detail(rollouts: QuerySet[Rollout]) -> QuerySet[Rollout]:
-    """What RolloutDetailSerializer reads besides the counts: waves, gate results and events, the latter
-    two with their wave (its index) joined in rather than prefetched again."""
-    return rollouts.prefetch_related(
-        "waves",
-        Prefetch("gate_results", queryset=GateEvaluation.objects.select_related("wave")),
-        Prefetch("events", queryset=RolloutEvent.objects.select_related("wave")),
-    )
-
-
 def _plan_error(exc: PlanInvalid) -> ValidationError:
     return ValidationError({exc.field or "non_field_errors": [exc.reason]})
 
@@ -116,26 +106,20 @@ class RolloutViewSet(
     write_role = roles.OPERATOR
     action_roles = {"emergency": roles.ADMIN}
 
-    def get_queryset(self) -> QuerySet[Rollout]:
-        if self.action == "retrieve":
-            return _with_detail(super().get_queryset())
-        return super().get_queryset()
-
     def _detail(self, rollout: Rollout, code: int = status.HTTP_200_OK, *, loaded: bool = False) -> Response:
         # A rollout's detail in a fixed number of queries whatever its size (tests/deployments/test_rollout_api.py):
-        # the rollout, its waves, gate results and events (each with its wave's index in the same query),
-        # its counts (RolloutCount rows, a few per wave), its artifact transfers; excluded devices only
-        # when it has some.
+        # the rollout, its waves, gate results and events (plain rows, serializers/rollout_detail), its counts
+        # (RolloutCount rows, a few per wave), its artifact transfers; excluded devices only when it has some.
         if not loaded:
-            rollout = _with_detail(Rollout.objects.select_related(*ROLLOUT_RELATED)).get(pk=rollout.pk)
+            rollout = Rollout.objects.select_related(*ROLLOUT_RELATED).get(pk=rollout.pk)
         counts = rollout_counts(rollout.pk)
-        context = {
-            "counts": counts.waves,
-            "excluded": rollout_excluded(rollout, counts=counts),
-            "artifact_transfer": artifact_transfer_summary(rollout),
-            "request": self.request,
-        }
-        return Response(RolloutDetailSerializer(rollout, context=context).data, status=code)
+        data = rollout_detail(
+            rollout,
+            counts=counts,
+            excluded=rollout_excluded(rollout, counts=counts),
+            artifact_transfer=artifact_transfer_summary(rollout),
+        )
+        return Response(data, status=code)
 
     @extend_schema(responses={200: RolloutDetailSerializer})
     def retrieve(self, request: Request, *args: object, **kwargs: object) -> Response:
