@@ -4,6 +4,7 @@ from itertools import pairwise
 from typing import Any
 
 import pydantic
+from django.db.models import F, JSONField, Value
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -410,7 +411,6 @@ WAVE_COLUMNS = ("index", "spec", "size", "status", "requires_approval", "approve
                 "offline_at_dispatch")  # fmt: skip
 WAVE_DATETIMES = ("install_started_at", "bake_started_at", "finished_at")
 GATE_COLUMNS = ("gate", "verdict", "final", "inputs", "figures", "reason", "actor")
-EVENT_COLUMNS = ("from_status", "to_status", "reason", "actor")
 
 
 def _datetime(value: Any) -> Any:
@@ -445,10 +445,10 @@ def _rollout_fields(rollout: Rollout) -> dict[str, Any]:
 def rollout_detail(
     rollout: Rollout, *, counts: RolloutCounts, excluded: dict[str, Any], artifact_transfer: dict[str, Any]
 ) -> dict[str, Any]:
-    """What RolloutDetailSerializer gives (its schema is the contract), built from `.values()` rows: waves,
-    gate results and events are three queries of plain dicts, their wave's index taken from the waves read
-    here. Model instances and nested serializers cost ~40 ms of CPU on a 10,000-job rollout's ~130 rows;
-    tests/deployments/test_rollout_detail.py holds the two to the same output."""
+    """What RolloutDetailSerializer gives (its schema stays the contract), built from `.values()` rows: the
+    waves in one query, the gate results and events in another (a UNION ALL), their wave's index taken from
+    the waves. Model instances and nested serializers over a large rollout's ~130 rows cost about twice the
+    request's CPU (docs/benchmarks.md); tests/deployments/test_rollout_detail.py holds both to the same bytes."""
     data = _rollout_fields(rollout)
     plan: RolloutPlan = rollout.plan  # RolloutPlanField
     data["plan"] = plan.stored()
@@ -463,16 +463,23 @@ def rollout_detail(
         row["rollbacks"] = wave_counts.get("rollbacks", {})
         waves.append(row)
     data["waves"] = waves
-    gates = GateEvaluation.objects.filter(rollout_id=rollout.pk).order_by("at", "id")
-    data["gate_results"] = [
-        {"wave": index[row["wave_id"]], **{c: row[c] for c in GATE_COLUMNS}, "at": _datetime(row["at"])}
-        for row in gates.values("wave_id", *GATE_COLUMNS, "at")
-    ]
-    events = RolloutEvent.objects.filter(rollout_id=rollout.pk).order_by("at", "id")
-    data["timeline"] = [
-        {"wave": index.get(row["wave_id"]), **{c: row[c] for c in EVENT_COLUMNS}, "at": _datetime(row["at"])}
-        for row in events.values("wave_id", *EVENT_COLUMNS, "at")
-    ]
+    # gate results and events in one query: the events' columns under the gate results' names
+    gates = GateEvaluation.objects.filter(rollout_id=rollout.pk).annotate(event=Value(False))
+    events = RolloutEvent.objects.filter(rollout_id=rollout.pk).annotate(
+        event=Value(True), gate=F("from_status"), verdict=F("to_status"), final=Value(False),
+        inputs=Value(None, output_field=JSONField()), figures=Value(None, output_field=JSONField()),
+    )  # fmt: skip
+    columns = ("event", "id", "at", "wave_id", *GATE_COLUMNS)
+    rows = gates.order_by().values(*columns).union(events.order_by().values(*columns), all=True)
+    data["gate_results"], data["timeline"] = [], []
+    for row in rows.order_by("event", "at", "id"):
+        if row["event"]:
+            data["timeline"].append({"wave": index.get(row["wave_id"]), "from_status": row["gate"],
+                                     "to_status": row["verdict"], "reason": row["reason"], "actor": row["actor"],
+                                     "at": _datetime(row["at"])})  # fmt: skip
+        else:
+            gate = {"wave": index[row["wave_id"]], **{c: row[c] for c in GATE_COLUMNS}, "at": _datetime(row["at"])}
+            data["gate_results"].append(gate)
     data["excluded"] = excluded
     data["artifact_transfer"] = artifact_transfer
     return data

@@ -108,8 +108,9 @@ class RolloutViewSet(
 
     def _detail(self, rollout: Rollout, code: int = status.HTTP_200_OK, *, loaded: bool = False) -> Response:
         # A rollout's detail in a fixed number of queries whatever its size (tests/deployments/test_rollout_api.py):
-        # the rollout, its waves, gate results and events (plain rows, serializers/rollout_detail), its counts
-        # (RolloutCount rows, a few per wave), its artifact transfers; excluded devices only when it has some.
+        # the rollout, its waves, its gate results and events in one query (plain rows, serializers.rollout_detail),
+        # its counts (RolloutCount rows, a few per wave), its artifact transfers; excluded devices only when it has
+        # some.
         if not loaded:
             rollout = Rollout.objects.select_related(*ROLLOUT_RELATED).get(pk=rollout.pk)
         counts = rollout_counts(rollout.pk)
