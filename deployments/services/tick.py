@@ -53,7 +53,7 @@ def rollout_advance(*, rollout_id: int, now: dt.datetime | None = None) -> str |
     """
     with transaction.atomic(), audit_deferred():  # the audit chain head is locked only at the end of the tick
         rollout = (
-            Rollout.objects.select_for_update(skip_locked=True, of=_ROLLOUT_LOCK)
+            Rollout.objects.select_for_update(skip_locked=True, of=_ROLLOUT_LOCK, no_key=True)
             .select_related(*_ROLLOUT_RELATED)
             .filter(pk=rollout_id, status__in=ROLLOUT_TICKED)
             .first()
