@@ -287,7 +287,7 @@ def devices_mark_seen_many(
     with transaction.atomic():
         devices = {
             d.uid: d
-            for d in Device.objects.select_for_update()
+            for d in Device.objects.select_for_update(no_key=True)  # a job insert (its FK) need not wait
             .filter(uid__in={uid for uid, _ in reports})
             .order_by("pk")
             .only("pk", "uid", "status", "revoked_at")
@@ -378,7 +378,7 @@ def devices_report_state_many(
     with transaction.atomic():
         devices = {
             d.uid: d
-            for d in Device.objects.select_for_update()
+            for d in Device.objects.select_for_update(no_key=True)  # a job insert (its FK) need not wait
             .filter(uid__in={uid for uid, _, _ in reports})
             .order_by("pk")
             .only("pk", "uid", "revoked_at", "reported_state", "inference_url", "inference_host")

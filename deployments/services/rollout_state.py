@@ -13,6 +13,7 @@ import functools
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 
 from audit.actors import Actor
 from audit.services import audit_record
@@ -133,8 +134,19 @@ _ROLLOUT_LOCK = ("self",)
 _ROLLOUT_RELATED = ("model", "pipeline", *DEPLOYABLE_RELATED)
 
 
+def rollouts_locked(*, skip_locked: bool = False) -> QuerySet[Rollout]:
+    """Rollouts to change, their rows locked FOR NO KEY UPDATE (the one way a rollout is locked): the key
+    never changes, and a plain FOR UPDATE also blocks every insert of a row referencing the rollout (its
+    foreign key takes FOR KEY SHARE). A bridge recording a rollout's counts waited for the tick while
+    holding what the tick needed next, and PostgreSQL broke the cycle by failing one of them: 60 failed
+    ticks in a 10,000-device fan-out."""
+    return Rollout.objects.select_for_update(of=_ROLLOUT_LOCK, no_key=True, skip_locked=skip_locked).select_related(
+        *_ROLLOUT_RELATED
+    )
+
+
 def _lock(rollout: Rollout) -> Rollout:
-    return Rollout.objects.select_for_update(of=_ROLLOUT_LOCK).select_related(*_ROLLOUT_RELATED).get(pk=rollout.pk)
+    return rollouts_locked().get(pk=rollout.pk)
 
 
 def _current_wave(rollout: Rollout) -> Wave | None:

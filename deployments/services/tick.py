@@ -30,14 +30,13 @@ from .rollback import _advance_rollback
 from .rollout_counts import rollout_counts_compact
 from .rollout_queue import queue_cancel_jobs
 from .rollout_state import (
-    _ROLLOUT_LOCK,
-    _ROLLOUT_RELATED,
     _cancel_open_waves,
     _current_wave,
     _publish_rollout_event,
     _record_gate,
     _rollout_transition,
     _wave_transition,
+    rollouts_locked,
 )
 
 GATE_INSTALL = Actor.system("gate:install")
@@ -52,12 +51,7 @@ def rollout_advance(*, rollout_id: int, now: dt.datetime | None = None) -> str |
     Returns the rollout's status afterwards, None when another worker holds it or it is not ticked.
     """
     with transaction.atomic(), audit_deferred():  # the audit chain head is locked only at the end of the tick
-        rollout = (
-            Rollout.objects.select_for_update(skip_locked=True, of=_ROLLOUT_LOCK)
-            .select_related(*_ROLLOUT_RELATED)
-            .filter(pk=rollout_id, status__in=ROLLOUT_TICKED)
-            .first()
-        )
+        rollout = rollouts_locked(skip_locked=True).filter(pk=rollout_id, status__in=ROLLOUT_TICKED).first()
         if rollout is None:
             return None
         now = now or timezone.now()

@@ -89,3 +89,43 @@ def test_a_batch_of_device_messages_looks_its_new_senders_up_in_one_query(monkey
     assert set(Device.objects.filter(status="online").values_list("uid", flat=True)) == {d.uid for d in devices}
     assert bridge.stats.rejected == {"revoked_device": 1, "unknown_device": 1}
     assert bridge.stats.applied["status"] == 5
+
+
+def test_a_reconciliation_the_database_refused_is_kept_for_the_next_turn():
+    """A database error while applying the results states list: nothing is lost, the states wait for the
+    next turn (the bridge's loop reconnects and calls again), then they are applied and answered."""
+    import json
+    import uuid
+
+    from django.db import OperationalError
+    from django.utils import timezone
+
+    from deployments import bridge_handlers
+    from mqttbridge.runtime import Bridge
+    from protocol.messages import parse_state
+
+    job_id = str(uuid.uuid4())
+    state = parse_state(json.dumps({
+        "schema_version": 1, "ts": timezone.now().isoformat(), "agent_version": "1.0",
+        "hardware": {"arch": "x86_64", "cpu": "test", "memory_mb": 2048, "accelerator": "none"},
+        "runtimes": [], "slots": {"a": None, "b": None}, "active": {},
+        "recent_jobs": [{"job_id": job_id, "status": "SUCCEEDED", "seq": 3}],
+    }).encode())  # fmt: skip
+    calls: list[list[str]] = []
+
+    def refused(reports, bridge):
+        calls.append([uid for uid, _ in reports])
+        raise OperationalError("the database went away")
+
+    handlers = {**bridge_handlers.HANDLERS, "state_results": refused}
+    bridge = Bridge(client_id="fogdeck-bridge-reconcile-test", reconcile_delay_seconds=1.0, **handlers)
+    bridge._reconcile["dev-a"] = (10.0, state)
+    bridge.reconcile_due_states(now=5.0)  # not due yet
+    assert calls == []
+    with pytest.raises(OperationalError):
+        bridge.reconcile_due_states(now=11.0)
+    assert calls == [["dev-a"]] and bridge._reconcile["dev-a"][1] is state  # kept
+    applied: list[list[str]] = []
+    bridge._state_results = lambda reports, _bridge: applied.append([uid for uid, _ in reports])
+    bridge.reconcile_due_states(now=12.0)
+    assert applied == [["dev-a"]] and bridge._reconcile == {}
