@@ -470,6 +470,17 @@ def _count_untrusted_urls(untrusted: list[tuple[str, str]]) -> None:
         )
 
 
+def devices_lock(*, uids: Iterable[str]) -> None:
+    """Lock these devices' rows, in one statement in id order, inside the caller's transaction: a batch
+    that touches a device through several services (its job updates lock the job and the device, its
+    status and state lock the device) takes its locks in one order, so two bridges given parts of the
+    same devices' messages (shared subscriptions) wait for each other instead of deadlocking (36 batches
+    of a 10,000-device fan-out failed as deadlocks and were applied again, each after PostgreSQL's 1 s)."""
+    wanted = sorted(set(uids))
+    if wanted and connection.features.has_select_for_update:
+        list(Device.objects.select_for_update(no_key=True).filter(uid__in=wanted).order_by("pk").values_list("pk"))
+
+
 def devices_touch(uids: Iterable[str], *, at: dt.datetime | None = None) -> int:
     """Refresh last_seen for devices that just sent something (batched; a heartbeat is not audited)."""
     return Device.objects.filter(uid__in=list(uids), revoked_at__isnull=True).update(last_seen=at or timezone.now())

@@ -37,7 +37,7 @@ from django.utils import timezone
 from audit.services import audit_deferred
 from core import heartbeat, metrics
 from fleet.models import Device
-from fleet.services import devices_mark_seen_many, devices_report_state_many, devices_touch
+from fleet.services import devices_lock, devices_mark_seen_many, devices_report_state_many, devices_touch
 from outbox.models import RejectedMessageCount
 from protocol import aws_jobs
 from protocol.device_topics import BRIDGE_SUBSCRIPTIONS, QOS, parse_topic
@@ -749,6 +749,7 @@ class Bridge:
             # the chain head is locked only at the end
             timer = metrics.BRIDGE_BATCH.labels("device_messages").time()
             with timer, transaction.atomic(), audit_deferred():
+                devices_lock(uids=(item.uid for item in batch))  # one lock order for the whole batch
                 verdicts = self._apply_device_batch(batch)
         except (OperationalError, InterfaceError):
             self._device_messages = batch + self._device_messages
@@ -782,6 +783,7 @@ class Bridge:
         self._answers = []
         try:
             with metrics.BRIDGE_BATCH.labels("reconcile").time(), transaction.atomic(), audit_deferred():
+                devices_lock(uids=(uid for uid, _ in due))
                 self._state_results(due, self)
         except (OperationalError, InterfaceError):
             self._answers = []

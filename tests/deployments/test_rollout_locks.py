@@ -19,7 +19,7 @@ from tests.factories import DeviceFactory
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.postgres_only(
-        reason="PostgreSQL's row-lock modes: FOR NO KEY UPDATE against a foreign key's FOR KEY SHARE"
+        reason="PostgreSQL's row locks: their modes (FOR NO KEY UPDATE, a foreign key's FOR KEY SHARE) and waits"
     ),
 ]
 
@@ -57,3 +57,38 @@ def test_a_locked_rollout_still_takes_rows_that_reference_it(published_version):
         release.set()
         holder.join(10)
     assert RolloutCount.objects.filter(rollout_id=rollout.pk, state="x").exists()
+
+
+def test_a_bridge_batch_locks_its_devices_first_so_another_batch_waits_instead_of_deadlocking():
+    """`devices_lock` takes a batch's device rows in one ordered statement before the batch's services
+    lock jobs and devices one kind after another: a second batch over the same devices waits at its start
+    (here: runs into its lock timeout) rather than taking half of them first."""
+    from django.db import OperationalError
+
+    from fleet.services import devices_lock
+
+    first, second = DeviceFactory(), DeviceFactory()
+    held, release = threading.Event(), threading.Event()
+
+    def batch_holding_both() -> None:
+        try:
+            with transaction.atomic():
+                devices_lock(uids=[second.uid, first.uid])
+                held.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=batch_holding_both)
+    holder.start()
+    try:
+        assert held.wait(10)
+        with pytest.raises(OperationalError, match="lock timeout"), transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '500ms'")
+            devices_lock(uids=[first.uid])
+    finally:
+        release.set()
+        holder.join(10)
+    with transaction.atomic():
+        devices_lock(uids=[first.uid, second.uid])  # free again
